@@ -118,6 +118,17 @@ def objective_loss(
     return loss, metrics
 
 
+def _apply_step(
+    state: TrainState, batch: Batch, key: jax.Array, teacher_outputs: ModelOutput | None, config: LossConfig
+) -> tuple[TrainState, Metrics]:
+    dropout_key = jax.random.fold_in(key, state.step)
+    grad_fn = jax.value_and_grad(objective_loss, has_aux=True)
+    (_, metrics), grads = grad_fn(
+        state.params, teacher_outputs, batch, dropout_key, apply_fn=state.apply_fn, config=config
+    )
+    return state.apply_gradients(grads=grads), metrics
+
+
 def train_step(
     state: TrainState,
     batch: Batch,
@@ -127,7 +138,7 @@ def train_step(
     config: LossConfig,
     teacher: nn.Module | None = None,
 ) -> tuple[TrainState, Metrics]:
-    """One Adam step on `config`'s objective.
+    """One Adam step on `config`'s objective, running the teacher inside the step.
 
     Args:
       state: the student's (or, for `ce`, possibly the teacher's) train state.
@@ -149,16 +160,30 @@ def train_step(
         teacher_outputs = (teacher or DeepNN()).apply(
             {"params": teacher_params}, batch["image"], train=False
         )
-    dropout_key = jax.random.fold_in(key, state.step)
-    grad_fn = jax.value_and_grad(objective_loss, has_aux=True)
-    (_, metrics), grads = grad_fn(
-        state.params, teacher_outputs, batch, dropout_key, apply_fn=state.apply_fn, config=config
-    )
-    return state.apply_gradients(grads=grads), metrics
+    return _apply_step(state, batch, key, teacher_outputs, config)
 
 
-def make_train_step(config: LossConfig, teacher: nn.Module | None = None) -> TrainStep:
-    """`train_step` with the static settings bound, jitted."""
+def cached_train_step(
+    state: TrainState, batch: Batch, key: jax.Array, teacher_cache: ModelOutput, *, config: LossConfig
+) -> tuple[TrainState, Metrics]:
+    """`train_step` reading the teacher's outputs from `teacher_cache` instead of running it.
+
+    `teacher_cache` holds the teacher's inference-mode outputs for the whole split
+    (`[n, ...]` per field; fields the objective does not read may be None), and
+    `batch["index"]` says which rows belong to this batch. Valid only while the input
+    pipeline maps each example to the same image every epoch (no augmentation).
+    """
+    _check_batch(batch)
+    if "index" not in batch:
+        raise ValueError("cached_train_step needs batch['index'], the examples' positions in the split")
+    teacher_outputs = jax.tree.map(lambda field: field[batch["index"]], teacher_cache)
+    return _apply_step(state, batch, key, teacher_outputs, config)
+
+
+def make_train_step(config: LossConfig, teacher: nn.Module | None = None, *, cached: bool = False) -> TrainStep:
+    """`train_step` (or, with `cached`, `cached_train_step`) with static settings bound, jitted."""
+    if cached:
+        return jax.jit(functools.partial(cached_train_step, config=config))
     return jax.jit(functools.partial(train_step, config=config, teacher=teacher))
 
 

@@ -9,3 +9,21 @@ sys.path.insert(0, str(REFERENCE_DIR))
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
+
+
+@pytest.fixture(scope="session")
+def full_size_copy(tmp_path_factory) -> pathlib.Path:
+    """A canonical-size (10,000 records per file) CIFAR-10 binary copy of random pixels."""
+    from cifar_fakes import binary_bytes
+
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("cifar10")
+    folder = root / "cifar-10-batches-bin"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        planes = rng.integers(0, 256, (10_000, 3, 32, 32), dtype=np.uint8)
+        labels = rng.integers(0, 10, 10_000).astype(np.uint8)
+        (folder / name).write_bytes(binary_bytes(planes, labels))
+    return root

@@ -47,7 +47,7 @@ def test_streaming_yields_the_resident_batches(normalize_once):
     streamed = _collect(StreamingLoader(split, 128, key, prefetch=2), 2)
     assert len(resident) == len(streamed) == 3
     for a, b in zip(resident, streamed):
-        for name in ("image", "label", "mask"):
+        for name in ("image", "label", "mask", "index"):
             np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
@@ -74,6 +74,17 @@ def test_epochs_differ_and_no_recompilation_across_epochs():
     before = pipeline._gather_batch._cache_size()
     _collect(loader, 2)
     assert pipeline._gather_batch._cache_size() == before
+
+
+@pytest.mark.parametrize("loader_cls", [ResidentLoader, StreamingLoader])
+def test_starting_mid_epoch_yields_the_remaining_batches(loader_cls):
+    loader = loader_cls(_split(300), 64, jax.random.key(3))
+    full = _collect(loader, 1)
+    rest = [jax.tree.map(np.asarray, batch) for batch in loader.epoch(1, start=3)]
+    assert len(rest) == 2
+    for a, b in zip(full[3:], rest):
+        np.testing.assert_array_equal(a["index"], b["index"])
+        np.testing.assert_array_equal(a["image"], b["image"])
 
 
 def test_unshuffled_loader_is_in_order_for_evaluation():

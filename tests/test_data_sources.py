@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from cifar_fakes import TEST_NAME, add_member, binary_bytes, expected_split, fake_batch, python_bytes, write_copy
+from cifar_fakes import TEST_NAME, binary_bytes, expected_split, fake_batch, python_bytes, write_copy
 from kdjax.data import DATA_DIR_ENV, DataNotFoundError, load_cifar10
 from kdjax.data import tfds_source
 from kdjax.data.formats import parse_binary_batch

@@ -1,0 +1,72 @@
+"""CIFAR-10 through tensorflow-datasets, imported lazily so local copies need neither tfds nor TensorFlow."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import pathlib
+import socket
+from typing import Any
+
+import numpy as np
+
+from kdjax.data.formats import Split
+
+DOWNLOAD_HOST = ("www.cs.toronto.edu", 443)  # where tfds fetches cifar-10-binary.tar.gz
+
+
+def _import_tfds() -> Any:
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as error:
+        raise RuntimeError(
+            "tensorflow-datasets is not installed: pip install 'kdjax[tfds]', or point kdjax at a local "
+            "CIFAR-10 copy with --data-dir / KDJAX_DATA_DIR"
+        ) from error
+    return tfds
+
+
+def can_reach_download_host(timeout_s: float = 3.0) -> bool:
+    """Whether the CIFAR-10 download host answers within `timeout_s` (DNS included)."""
+    def connect() -> None:
+        socket.create_connection(DOWNLOAD_HOST, timeout=timeout_s).close()
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(connect).result(timeout=timeout_s)
+        return True
+    except Exception:  # noqa: BLE001 - DNS failure, refusal and timeout all mean "offline"
+        return False
+    finally:
+        pool.shutdown(wait=False)
+
+
+def is_tfds_dir(path: pathlib.Path) -> bool:
+    """Whether `path` is a tfds data dir holding a prepared `cifar10`."""
+    return any(path.glob("cifar10/*/dataset_info.json"))
+
+
+def _to_split(source: Any) -> Split:
+    images = np.empty((len(source), 32, 32, 3), np.uint8)
+    labels = np.empty((len(source),), np.int32)
+    for index in range(len(source)):
+        record = source[index]
+        images[index] = record["image"]
+        labels[index] = record["label"]
+    return Split(images, labels)
+
+
+def read_tfds(data_dir: pathlib.Path | None, *, download: bool) -> tuple[Split, Split]:
+    """Train and test splits from tfds `cifar10` (array_record), preparing it first if `download`.
+
+    Preparing needs TensorFlow (tfds's CIFAR-10 builder reads with `tf.io`); reading a
+    prepared array_record copy does not.
+    """
+    tfds = _import_tfds()
+    sources = tfds.data_source(
+        "cifar10",
+        split=["train", "test"],
+        data_dir=None if data_dir is None else str(data_dir),
+        download=download,
+        builder_kwargs={"file_format": "array_record"},
+    )
+    return _to_split(sources[0]), _to_split(sources[1])

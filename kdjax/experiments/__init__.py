@@ -1,0 +1,1 @@
+"""Runnable experiments: `python -m kdjax.experiments.<name>` for teacher, baseline, kd, cosine, hint, all."""
