@@ -52,7 +52,7 @@ class ExperimentConfig:
     def validate(self) -> "ExperimentConfig":
         """Raise ConfigError on values that cannot work, before anything expensive runs."""
         checks = [
-            (self.name in EXPERIMENTS, f"unknown experiment {self.name!r}; choose from {', '.join(EXPERIMENTS)}, all"),
+            (self.name in EXPERIMENTS or self.name == "all", f"unknown experiment {self.name!r}; choose from {', '.join(EXPERIMENTS)}, all"),
             (self.epochs >= 0, f"--epochs must be >= 0, got {self.epochs}"),
             (self.learning_rate > 0, f"--learning-rate must be > 0, got {self.learning_rate}"),
             (self.batch_size > 0, f"--batch-size must be > 0, got {self.batch_size}"),

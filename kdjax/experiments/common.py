@@ -141,8 +141,7 @@ def parse_config(name: str, argv: list[str] | None) -> ExperimentConfig:
                     "with the PyTorch Knowledge Distillation Tutorial's settings by default.",
     )
     add_flags(parser)
-    config = from_args("teacher" if name == "all" else name, parser.parse_args(argv))
-    return dataclasses.replace(config.validate(), name=name) if name != "all" else config.validate()
+    return from_args(name, parser.parse_args(argv)).validate()
 
 
 def run(name: str, argv: list[str] | None = None) -> int:
