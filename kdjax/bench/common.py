@@ -1,0 +1,58 @@
+"""What both sides of the benchmark share: sizes, synthetic data, timing and the JSON hand-off."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+
+BATCH = 128
+STEP_CASES = ("teacher_ce", "student_ce", "kd", "cosine", "hint")
+CACHED_CASES = ("kd", "cosine", "hint")
+
+
+def synthetic_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 NHWC images and int32 labels; throughput does not depend on pixel values."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int32)
+
+
+def median_rate(run_window: Callable[[], None], images_per_window: int, windows: int) -> float:
+    """Median images/s over `windows` calls of `run_window` (each must block until its work is done)."""
+    rates = []
+    for _ in range(windows):
+        start = time.perf_counter()
+        run_window()
+        rates.append(images_per_window / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def side_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--json", required=True, help="where to write this side's figures")
+    parser.add_argument("--windows", type=int, default=5, help="timed windows per measurement")
+    parser.add_argument("--e2e-train-size", type=int, default=10_000)
+    parser.add_argument("--e2e-test-size", type=int, default=2_000)
+    parser.add_argument("--e2e-epochs", type=int, default=2)
+    parser.add_argument("--data-dir", default=None, help="local CIFAR-10 copy for the end-to-end run (else synthetic)")
+    parser.add_argument("--skip-e2e", action="store_true")
+    return parser
+
+
+def steps_per_window(case: str) -> int:
+    return 3 if case == "teacher_ce" else 20
+
+
+def write_json(path: str, figures: dict) -> None:
+    figures["peak_rss_mb"] = peak_rss_mb()
+    with open(path, "w") as f:
+        json.dump(figures, f, indent=2)

@@ -1,0 +1,123 @@
+"""The PyTorch tutorial's half of `python -m kdjax.bench`: the same figures, from its own code."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from kdjax.bench import tutorial_torch as tut
+from kdjax.bench.common import BATCH, STEP_CASES, median_rate, side_parser, steps_per_window, synthetic_split, write_json
+from kdjax.data.pipeline import MEAN, STD
+
+MODELS = {  # case -> (student class, teacher class, loss body)
+    "teacher_ce": (tut.DeepNN, None, tut.loss_ce),
+    "student_ce": (tut.LightNN, None, tut.loss_ce),
+    "kd": (tut.LightNN, tut.DeepNN, tut.loss_kd),
+    "cosine": (tut.ModifiedLightNNCosine, tut.ModifiedDeepNNCosine, tut.loss_cosine),
+    "hint": (tut.ModifiedLightNNRegressor, tut.ModifiedDeepNNRegressor, tut.loss_hint),
+}
+
+
+def _tensors(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
+    """Pre-normalised NCHW float tensors, as `ToTensor()` + `Normalize` would produce them."""
+    x = (images.astype(np.float32) / 255.0 - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
+    return TensorDataset(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(labels.astype(np.int64)))
+
+
+def _batches(dataset: TensorDataset):
+    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True)
+    return itertools.chain.from_iterable(loader for _ in itertools.count())
+
+
+def measure_steps(dataset: TensorDataset, windows: int) -> dict:
+    results = {}
+    for case in STEP_CASES:
+        student_cls, teacher_cls, loss_fn = MODELS[case]
+        torch.manual_seed(42)
+        student = student_cls().train()
+        teacher = teacher_cls().eval() if teacher_cls else None
+        optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
+        batches = _batches(dataset)
+
+        def window(n=steps_per_window(case)):
+            for _ in range(n):
+                inputs, labels = next(batches)
+                optimizer.zero_grad()
+                loss_fn(student, teacher, inputs, labels).backward()
+                optimizer.step()
+
+        window(2)
+        results[case] = {"images_per_s": median_rate(window, steps_per_window(case) * BATCH, windows)}
+    return results
+
+
+def measure_eval(dataset: TensorDataset, windows: int) -> dict:
+    results = {}
+    for name, cls in (("teacher", tut.DeepNN), ("student", tut.LightNN)):
+        model = cls().eval()
+        batches = _batches(dataset)
+
+        def window():
+            with torch.no_grad():
+                for _ in range(10):
+                    model(next(batches)[0])
+
+        window()
+        results[f"eval_{name}"] = {"images_per_s": median_rate(window, 10 * BATCH, windows)}
+    return results
+
+
+def measure_e2e(args) -> dict:
+    """The tutorial's whole procedure: teacher, then CE / KD / cosine / hint students from seed-42 weights."""
+    if args.data_dir:
+        from kdjax.data import load_cifar10
+
+        data = load_cifar10(args.data_dir).subset(args.e2e_train_size, args.e2e_test_size)
+        train_set, test_set = _tensors(data.train.images, data.train.labels), _tensors(data.test.images, data.test.labels)
+    else:
+        train_set = _tensors(*synthetic_split(args.e2e_train_size, 0))
+        test_set = _tensors(*synthetic_split(args.e2e_test_size, 1))
+    train_loader = DataLoader(train_set, batch_size=BATCH, shuffle=True)
+    test_loader = DataLoader(test_set, batch_size=BATCH, shuffle=False)
+    epochs, accuracy = args.e2e_epochs, {}
+    start = time.perf_counter()
+    torch.manual_seed(42)
+    teacher = tut.DeepNN()
+    tut.train(teacher, train_loader, epochs, 1e-3)
+    accuracy["teacher"] = tut.test(teacher, test_loader)
+    torch.manual_seed(42)
+    initial = tut.LightNN().state_dict()
+    baseline = tut.LightNN()
+    baseline.load_state_dict(initial)
+    tut.train(baseline, train_loader, epochs, 1e-3)
+    accuracy["baseline"] = tut.test(baseline, test_loader)
+    for name, student_cls, teacher_cls, loss_fn in (
+        ("kd", tut.LightNN, tut.DeepNN, tut.loss_kd),
+        ("cosine", tut.ModifiedLightNNCosine, tut.ModifiedDeepNNCosine, tut.loss_cosine),
+        ("hint", tut.ModifiedLightNNRegressor, tut.ModifiedDeepNNRegressor, tut.loss_hint),
+    ):
+        student, modified_teacher = student_cls(), teacher_cls()
+        student.load_state_dict(initial, strict=False)  # the regressor keeps its own init
+        modified_teacher.load_state_dict(teacher.state_dict())
+        tut.train_distillation(modified_teacher, student, train_loader, epochs, 1e-3, loss_fn)
+        accuracy[name] = tut.test(student, test_loader)
+    return {"e2e": {"seconds": time.perf_counter() - start, "accuracy": accuracy}}
+
+
+def main() -> None:
+    args = side_parser(__doc__).parse_args()
+    dataset = _tensors(*synthetic_split(2048, 0))
+    figures = {"versions": {"torch": torch.__version__}, "threads": torch.get_num_threads()}
+    figures |= measure_steps(dataset, args.windows)
+    figures |= measure_eval(dataset, args.windows)
+    if not args.skip_e2e:
+        figures |= measure_e2e(args)
+    write_json(args.json, figures)
+
+
+if __name__ == "__main__":
+    main()
