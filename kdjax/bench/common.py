@@ -7,7 +7,7 @@ import json
 import resource
 import statistics
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -52,7 +52,14 @@ def steps_per_window(case: str) -> int:
     return 3 if case == "teacher_ce" else 20
 
 
-def write_json(path: str, figures: dict) -> None:
+def run_side(description: str, figures: dict, data: Any, measure_steps: Callable, measure_eval: Callable,
+             measure_e2e: Callable) -> None:
+    """Parse a side's flags, take its measurements on `data` and write them, with peak memory, as JSON."""
+    args = side_parser(description).parse_args()
+    figures |= measure_steps(data, args.windows)
+    figures |= measure_eval(data, args.windows)
+    if not args.skip_e2e:
+        figures |= measure_e2e(args)
     figures["peak_rss_mb"] = peak_rss_mb()
-    with open(path, "w") as f:
+    with open(args.json, "w") as f:
         json.dump(figures, f, indent=2)

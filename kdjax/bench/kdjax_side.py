@@ -10,7 +10,7 @@ import time
 import jax
 
 from kdjax.bench.common import (
-    BATCH, CACHED_CASES, STEP_CASES, median_rate, side_parser, steps_per_window, synthetic_split, write_json,
+    BATCH, CACHED_CASES, STEP_CASES, median_rate, run_side, steps_per_window, synthetic_split,
 )
 from kdjax.config import ExperimentConfig
 from kdjax.data import Cifar10, ResidentLoader, Split, load_cifar10
@@ -89,14 +89,8 @@ def measure_e2e(args) -> dict:
 
 
 def main() -> None:
-    args = side_parser(__doc__).parse_args()
-    split = Split(*synthetic_split(2048, 0))
     figures = {"versions": {"jax": jax.__version__}, "device": jax.devices()[0].device_kind}
-    figures |= measure_steps(split, args.windows)
-    figures |= measure_eval(split, args.windows)
-    if not args.skip_e2e:
-        figures |= measure_e2e(args)
-    write_json(args.json, figures)
+    run_side(__doc__, figures, Split(*synthetic_split(2048, 0)), measure_steps, measure_eval, measure_e2e)
 
 
 if __name__ == "__main__":

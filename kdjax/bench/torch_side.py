@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from kdjax.bench import tutorial_torch as tut
-from kdjax.bench.common import BATCH, STEP_CASES, median_rate, side_parser, steps_per_window, synthetic_split, write_json
+from kdjax.bench.common import BATCH, STEP_CASES, median_rate, run_side, steps_per_window, synthetic_split
 from kdjax.data.pipeline import MEAN, STD
 
 MODELS = {  # case -> (student class, teacher class, loss body)
@@ -109,14 +109,8 @@ def measure_e2e(args) -> dict:
 
 
 def main() -> None:
-    args = side_parser(__doc__).parse_args()
-    dataset = _tensors(*synthetic_split(2048, 0))
     figures = {"versions": {"torch": torch.__version__}, "threads": torch.get_num_threads()}
-    figures |= measure_steps(dataset, args.windows)
-    figures |= measure_eval(dataset, args.windows)
-    if not args.skip_e2e:
-        figures |= measure_e2e(args)
-    write_json(args.json, figures)
+    run_side(__doc__, figures, _tensors(*synthetic_split(2048, 0)), measure_steps, measure_eval, measure_e2e)
 
 
 if __name__ == "__main__":
