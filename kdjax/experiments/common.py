@@ -105,6 +105,7 @@ def _plot(run_dir: pathlib.Path, result: RunResult) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in result.history]
     for metric, label, filename in (("train_loss", "train loss", "loss.png"),
@@ -112,6 +113,7 @@ def _plot(run_dir: pathlib.Path, result: RunResult) -> None:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot(epochs, [row[metric] for row in result.history], marker="o")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.set_title(f"{TITLES.get(result.name, result.name)}")
         ax.grid(alpha=0.3)
