@@ -112,6 +112,19 @@ def test_tfds_source_with_mock_data(monkeypatch):
         assert split.labels.dtype == np.int32 and split.labels.min() >= 0 and split.labels.max() < 10
 
 
+def test_download_without_tensorflow_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr(tfds_source, "can_reach_download_host", lambda timeout_s: True)
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    def prepare_without_tensorflow(*args, **kwargs):  # what tfds's lazy `import tensorflow` raises
+        raise ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
+
+    monkeypatch.setattr(tfds, "data_source", prepare_without_tensorflow)
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    with pytest.raises(DataNotFoundError, match=r"needs TensorFlow: pip install 'kdjax\[tfds\]'"):
+        load_cifar10(tmp_path / "tfds", source="tfds")
+
+
 def test_prepared_tfds_dir_is_detected(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     (tmp_path / "cifar10" / "3.0.2").mkdir(parents=True)

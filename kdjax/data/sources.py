@@ -106,7 +106,10 @@ def _load_tfds(path: pathlib.Path | None, download_timeout_s: float) -> tuple[Sp
         host = tfds_source.DOWNLOAD_HOST[0]
         tried.append(f"downloading it: {host} unreachable within {download_timeout_s:g} s (offline?)")
         raise DataNotFoundError("CIFAR-10 not found. Tried: " + "; ".join(tried) + ". " + _how_to_point())
-    train, test = tfds_source.read_tfds(path, download=True)
+    try:
+        train, test = tfds_source.read_tfds(path, download=True)
+    except RuntimeError as error:  # tfds or TensorFlow missing: the message says what to install
+        raise DataNotFoundError(f"CIFAR-10 not found locally and {error}") from error
     return train, test, f"tfds {where} (downloaded)"
 
 

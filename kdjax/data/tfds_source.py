@@ -62,11 +62,19 @@ def read_tfds(data_dir: pathlib.Path | None, *, download: bool) -> tuple[Split, 
     prepared array_record copy does not.
     """
     tfds = _import_tfds()
-    sources = tfds.data_source(
-        "cifar10",
-        split=["train", "test"],
-        data_dir=None if data_dir is None else str(data_dir),
-        download=download,
-        builder_kwargs={"file_format": "array_record"},
-    )
+    try:
+        sources = tfds.data_source(
+            "cifar10",
+            split=["train", "test"],
+            data_dir=None if data_dir is None else str(data_dir),
+            download=download,
+            builder_kwargs={"file_format": "array_record"},
+        )
+    except ModuleNotFoundError as error:
+        if error.name != "tensorflow":
+            raise
+        raise RuntimeError(
+            "preparing CIFAR-10 with tensorflow-datasets needs TensorFlow: pip install 'kdjax[tfds]', "
+            "or point kdjax at a local copy with --data-dir / KDJAX_DATA_DIR"
+        ) from error
     return _to_split(sources[0]), _to_split(sources[1])
