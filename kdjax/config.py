@@ -42,12 +42,21 @@ class ExperimentConfig:
     checkpoint_dir: str = "checkpoints"
     output_dir: str = "experiments/runs"
     cache: bool = True  # precompute the teacher's outputs once instead of running it every step
+    augment: bool = False  # random horizontal flips (the tutorial uses none; turns the teacher cache off)
     save_every_steps: int = 200  # checkpoint cadence inside an epoch, besides every epoch end
     loader: str = "resident"  # resident (whole split on the device) | streaming
 
     @property
     def objective(self) -> Objective:
         return EXPERIMENTS[self.name]
+
+    def teacher_cache_off_reason(self) -> str | None:
+        """Why the teacher-output cache cannot be used with these settings, or None if it can."""
+        if not self.cache:
+            return "--no-cache"
+        if self.augment:
+            return "--augment feeds the teacher a different image of each example every epoch"
+        return None
 
     def validate(self) -> "ExperimentConfig":
         """Raise ConfigError on values that cannot work, before anything expensive runs."""
@@ -80,7 +89,7 @@ class ExperimentConfig:
 
     def training_identity(self) -> dict[str, Any]:
         """The settings that determine a run's trajectory (not where it writes)."""
-        keys = ("name", "epochs", "learning_rate", "batch_size", "seed", "train_size")
+        keys = ("name", "epochs", "learning_rate", "batch_size", "seed", "train_size", "augment")
         if self.objective != "ce":
             keys += ("temperature", "ce_weight", "aux_weight")
         return {key: getattr(self, key) for key in keys}
@@ -111,6 +120,7 @@ _HELP = {
     "checkpoint_dir": "where Orbax checkpoints go (the teacher's in <dir>/teacher)",
     "output_dir": "where run folders (config, metrics, plots) go",
     "cache": "precompute the teacher's outputs once per teacher checkpoint and data (--no-cache: run it every step)",
+    "augment": "mirror training images left-right at random (not in the tutorial; disables the teacher cache)",
     "save_every_steps": "also checkpoint every N steps inside an epoch (0: only at epoch ends)",
     "loader": "resident: whole split on the device; streaming: batches prefetched from the host",
 }

@@ -49,7 +49,7 @@ def init_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
 def make_loader(config: ExperimentConfig, data: Cifar10, key: jax.Array, *, train: bool):
     split = data.train if train else data.test
     cls = ResidentLoader if config.loader == "resident" else StreamingLoader
-    return cls(split, config.batch_size, key, shuffle=train)
+    return cls(split, config.batch_size, key, shuffle=train, augment=train and config.augment)
 
 
 def evaluate(eval_step: Callable, params: Any, loader) -> tuple[float, float]:
@@ -100,6 +100,8 @@ def train(
     eval_step = make_eval_step(model)
     train_loader = make_loader(config, data, data_key, train=True)
     test_loader = make_loader(config, data, data_key, train=False)
+    if use_cache and not train_loader.deterministic_per_image:
+        raise ValueError("a teacher-output cache needs a pipeline that feeds each example the same image every epoch")
     parameters = sum(leaf.size for leaf in jax.tree.leaves(state.params))
 
     first_bad = jnp.asarray(-1, jnp.int32)

@@ -87,6 +87,25 @@ def test_starting_mid_epoch_yields_the_remaining_batches(loader_cls):
         np.testing.assert_array_equal(a["image"], b["image"])
 
 
+def test_augmentation_flips_some_images_reproducibly_and_identically_in_both_loaders():
+    split, key = _split(256), jax.random.key(4)
+    plain = _collect(ResidentLoader(split, 128, key), 0)
+    flipped = _collect(ResidentLoader(split, 128, key, augment=True), 0)
+    streamed = _collect(StreamingLoader(split, 128, key, augment=True), 0)
+    again = _collect(ResidentLoader(split, 128, key, augment=True), 0)
+    next_epoch = _collect(ResidentLoader(split, 128, key, augment=True), 1)
+    for a, b, c, d in zip(plain, flipped, streamed, again):
+        mirrored = np.all(b["image"] == a["image"][:, :, ::-1, :], axis=(1, 2, 3))
+        unchanged = np.all(b["image"] == a["image"], axis=(1, 2, 3))
+        assert np.all(mirrored | unchanged) and 20 < mirrored.sum() < 108
+        np.testing.assert_array_equal(b["image"], c["image"])
+        np.testing.assert_array_equal(b["image"], d["image"])
+    assert ResidentLoader(split, 128, key, augment=True).deterministic_per_image is False
+    by_index = lambda batches: {int(i): img for b in batches for i, img in zip(b["index"], b["image"])}  # noqa: E731
+    first, second = by_index(flipped), by_index(next_epoch)
+    assert any(not np.array_equal(first[i], second[i]) for i in first)
+
+
 def test_unshuffled_loader_is_in_order_for_evaluation():
     split = _split(10)
     batches = _collect(ResidentLoader(split, 4, jax.random.key(0), shuffle=False), 0)

@@ -166,6 +166,22 @@ def test_all_writes_every_output_and_reruns_from_checkpoints(tmp_path, full_size
     assert accuracy(tables[0]) == accuracy(tables[1])
 
 
+def test_augmentation_turns_the_teacher_cache_off(tmp_path, full_size_copy, capsys):
+    flags = ["--data-dir", str(full_size_copy), "--train-size", "64", "--test-size", "64", "--epochs", "1",
+             "--batch-size", "64", "--augment", "--checkpoint-dir", str(tmp_path / "ck"),
+             "--output-dir", str(tmp_path / "runs")]
+    assert run("kd", flags) == 0
+    out = capsys.readouterr().out
+    assert "teacher cache off (--augment" in out and "teacher cache:" not in out
+    with pytest.raises(ValueError, match="needs a pipeline that feeds each example the same image"):
+        config = _config(tmp_path / "x", name="kd", augment=True)
+        data = _tiny_data()
+        teacher_params = create_train_state(DeepNN(), jax.random.key(5)).params
+        cache = compute_teacher_cache(teacher_params, data.train, ["logits"])
+        train(config, data, LightNN(), RunCheckpoints(tmp_path / "x" / "ck", {}), teacher_params=teacher_params,
+              teacher_cache=cache, log=lambda _: None)
+
+
 def test_student_refuses_a_teacher_trained_on_other_data(tmp_path, full_size_copy, capsys):
     common = ["--data-dir", str(full_size_copy), "--test-size", "64", "--epochs", "1", "--batch-size", "64",
               "--checkpoint-dir", str(tmp_path / "ck"), "--output-dir", str(tmp_path / "runs")]

@@ -8,7 +8,9 @@
   for the same key.
 
 A batch is `{"image": [b, 32, 32, 3] float32, "label": [b] int32, "mask": [b] bool,
-"index": [b] int32}`, `index` being each example's position in the split. The
+"index": [b] int32}`, `index` being each example's position in the split. With
+`augment=True` each image is mirrored left-right with probability 1/2, drawn from
+(key, epoch, batch), so an example's image changes between epochs. The
 last batch of an epoch is padded to the full batch size and `mask` marks the real examples
 (50,000 = 390 * 128 + 80, so the tutorial's last 80 images are trained on without a
 second compilation); the losses give padding rows exactly zero weight.
@@ -31,6 +33,7 @@ from kdjax.data.formats import Split
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 Batch = dict[str, jax.Array]
+_FLIP_STREAM = 0x666C6970  # folded into the loader key so flips never reuse the permutation's keys
 
 
 def normalize(images: jax.Array) -> jax.Array:
@@ -79,14 +82,34 @@ def _finish_streamed(images: jax.Array, labels: jax.Array, mask: jax.Array, indi
     return {"image": normalize(images), "label": labels, "mask": mask, "index": indices}
 
 
+@jax.jit
+def _random_flip(batch: Batch, key: jax.Array) -> Batch:
+    """Mirror each image left-right with probability 1/2."""
+    flip = jax.random.bernoulli(key, 0.5, batch["image"].shape[:1])
+    flipped = jnp.where(flip[:, None, None, None], batch["image"][:, :, ::-1, :], batch["image"])
+    return batch | {"image": flipped}
+
+
 class _Loader:
-    def __init__(self, split: Split, batch_size: int, key: jax.Array, shuffle: bool):
+    def __init__(self, split: Split, batch_size: int, key: jax.Array, shuffle: bool, augment: bool):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.num_examples = len(split)
         self.batch_size = batch_size
         self.key = key
         self.shuffle = shuffle
+        self.augment = augment
+
+    @property
+    def deterministic_per_image(self) -> bool:
+        """Whether every epoch feeds each example as the same image (what a teacher-output cache needs)."""
+        return not self.augment
+
+    def _finish(self, batch: Batch, epoch: int, index: int) -> Batch:
+        if not self.augment:
+            return batch
+        flip_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(self.key, _FLIP_STREAM), epoch), index)
+        return _random_flip(batch, flip_key)
 
     def __len__(self) -> int:
         """Batches per epoch, the last one padded."""
@@ -106,10 +129,10 @@ class ResidentLoader(_Loader):
     """
 
     def __init__(
-        self, split: Split, batch_size: int, key: jax.Array, *, shuffle: bool = True,
+        self, split: Split, batch_size: int, key: jax.Array, *, shuffle: bool = True, augment: bool = False,
         normalize_once: bool = False, device: jax.Device | None = None,
     ):
-        super().__init__(split, batch_size, key, shuffle)
+        super().__init__(split, batch_size, key, shuffle, augment)
         images = jax.device_put(split.images, device)
         self.images = jax.jit(normalize)(images) if normalize_once else images
         self.labels = jax.device_put(split.labels, device)
@@ -118,20 +141,21 @@ class ResidentLoader(_Loader):
         """The batches of `epoch` from batch `start` on (to resume mid-epoch)."""
         order = self.order(epoch)
         for index in range(start, len(self)):
-            yield _gather_batch(
+            batch = _gather_batch(
                 self.images, self.labels, order, np.int32(index),
                 batch_size=self.batch_size, num_examples=self.num_examples,
             )
+            yield self._finish(batch, epoch, index)
 
 
 class StreamingLoader(_Loader):
     """The split stays on the host; each uint8 batch goes to the device `prefetch` batches ahead."""
 
     def __init__(
-        self, split: Split, batch_size: int, key: jax.Array, *, shuffle: bool = True,
+        self, split: Split, batch_size: int, key: jax.Array, *, shuffle: bool = True, augment: bool = False,
         prefetch: int = 2, device: jax.Device | None = None,
     ):
-        super().__init__(split, batch_size, key, shuffle)
+        super().__init__(split, batch_size, key, shuffle, augment)
         self.split = split
         self.prefetch = max(1, prefetch)
         self.device = device
@@ -139,18 +163,20 @@ class StreamingLoader(_Loader):
     def _host_batches(self, epoch: int, start: int) -> Iterator[tuple[jax.Array, ...]]:
         order = np.asarray(self.order(epoch))
         for index in range(start, len(self)):
-            start = index * self.batch_size
-            indices = order[start:start + self.batch_size]
-            mask = start + np.arange(self.batch_size) < self.num_examples
+            first = index * self.batch_size
+            indices = order[first:first + self.batch_size]
+            mask = first + np.arange(self.batch_size) < self.num_examples
             arrays = (self.split.images[indices], self.split.labels[indices], mask, indices)
             yield jax.device_put(arrays, self.device)  # asynchronous: overlaps with the step
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """The batches of `epoch` from batch `start` on (to resume mid-epoch)."""
         queue: collections.deque = collections.deque()
-        for arrays in self._host_batches(epoch, start):
-            queue.append(arrays)
+        for index, arrays in enumerate(self._host_batches(epoch, start), start=start):
+            queue.append((index, arrays))
             if len(queue) > self.prefetch:
-                yield _finish_streamed(*queue.popleft())
+                ready, arrays = queue.popleft()
+                yield self._finish(_finish_streamed(*arrays), epoch, ready)
         while queue:
-            yield _finish_streamed(*queue.popleft())
+            ready, arrays = queue.popleft()
+            yield self._finish(_finish_streamed(*arrays), epoch, ready)

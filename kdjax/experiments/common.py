@@ -76,8 +76,9 @@ def run_student(
 
 
 def build_cache(config: ExperimentConfig, data: Cifar10, teacher: RunResult, objectives: list[str]) -> ModelOutput | None:
-    if not config.cache:
-        log("teacher cache off (--no-cache): the teacher runs inside every student step")
+    reason = config.teacher_cache_off_reason()
+    if reason:
+        log(f"teacher cache off ({reason}): the teacher runs inside every student step")
         return None
     fields = [FIELD_FOR_OBJECTIVE[o] for o in objectives if o in FIELD_FOR_OBJECTIVE]
     start = time.perf_counter()
