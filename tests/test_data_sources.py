@@ -140,7 +140,7 @@ def test_subsets_are_the_first_examples(tmp_path):
     small = data.subset(train_size=6, test_size=3)
     np.testing.assert_array_equal(small.train.images, data.train.images[:6])
     assert (len(small.train), len(small.test)) == (6, 3)
-    assert small.fingerprint() != data.fingerprint()
+    assert small.fingerprint != data.fingerprint
     with pytest.raises(ValueError, match="subset size must be positive"):
         data.subset(train_size=0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 import time
@@ -28,8 +29,9 @@ class Cifar10:
     origin: str  # e.g. "binary-dir /data/cifar-10-batches-bin"
     load_seconds: float
 
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """SHA-256 over both splits' bytes: identifies the data a checkpoint was trained on."""
+        """SHA-256 over both splits' bytes (computed once): identifies the data a checkpoint was trained on."""
         return f"{self.train.fingerprint()[:32]}{self.test.fingerprint()[:32]}"
 
     def subset(self, train_size: int | None = None, test_size: int | None = None) -> "Cifar10":

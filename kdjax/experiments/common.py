@@ -47,7 +47,7 @@ def load_data(config: ExperimentConfig) -> Cifar10:
 
 
 def _checkpoints(config: ExperimentConfig, model_name: str, data: Cifar10, **extra: str) -> RunCheckpoints:
-    identity = {"model": model_name, **config.training_identity(), "data": data.fingerprint(), **extra}
+    identity = {"model": model_name, **config.training_identity(), "data": data.fingerprint, **extra}
     return RunCheckpoints(pathlib.Path(config.checkpoint_dir) / config.name, identity)
 
 
