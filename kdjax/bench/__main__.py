@@ -89,9 +89,9 @@ def main() -> None:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     size = (f"{args.e2e_epochs} epochs on {args.e2e_train_size:,} training / {args.e2e_test_size:,} test images"
             f" ({'local CIFAR-10' if args.data_dir else 'synthetic'})")
+    e2e = "" if args.skip_e2e else f"; whole tutorial = teacher then the four students, {size}"
     report = (f"# kdjax vs the PyTorch tutorial\n\n`{command.strip()}` — {when}; {machine}; {versions}.\n"
-              f"Speed-up is kdjax over PyTorch (higher is better); batch 128; whole tutorial = teacher then the four "
-              f"students, {size}.\n\n{table(jx, pt)}")
+              f"Speed-up is kdjax over PyTorch (higher is better); batch 128{e2e}.\n\n{table(jx, pt)}")
     print(report)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
