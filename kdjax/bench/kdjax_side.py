@@ -72,7 +72,7 @@ def measure_eval(split: Split, windows: int) -> dict:
 
 
 def measure_e2e(args) -> dict:
-    from kdjax.experiments.common import _run_all
+    from kdjax.experiments.common import run_all
 
     if args.data_dir:
         data = load_cifar10(args.data_dir).subset(args.e2e_train_size, args.e2e_test_size)
@@ -83,7 +83,7 @@ def measure_e2e(args) -> dict:
         config = ExperimentConfig(name="all", epochs=args.e2e_epochs, checkpoint_dir=f"{tmp}/ck",
                                   output_dir=f"{tmp}/runs", save_every_steps=0)
         start = time.perf_counter()
-        results = _run_all(config, data, pathlib.Path(tmp) / "runs")
+        results = run_all(config, data, pathlib.Path(tmp) / "runs")
         seconds = time.perf_counter() - start
     return {"e2e": {"seconds": seconds, "accuracy": {r.name: r.test_accuracy for r in results}, "data": data.origin}}
 

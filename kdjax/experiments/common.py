@@ -162,7 +162,7 @@ def run(name: str, argv: list[str] | None = None) -> int:
             raise DataNotFoundError(str(error)) from error
         start = time.perf_counter()
         if name == "all":
-            results = _run_all(config, data, run_dir)
+            results = run_all(config, data, run_dir)
             table = results_table(results)
             report = (f"{table}\n\nWhole run: {time.perf_counter() - start:.0f} s on {machine_line()}\n")
             (run_dir / "results.md").write_text(report)
@@ -191,7 +191,8 @@ def _run_one(config: ExperimentConfig, data: Cifar10) -> RunResult:
     return run_student(config, data, teacher, cache)
 
 
-def _run_all(config: ExperimentConfig, data: Cifar10, run_dir: pathlib.Path) -> list[RunResult]:
+def run_all(config: ExperimentConfig, data: Cifar10, run_dir: pathlib.Path) -> list[RunResult]:
+    """The whole tutorial on `data`: the teacher, then the four students; per-run outputs under `run_dir`."""
     teacher = ensure_teacher(config, data)
     write_run(run_dir / "teacher", dataclasses.replace(config, name="teacher"), teacher)
     objectives = [EXPERIMENTS[name] for name in STUDENTS]
