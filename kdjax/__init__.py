@@ -3,7 +3,14 @@
 The PyTorch Knowledge Distillation Tutorial's teacher (`DeepNN`), student (`LightNN`) and
 FitNets `Regressor` in Flax, its losses as pure functions (`kdjax.losses`), and pure,
 jittable train/eval steps (`kdjax.train`).
+
+Importing kdjax turns on faster XLA:CPU conv kernels unless JAX has already run something;
+see `kdjax.xla_cpu` for what is set and how to opt out.
 """
+
+from kdjax.xla_cpu import apply_cpu_defaults
+
+apply_cpu_defaults()
 
 from kdjax.losses import avg_pool_pairs, cosine_loss, cross_entropy, hint_loss, kd_loss
 from kdjax.models import DeepNN, LightNN, ModelOutput, Regressor

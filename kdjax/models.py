@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import struct
 
+from kdjax.conv import add_channel_bias, conv_general_dilated
 from kdjax.initializers import torch_bias_init, torch_kernel_init
 
 InitScheme = Literal["torch", "flax"]
@@ -42,16 +43,35 @@ class ModelOutput:
 
 def _initializers(init_scheme: InitScheme, fan_in: int) -> dict:
     if init_scheme == "torch":
-        return dict(kernel_init=torch_kernel_init, bias_init=torch_bias_init(fan_in))
+        return {"kernel_init": torch_kernel_init, "bias_init": torch_bias_init(fan_in)}
     if init_scheme == "flax":
         return {}
     raise ValueError(f"init_scheme must be 'torch' or 'flax', got {init_scheme!r}")
 
 
-def _conv(features: int, in_channels: int, init_scheme: InitScheme, name: str) -> nn.Conv:
-    """3x3 conv, stride 1, padding 1, like `nn.Conv2d(in, out, kernel_size=3, padding=1)`."""
-    inits = _initializers(init_scheme, in_channels * 9)
-    return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), name=name, **inits)
+class Conv3x3(nn.Module):
+    """3x3 conv, stride 1, padding 1: `nn.Conv2d(in, out, kernel_size=3, padding=1)` on NHWC.
+
+    Params `kernel` `[3, 3, in, out]` and `bias` `[out]`, laid out and initialised as
+    `nn.Conv`'s; `[n, h, w, in] -> [n, h, w, out]`. The kernel and bias gradients take the
+    faster CPU forms in `kdjax.conv`.
+    """
+
+    features: int
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (3, 3, x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        y = conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return add_channel_bias(y, bias)
+
+
+def _conv(features: int, in_channels: int, init_scheme: InitScheme, name: str) -> Conv3x3:
+    return Conv3x3(features, name=name, **_initializers(init_scheme, in_channels * 9))
 
 
 def _dense(features: int, in_features: int, init_scheme: InitScheme, name: str) -> nn.Dense:
