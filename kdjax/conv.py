@@ -10,8 +10,9 @@ transpose alone: 170 ms of the teacher's 780 ms step for its 128-channel input.
 The same sum is also a convolution of `dy` (batch: its channels, features: its batch) with
 `x` as the kernel (input features: its batch, output features: its channels). That form
 transposes `dy` fully and `x` only partly (`n` moves inward, channels stay minor), so it
-wins when `dy` has fewer channels than `x`. `conv_general_dilated` picks the form with the
-smaller full transpose; the forward pass and the input gradient are XLA's own.
+wins when `dy` has no more channels than `x` (measured: `python -m kdjax.bench.profile`).
+`conv_general_dilated` picks the form that way; the forward pass and the input gradient
+are XLA's own.
 
 Both forms compute the same sum in a different order: they agree to float32 rounding
 (the parity tests against PyTorch hold to 1e-6 absolute either way).
@@ -66,7 +67,7 @@ def _conv_bwd(padding, residuals, dy):
     x, kernel = residuals
     _, input_vjp = jax.vjp(lambda x_: _plain_conv(x_, kernel, padding), x)
     (dx,) = input_vjp(dy)
-    if dy.shape[-1] < x.shape[-1]:
+    if dy.shape[-1] <= x.shape[-1]:
         dkernel = _kernel_grad_as_dy_conv(x, dy, kernel.shape[:2], padding)
     else:
         _, kernel_vjp = jax.vjp(lambda k_: _plain_conv(x, k_, padding), kernel)

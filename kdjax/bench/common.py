@@ -49,7 +49,7 @@ def side_parser(description: str) -> argparse.ArgumentParser:
 
 
 def steps_per_window(case: str) -> int:
-    return 3 if case == "teacher_ce" else 20
+    return 3 if case == "teacher_ce" else 30
 
 
 def run_side(description: str, figures: dict, data: Any, measure_steps: Callable, measure_eval: Callable,
