@@ -114,5 +114,6 @@ class RunCheckpoints:
 
 def _check_finite(tree: dict[str, Any], step: int) -> None:
     for leaf in jax.tree.leaves(tree["params"]):
-        if not np.all(np.isfinite(np.asarray(leaf))):
+        local = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf  # replicated: any shard is whole
+        if not np.all(np.isfinite(np.asarray(local))):
             raise ValueError(f"non-finite parameters at step {step}")

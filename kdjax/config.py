@@ -45,6 +45,8 @@ class ExperimentConfig:
     augment: bool = False  # random horizontal flips (the tutorial uses none; turns the teacher cache off)
     save_every_steps: int = 200  # checkpoint cadence inside an epoch, besides every epoch end
     loader: str = "resident"  # resident (whole split on the device) | streaming
+    devices: int = 0  # data-parallel over the first N devices (0: all of them)
+    distributed: bool = False  # call jax.distributed.initialize() first (multi-host launches)
 
     @property
     def objective(self) -> Objective:
@@ -73,6 +75,7 @@ class ExperimentConfig:
             (self.save_every_steps >= 0, f"--save-every-steps must be >= 0, got {self.save_every_steps}"),
             (self.data_source in ("auto", "local", "tfds"), f"--data-source must be auto, local or tfds, got {self.data_source!r}"),
             (self.loader in ("resident", "streaming"), f"--loader must be resident or streaming, got {self.loader!r}"),
+            (self.devices >= 0, f"--devices must be >= 0 (0: all devices), got {self.devices}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -123,6 +126,8 @@ _HELP = {
     "augment": "mirror training images left-right at random (not in the tutorial; disables the teacher cache)",
     "save_every_steps": "also checkpoint every N steps inside an epoch (0: only at epoch ends)",
     "loader": "resident: whole split on the device; streaming: batches prefetched from the host",
+    "devices": "train data-parallel on the first N devices, the batch split between them (0: all devices)",
+    "distributed": "call jax.distributed.initialize() before anything else (one process per host; see README)",
 }
 
 

@@ -16,6 +16,7 @@ from kdjax.checkpoint import Position, RunCheckpoints
 from kdjax.config import ExperimentConfig
 from kdjax.data import Cifar10, ResidentLoader, StreamingLoader
 from kdjax.models import ModelOutput
+from kdjax.parallel import batch_mesh, replicate
 from kdjax.train import LossConfig, create_train_state, make_eval_step, make_train_step
 
 PROGRESS_EVERY = 10  # steps between progress-bar refreshes (each one waits for the device)
@@ -46,10 +47,10 @@ def init_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
 
 
-def make_loader(config: ExperimentConfig, data: Cifar10, key: jax.Array, *, train: bool):
+def make_loader(config: ExperimentConfig, data: Cifar10, key: jax.Array, *, train: bool, mesh=None):
     split = data.train if train else data.test
     cls = ResidentLoader if config.loader == "resident" else StreamingLoader
-    return cls(split, config.batch_size, key, shuffle=train, augment=train and config.augment)
+    return cls(split, config.batch_size, key, shuffle=train, augment=train and config.augment, mesh=mesh)
 
 
 def evaluate(eval_step: Callable, params: Any, loader) -> tuple[float, float]:
@@ -81,25 +82,30 @@ def train(
     """Train `model` on `config.objective`, resuming from `checkpoints` if they hold this run.
 
     The data order is a function of (seed, epoch) and dropout of (seed, step), so a run
-    resumed from any checkpoint retraces exactly the steps an uninterrupted run takes.
+    resumed from any checkpoint retraces exactly the steps an uninterrupted run takes. The
+    run is data-parallel over `config.devices` (see `kdjax.parallel`); a checkpoint resumes
+    on any number of devices.
     """
     init_key, data_key, dropout_key = init_keys(config.seed)
+    mesh = batch_mesh(config.devices or None)
+    train_loader = make_loader(config, data, data_key, train=True, mesh=mesh)  # fails fast on a bad batch size
     loss_config = LossConfig(config.objective, config.ce_weight, config.aux_weight, config.temperature)
-    state = create_train_state(model, init_key, learning_rate=config.learning_rate)
+    state = replicate(create_train_state(model, init_key, learning_rate=config.learning_rate), mesh)
     fresh_epoch = {"loss_sum": 0.0, "batches": 0, "seconds": 0.0}  # running totals of the epoch in progress
     position, history, running = Position(0, 0), [], dict(fresh_epoch)
     restored = checkpoints.restore_latest(state, dropout_key)
     if restored is not None:
         state, dropout_key, position, meta = restored
+        state = replicate(state, mesh)
         history, running = meta.get("history", []), meta.get("running", running)
         log(f"{config.name}: resuming from step {int(state.step)} (epoch {position.epoch + 1}, "
             f"batch {position.batch}) in {checkpoints.directory}")
     use_cache = teacher_cache is not None and loss_config.needs_teacher
     step_fn = make_train_step(loss_config, cached=use_cache)
-    teacher_arg = teacher_cache if use_cache else teacher_params
+    teacher_arg = replicate(teacher_cache if use_cache else teacher_params, mesh)
+    dropout_key = replicate(dropout_key, mesh)
     eval_step = make_eval_step(model)
-    train_loader = make_loader(config, data, data_key, train=True)
-    test_loader = make_loader(config, data, data_key, train=False)
+    test_loader = make_loader(config, data, data_key, train=False, mesh=mesh)
     if use_cache and not train_loader.deterministic_per_image:
         raise ValueError("a teacher-output cache needs a pipeline that feeds each example the same image every epoch")
     parameters = sum(leaf.size for leaf in jax.tree.leaves(state.params))

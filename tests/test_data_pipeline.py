@@ -70,10 +70,10 @@ def test_epochs_differ_and_no_recompilation_across_epochs():
     assert not np.array_equal(first[0]["label"], second[0]["label"]) or not np.array_equal(
         first[0]["image"], second[0]["image"]
     )
-    assert pipeline._gather_batch._cache_size() >= 1
-    before = pipeline._gather_batch._cache_size()
+    assert loader._gather._cache_size() >= 1
+    before = loader._gather._cache_size()
     _collect(loader, 2)
-    assert pipeline._gather_batch._cache_size() == before
+    assert loader._gather._cache_size() == before
 
 
 @pytest.mark.parametrize("loader_cls", [ResidentLoader, StreamingLoader])

@@ -49,7 +49,7 @@ def measure_steps(split: Split, windows: int) -> dict:
                 box["state"], _ = compiled(box["state"], next(batches), key, teacher_arg)
             jax.block_until_ready(box["state"])
 
-        window(2)  # warm-up
+        window()  # warm-up: one full window, so each case starts from a settled machine
         name = f"{case}_cached" if cached else case
         results[name] = {"images_per_s": median_rate(window, steps_per_window(case) * BATCH, windows),
                          "compile_s": compile_s}

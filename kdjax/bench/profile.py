@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from kdjax.bench.common import BATCH
-from kdjax.conv import _kernel_grad_as_dy_conv, add_channel_bias, conv_general_dilated
+from kdjax.conv import _kernel_grad_as_dy_conv, add_channel_bias
 from kdjax.models import DeepNN, LightNN
 from kdjax.train import LossConfig, create_train_state, make_train_step
 
@@ -120,15 +120,15 @@ def matmul_gflops(repeats: int) -> float:
 
 def report(repeats: int) -> str:
     peak = matmul_gflops(repeats)
-    lines = [f"machine: {platform.machine()}, {jax.devices()[0].device_kind}, jax {jax.__version__}; "
-             f"float32 matmul 2048^3: {peak:.0f} GFLOP/s", ""]
+    machine = f"{platform.machine()}, {jax.devices()[0].device_kind}, jax {jax.__version__}"
+    lines = [f"machine: {machine}; float32 matmul 2048^3: {peak:.0f} GFLOP/s", ""]
     for name, convs in CONVS.items():
         ms, gflop = step_ms(name, repeats), step_gflop(name)
-        lines += [f"## {name}: CE train step {ms:.0f} ms for {gflop:.1f} GFLOP of matmul work "
-                  f"({gflop / ms * 1000:.0f} GFLOP/s); floor at {peak:.0f} GFLOP/s: {gflop / peak * 1000:.0f} ms",
-                  "", "| conv (HxW, in->out) | GFLOP per pass | forward ms | input grad ms | "
-                  "kernel grad ms, XLA form | kernel grad ms, dy-side form | used |",
-                  "|---|---:|---:|---:|---:|---:|---|"]
+        title = (f"## {name}: CE train step {ms:.0f} ms for {gflop:.1f} GFLOP of matmul work "
+                 f"({gflop / ms * 1000:.0f} GFLOP/s); floor at {peak:.0f} GFLOP/s: {gflop / peak * 1000:.0f} ms")
+        header = ("| conv (HxW, in->out) | GFLOP per pass | forward ms | input grad ms | "
+                  "kernel grad ms, XLA form | kernel grad ms, dy-side form | used |")
+        lines += [title, "", header, "|---|---:|---:|---:|---:|---:|---|"]
         for size, c_in, c_out in convs:
             row = conv_rows(size, c_in, c_out, repeats)
             used = "dy-side" if c_out <= c_in else "XLA"

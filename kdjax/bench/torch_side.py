@@ -50,7 +50,7 @@ def measure_steps(dataset: TensorDataset, windows: int) -> dict:
                 loss_fn(student, teacher, inputs, labels).backward()
                 optimizer.step()
 
-        window(2)
+        window()  # warm-up: one full window, as on the kdjax side
         results[case] = {"images_per_s": median_rate(window, steps_per_window(case) * BATCH, windows)}
     return results
 

@@ -26,8 +26,10 @@ from typing import Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from kdjax.data.formats import Split
+from kdjax.parallel import batch_sharding, check_batch_size, replicate, shard_host_batch
 
 # The tutorial's transforms.Normalize: ImageNet's per-channel mean and std, RGB, on [0, 1] pixels.
 MEAN = (0.485, 0.456, 0.406)
@@ -68,7 +70,6 @@ def _slice_order(order: jax.Array, index: jax.Array, *, batch_size: int, num_exa
     return indices, mask
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "num_examples"))
 def _gather_batch(images, labels, order, index, *, batch_size: int, num_examples: int) -> Batch:
     indices, mask = _slice_order(order, index, batch_size=batch_size, num_examples=num_examples)
     batch_images = images[indices]
@@ -77,9 +78,16 @@ def _gather_batch(images, labels, order, index, *, batch_size: int, num_examples
     return {"image": batch_images, "label": labels[indices], "mask": mask, "index": indices}
 
 
+@functools.lru_cache
+def _batch_gatherer(batch_size: int, num_examples: int, sharding: jax.sharding.Sharding | None):
+    """`_gather_batch` jitted for one batch geometry, its output laid out as `sharding`."""
+    return jax.jit(functools.partial(_gather_batch, batch_size=batch_size, num_examples=num_examples),
+                   out_shardings=sharding)
+
+
 @jax.jit
-def _finish_streamed(images: jax.Array, labels: jax.Array, mask: jax.Array, indices: jax.Array) -> Batch:
-    return {"image": normalize(images), "label": labels, "mask": mask, "index": indices}
+def _finish_streamed(batch: Batch) -> Batch:
+    return batch | {"image": normalize(batch["image"])}
 
 
 @jax.jit
@@ -91,9 +99,13 @@ def _random_flip(batch: Batch, key: jax.Array) -> Batch:
 
 
 class _Loader:
-    def __init__(self, split: Split, batch_size: int, key: jax.Array, shuffle: bool, augment: bool):
+    def __init__(self, split: Split, batch_size: int, key: jax.Array, shuffle: bool, augment: bool,
+                 mesh: Mesh | None):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if mesh is not None:
+            check_batch_size(batch_size, mesh)
+        self.mesh = mesh
         self.num_examples = len(split)
         self.batch_size = batch_size
         self.key = key
@@ -126,39 +138,42 @@ class ResidentLoader(_Loader):
     normalised inside the gather; `normalize_once=True` stores float32 normalised images
     instead (614 MB). Both deliver ~500k images/s on a 2-core CPU (`python -m
     kdjax.bench.data`), far above any train step, so the smaller one is the default.
+    With a `mesh` (see `kdjax.parallel`) every device holds the split and gathers its own
+    rows of each batch, which arrives split along `"batch"`.
     """
 
     def __init__(
         self, split: Split, batch_size: int, key: jax.Array, *, shuffle: bool = True, augment: bool = False,
-        normalize_once: bool = False, device: jax.Device | None = None,
+        normalize_once: bool = False, mesh: Mesh | None = None,
     ):
-        super().__init__(split, batch_size, key, shuffle, augment)
-        images = jax.device_put(split.images, device)
+        super().__init__(split, batch_size, key, shuffle, augment, mesh)
+        if mesh is None:
+            images, self.labels = jax.device_put((split.images, split.labels))
+        else:
+            images, self.labels = replicate((split.images, split.labels), mesh)
         self.images = jax.jit(normalize)(images) if normalize_once else images
-        self.labels = jax.device_put(split.labels, device)
+        self._gather = _batch_gatherer(batch_size, self.num_examples, None if mesh is None else batch_sharding(mesh))
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """The batches of `epoch` from batch `start` on (to resume mid-epoch)."""
-        order = self.order(epoch)
+        order = self.order(epoch) if self.mesh is None else np.asarray(self.order(epoch))
         for index in range(start, len(self)):
-            batch = _gather_batch(
-                self.images, self.labels, order, np.int32(index),
-                batch_size=self.batch_size, num_examples=self.num_examples,
-            )
-            yield self._finish(batch, epoch, index)
+            yield self._finish(self._gather(self.images, self.labels, order, np.int32(index)), epoch, index)
 
 
 class StreamingLoader(_Loader):
-    """The split stays on the host; each uint8 batch goes to the device `prefetch` batches ahead."""
+    """The split stays on the host; each uint8 batch goes to the device `prefetch` batches ahead.
+
+    With a `mesh`, each host sends only the rows its own devices hold.
+    """
 
     def __init__(
         self, split: Split, batch_size: int, key: jax.Array, *, shuffle: bool = True, augment: bool = False,
-        prefetch: int = 2, device: jax.Device | None = None,
+        prefetch: int = 2, mesh: Mesh | None = None,
     ):
-        super().__init__(split, batch_size, key, shuffle, augment)
+        super().__init__(split, batch_size, key, shuffle, augment, mesh)
         self.split = split
         self.prefetch = max(1, prefetch)
-        self.device = device
 
     def _host_batches(self, epoch: int, start: int) -> Iterator[tuple[jax.Array, ...]]:
         order = np.asarray(self.order(epoch))
@@ -166,8 +181,12 @@ class StreamingLoader(_Loader):
             first = index * self.batch_size
             indices = order[first:first + self.batch_size]
             mask = first + np.arange(self.batch_size) < self.num_examples
-            arrays = (self.split.images[indices], self.split.labels[indices], mask, indices)
-            yield jax.device_put(arrays, self.device)  # asynchronous: overlaps with the step
+            arrays = {"image": self.split.images[indices], "label": self.split.labels[indices], "mask": mask,
+                      "index": indices}
+            if self.mesh is None:
+                yield jax.device_put(arrays)  # asynchronous: overlaps with the step
+            else:
+                yield shard_host_batch(arrays, self.mesh)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """The batches of `epoch` from batch `start` on (to resume mid-epoch)."""
@@ -176,7 +195,7 @@ class StreamingLoader(_Loader):
             queue.append((index, arrays))
             if len(queue) > self.prefetch:
                 ready, arrays = queue.popleft()
-                yield self._finish(_finish_streamed(*arrays), epoch, ready)
+                yield self._finish(_finish_streamed(arrays), epoch, ready)
         while queue:
             ready, arrays = queue.popleft()
-            yield self._finish(_finish_streamed(*arrays), epoch, ready)
+            yield self._finish(_finish_streamed(arrays), epoch, ready)

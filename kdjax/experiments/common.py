@@ -153,6 +153,8 @@ def run(name: str, argv: list[str] | None = None) -> int:
         if name not in EXPERIMENTS and name != "all":
             raise ConfigError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}, all")
         config = parse_config(name, argv)
+        if config.distributed:
+            jax.distributed.initialize()  # coordinator, process count and id from the launcher's environment
         log(f"config: {json.dumps(dataclasses.asdict(config))}")
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = pathlib.Path(config.output_dir) / f"{name}-{stamp}"
