@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from flax.training.train_state import TrainState
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from kdjax.checkpoint import Position, RunCheckpoints
@@ -47,7 +48,7 @@ def init_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
 
 
-def make_loader(config: ExperimentConfig, data: Cifar10, key: jax.Array, *, train: bool, mesh=None):
+def make_loader(config: ExperimentConfig, data: Cifar10, key: jax.Array, *, train: bool, mesh: Mesh | None = None):
     split = data.train if train else data.test
     cls = ResidentLoader if config.loader == "resident" else StreamingLoader
     return cls(split, config.batch_size, key, shuffle=train, augment=train and config.augment, mesh=mesh)
@@ -95,8 +96,7 @@ def train(
     position, history, running = Position(0, 0), [], dict(fresh_epoch)
     restored = checkpoints.restore_latest(state, dropout_key)
     if restored is not None:
-        state, dropout_key, position, meta = restored
-        state = replicate(state, mesh)
+        state, dropout_key, position, meta = restored  # laid out like the replicated template
         history, running = meta.get("history", []), meta.get("running", running)
         log(f"{config.name}: resuming from step {int(state.step)} (epoch {position.epoch + 1}, "
             f"batch {position.batch}) in {checkpoints.directory}")
