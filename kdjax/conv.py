@@ -5,7 +5,8 @@ x_pad[n, h+a, w+b, i] * dy[n, h, w, o]`, is itself a convolution that treats `x`
 channels as its batch and `x`'s batch as its features. XLA:CPU gets there by transposing
 the whole of `x` (`[n, h, w, c] -> [c, h, w, n]`), and when `x` comes from a bias-add and
 ReLU it fuses them into that transpose, which then runs several times slower than the
-transpose alone: 269 ms of the teacher's 780 ms step, against 44 ms for the bare transpose.
+transpose alone: 269 ms of the teacher's 780 ms step, against 44 ms for the bare transpose
+(experiments/PERFORMANCE.md).
 
 The same sum is also a convolution of `dy` (batch: its channels, features: its batch) with
 `x` as the kernel (input features: its batch, output features: its channels). That form
