@@ -60,9 +60,11 @@ class RunCheckpoints:
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def save(self, state: TrainState, key: jax.Array, position: Position, extra: dict[str, Any] | None = None) -> None:
+    def save(self, state: TrainState, key: jax.Array, position: Position, extra: dict[str, Any] | None = None,
+             *, step: int | None = None) -> None:
+        """Save `state` and `key` at `position`; `step` names the checkpoint (default `state.step`, a scalar)."""
         meta = {"identity": self.identity, "epoch": position.epoch, "batch": position.batch, **(extra or {})}
-        step = int(state.step)
+        step = int(state.step) if step is None else step
         if step in self._manager.all_steps():
             return
         self._manager.save(

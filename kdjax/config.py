@@ -131,11 +131,11 @@ _HELP = {
 }
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field (except `name`), defaulting to the tutorial's values."""
+def add_flags(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...] = ()) -> None:
+    """One flag per config field (except `name` and `exclude`), defaulting to the tutorial's values."""
     defaults = ExperimentConfig()
     for field in dataclasses.fields(ExperimentConfig):
-        if field.name == "name":
+        if field.name == "name" or field.name in exclude:
             continue
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
@@ -148,5 +148,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def from_args(name: str, args: argparse.Namespace) -> ExperimentConfig:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig) if f.name != "name"}
+    """The config named `name` from parsed flags; fields without a flag keep their defaults."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig)
+              if f.name != "name" and hasattr(args, f.name)}
     return ExperimentConfig(name=name, **values)

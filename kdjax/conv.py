@@ -21,10 +21,12 @@ Both forms compute the same sum in a different order: they agree to float32 roun
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from functools import partial
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 Padding = Sequence[tuple[int, int]]
@@ -43,6 +45,20 @@ def _plain_conv(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
     return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_NHWC)
 
 
+def _input_grad(kernel: jax.Array, dy: jax.Array, padding: Padding, x_shape: tuple[int, ...]) -> jax.Array:
+    x_shape = (dy.shape[0], *x_shape[1:])  # the batch may hold several members' examples (folded)
+    transpose = jax.linear_transpose(lambda x_: _plain_conv(x_, kernel, padding),
+                                     jax.ShapeDtypeStruct(x_shape, dy.dtype))
+    return transpose(dy)[0]
+
+
+def _kernel_grad(x: jax.Array, dy: jax.Array, padding: Padding, kernel_hw: tuple[int, int]) -> jax.Array:
+    if dy.shape[-1] <= x.shape[-1]:
+        return _kernel_grad_as_dy_conv(x, dy, kernel_hw, padding)
+    kernel = jax.ShapeDtypeStruct((*kernel_hw, x.shape[-1], dy.shape[-1]), dy.dtype)
+    return jax.linear_transpose(lambda k_: _plain_conv(x, k_, padding), kernel)(dy)[0]
+
+
 def _kernel_grad_as_dy_conv(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int],
                             padding: Padding) -> jax.Array:
     """`dW` `[kh, kw, c_in, c_out]` as the correlation of `dy` `[n, h', w', c_out]` with `x` `[n, h, w, c_in]`.
@@ -55,25 +71,58 @@ def _kernel_grad_as_dy_conv(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, i
     return flipped[:, ::-1, ::-1, :].transpose(1, 2, 3, 0)
 
 
+def _batched_per_member(fn, image_args: tuple[int, ...]):
+    """`fn(*arrays)` with a batching rule for stacks of independent models (`jax.vmap` over members).
+
+    XLA batches a convolution whose kernel differs per member into one grouped
+    convolution, which XLA:CPU runs 2-3x slower per member than the plain one. On CPU
+    this rule instead emits each member's convolution on its own (unrolled: inside a
+    `lax.map` loop XLA:CPU runs them >10x slower still); when
+    only the image-like arguments (`image_args`, batch-major) are batched, it folds the
+    member axis into their batch axis: one convolution, no grouping. Other backends keep
+    XLA's grouped form.
+    """
+    wrapped = jax.custom_batching.custom_vmap(fn)
+
+    @wrapped.def_vmap
+    def rule(axis_size, in_batched, *args):
+        if not any(batched for i, batched in enumerate(in_batched) if i not in image_args):
+            folded = [a.reshape(-1, *a.shape[2:]) if batched else a for a, batched in zip(args, in_batched)]
+            out = fn(*folded)
+            return out.reshape(axis_size, -1, *out.shape[1:]), True
+        stacked = [a if batched else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, batched in zip(args, in_batched)]
+        def one_by_one(*stacked):
+            return jnp.stack([fn(*(a[member] for a in stacked)) for member in range(axis_size)])
+
+        looped = lax.platform_dependent(*stacked, cpu=one_by_one, default=jax.vmap(fn))
+        return looped, True
+
+    return wrapped
+
+
+@functools.lru_cache
+def _ops(padding: Padding, x_shape: tuple[int, ...], kernel_hw: tuple[int, int]):
+    """Forward, input-gradient and kernel-gradient convolutions for one geometry, each batchable per member."""
+    forward = _batched_per_member(lambda x, kernel: _plain_conv(x, kernel, padding), image_args=(0,))
+    input_grad = _batched_per_member(lambda kernel, dy: _input_grad(kernel, dy, padding, x_shape), image_args=(1,))
+    kernel_grad = _batched_per_member(lambda x, dy: _kernel_grad(x, dy, padding, kernel_hw), image_args=())
+    return forward, input_grad, kernel_grad
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
-    return _plain_conv(x, kernel, padding)
+    forward, _, _ = _ops(padding, x.shape, kernel.shape[:2])
+    return forward(x, kernel)
 
 
 def _conv_fwd(x, kernel, padding):
-    return _plain_conv(x, kernel, padding), (x, kernel)
+    return _conv(x, kernel, padding), (x, kernel)
 
 
 def _conv_bwd(padding, residuals, dy):
     x, kernel = residuals
-    _, input_vjp = jax.vjp(lambda x_: _plain_conv(x_, kernel, padding), x)
-    (dx,) = input_vjp(dy)
-    if dy.shape[-1] <= x.shape[-1]:
-        dkernel = _kernel_grad_as_dy_conv(x, dy, kernel.shape[:2], padding)
-    else:
-        _, kernel_vjp = jax.vjp(lambda k_: _plain_conv(x, k_, padding), kernel)
-        (dkernel,) = kernel_vjp(dy)
-    return dx, dkernel
+    _, input_grad, kernel_grad = _ops(padding, x.shape, kernel.shape[:2])
+    return input_grad(kernel, dy), kernel_grad(x, dy)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)

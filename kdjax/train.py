@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,14 @@ OBJECTIVES: tuple[Objective, ...] = ("ce", "kd", "cosine", "hint")
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 TrainStep = Callable[[TrainState, Batch, jax.Array, Any], tuple[TrainState, Metrics]]
+
+
+class LossWeights(NamedTuple):
+    """The objective's numeric hyperparameters as a pytree: floats, or traced arrays in a sweep."""
+
+    ce_weight: Any
+    aux_weight: Any
+    temperature: Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +63,10 @@ class LossConfig:
     def needs_teacher(self) -> bool:
         return self.objective != "ce"
 
+    @property
+    def weights(self) -> LossWeights:
+        return LossWeights(self.ce_weight, self.aux_weight, self.temperature)
+
 
 def create_train_state(
     model: nn.Module, key: jax.Array, *, learning_rate: float = 1e-3
@@ -83,13 +95,16 @@ def objective_loss(
     *,
     apply_fn: Callable[..., ModelOutput],
     config: LossConfig,
+    weights: LossWeights | None = None,
 ) -> tuple[jax.Array, Metrics]:
     """The weighted objective for one batch and its metrics.
 
     `teacher_outputs` are the teacher's inference-mode outputs for `batch["image"]`
     (None for `ce`); they are wrapped in `stop_gradient` here, so no gradient reaches the
-    teacher whichever way they were computed.
+    teacher whichever way they were computed. `weights` (default: `config.weights`) may be
+    traced scalars, so that one compiled step serves a whole hyperparameter grid.
     """
+    weights = config.weights if weights is None else weights
     where = batch.get("mask")
     outputs: ModelOutput = apply_fn(
         {"params": params}, batch["image"], train=True, rngs={"dropout": dropout_key}
@@ -101,7 +116,7 @@ def objective_loss(
         teacher_outputs = jax.lax.stop_gradient(teacher_outputs)
         if config.objective == "kd":
             aux = losses.kd_loss(
-                outputs.logits, teacher_outputs.logits, temperature=config.temperature, where=where
+                outputs.logits, teacher_outputs.logits, temperature=weights.temperature, where=where
             )
         elif config.objective == "cosine":
             teacher_hidden = losses.avg_pool_pairs(teacher_outputs.hidden)
@@ -110,7 +125,7 @@ def objective_loss(
             if outputs.regressed is None:
                 raise ValueError("the hint objective needs a student built with LightNN(hint=True)")
             aux = losses.hint_loss(outputs.regressed, teacher_outputs.feature_map, where=where)
-        loss = config.ce_weight * ce + config.aux_weight * aux
+        loss = weights.ce_weight * ce + weights.aux_weight * aux
     correct = outputs.logits.argmax(-1) == batch["label"]
     if where is not None:
         correct = jnp.logical_and(correct, where)
@@ -118,13 +133,22 @@ def objective_loss(
     return loss, metrics
 
 
-def _apply_step(
-    state: TrainState, batch: Batch, key: jax.Array, teacher_outputs: ModelOutput | None, config: LossConfig
+def apply_step(
+    state: TrainState,
+    batch: Batch,
+    key: jax.Array,
+    teacher_outputs: ModelOutput | None,
+    config: LossConfig,
+    weights: LossWeights | None = None,
 ) -> tuple[TrainState, Metrics]:
+    """One Adam step given the teacher's outputs for `batch` (the core of every train step).
+
+    The dropout key is `fold_in(key, state.step)`; `weights` as in `objective_loss`.
+    """
     dropout_key = jax.random.fold_in(key, state.step)
     grad_fn = jax.value_and_grad(objective_loss, has_aux=True)
     (_, metrics), grads = grad_fn(
-        state.params, teacher_outputs, batch, dropout_key, apply_fn=state.apply_fn, config=config
+        state.params, teacher_outputs, batch, dropout_key, apply_fn=state.apply_fn, config=config, weights=weights
     )
     return state.apply_gradients(grads=grads), metrics
 
@@ -160,7 +184,7 @@ def train_step(
         teacher_outputs = (teacher or DeepNN()).apply(
             {"params": teacher_params}, batch["image"], train=False
         )
-    return _apply_step(state, batch, key, teacher_outputs, config)
+    return apply_step(state, batch, key, teacher_outputs, config)
 
 
 def cached_train_step(
@@ -177,7 +201,7 @@ def cached_train_step(
     if "index" not in batch:
         raise ValueError("cached_train_step needs batch['index'], the examples' positions in the split")
     teacher_outputs = jax.tree.map(lambda field: field[batch["index"]], teacher_cache)
-    return _apply_step(state, batch, key, teacher_outputs, config)
+    return apply_step(state, batch, key, teacher_outputs, config)
 
 
 def make_train_step(config: LossConfig, teacher: nn.Module | None = None, *, cached: bool = False) -> TrainStep:

@@ -76,3 +76,37 @@ def test_conv3x3_is_nn_conv_with_the_same_params(inits):
     flax_params = flax_conv.init(jax.random.key(5), x)
     jax.tree.map(np.testing.assert_array_equal, params, flax_params)
     np.testing.assert_allclose(ours.apply(params, x), flax_conv.apply(params, x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("c_in,c_out", [(8, 4), (4, 8)])
+@pytest.mark.parametrize("shared", ["nothing", "kernel", "input"])
+def test_vmap_over_members_matches_each_member_alone(c_in, c_out, shared):
+    """The per-member batching rule (members' kernels, inputs or both stacked) against lax member by member."""
+    members, padding = 3, ((1, 1), (0, 2))
+    keys = jax.random.split(jax.random.key(1), 3)
+    x = jax.random.normal(keys[0], (members, 2, 6, 5, c_in))
+    kernel = jax.random.normal(keys[1], (members, 3, 3, c_in, c_out))
+    bias = jax.random.normal(keys[2], (members, c_in))
+    x_axis, kernel_axis = (0, None) if shared == "kernel" else (None, 0) if shared == "input" else (0, 0)
+    x = x[0] if x_axis is None else x
+    kernel = kernel[0] if kernel_axis is None else kernel
+
+    def batched(conv):
+        return jax.vmap(lambda x_, k_, b_: _grads(conv, x_, k_, b_, padding), in_axes=(x_axis, kernel_axis, 0))
+
+    got = batched(conv_general_dilated)(x, kernel, bias)
+    for member in range(members):
+        x_m = x if x_axis is None else x[member]
+        kernel_m = kernel if kernel_axis is None else kernel[member]
+        want = _grads(jax.lax.conv_general_dilated, x_m, kernel_m, bias[member], padding)
+        for name, g, w in zip(("input", "kernel", "bias"), got, want):
+            np.testing.assert_allclose(g[member], w, rtol=1e-5, atol=1e-5 * float(jnp.abs(w).max()),
+                                       err_msg=f"{name} of member {member}")
+    forward = jax.vmap(lambda x_, k_: conv_general_dilated(x_, k_, (1, 1), padding, dimension_numbers=NHWC),
+                       in_axes=(x_axis, kernel_axis))(x, kernel)
+    for member in range(members):
+        x_m = x if x_axis is None else x[member]
+        kernel_m = kernel if kernel_axis is None else kernel[member]
+        np.testing.assert_allclose(
+            forward[member], jax.lax.conv_general_dilated(x_m, kernel_m, (1, 1), padding, dimension_numbers=NHWC),
+            rtol=1e-5, atol=1e-5)

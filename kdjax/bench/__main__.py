@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 
-from kdjax.bench.common import CACHED_CASES, STEP_CASES
+from kdjax.bench.common import CACHED_CASES, STEP_CASES, SWEEP_SECTION
 
 LABELS = {"teacher_ce": "teacher CE step", "student_ce": "student CE step", "kd": "student KD step",
           "cosine": "student cosine step", "hint": "student hint step", "eval_teacher": "teacher eval",
@@ -126,7 +126,12 @@ def main() -> None:
     print(report)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "BENCH.md").write_text(report)
+    previous = out / "BENCH.md"
+    SECTION_START, SECTION_END = SWEEP_SECTION
+    if previous.exists() and SECTION_START in previous.read_text():  # keep `python -m kdjax.bench.sweep`'s section
+        kept = previous.read_text().split(SECTION_START, 1)[1].split(SECTION_END, 1)[0]
+        report = report.rstrip("\n") + f"\n\n{SECTION_START}{kept}{SECTION_END}\n"
+    previous.write_text(report)
     (out / "BENCH.json").write_text(json.dumps({"command": command, "kdjax": jx, "pytorch": pt}, indent=2) + "\n")
 
 

@@ -14,6 +14,8 @@ import numpy as np
 BATCH = 128
 STEP_CASES = ("teacher_ce", "student_ce", "kd", "cosine", "hint")
 CACHED_CASES = ("kd", "cosine", "hint")
+# BENCH.md's section written by `python -m kdjax.bench.sweep`, which `python -m kdjax.bench` keeps.
+SWEEP_SECTION = ("<!-- sweep benchmark -->", "<!-- /sweep benchmark -->")
 
 
 def synthetic_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
