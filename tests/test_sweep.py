@@ -241,3 +241,22 @@ def test_sweep_command_refuses_more_than_the_device_holds(tmp_path, monkeypatch,
     monkeypatch.setattr(sweep_cli, "device_capacity_bytes", lambda: 2**20)
     assert sweep_cli.main(_cli_args(tmp_path)) == 1
     assert "one sweep member needs about" in capsys.readouterr().err
+
+
+def test_an_interrupted_sweep_resumes_to_the_same_end(tmp_path, setup):
+    data, _, cache = setup
+    members = [Member("kd", 0), Member("kd", 1, temperature=4.0)]
+
+    def run(directory, epochs):
+        checkpoints = RunCheckpoints(tmp_path / directory, {"sweep": "resume"})
+        settings = dataclasses.replace(SETTINGS, epochs=epochs, save_every_steps=2)
+        result = train_members(members, data, LightNN(), settings, checkpoints, teacher=cache, cached=True,
+                               log=lambda _: None)
+        checkpoints.close()
+        return result
+
+    straight = run("straight", 3)
+    run("resumed", 1)  # stops after epoch 1, as a killed run would have last saved
+    resumed = run("resumed", 3)
+    _assert_trees_close(straight.states.params, resumed.states.params, atol=0)
+    assert [r.history for r in straight.results] == [r.history for r in resumed.results]
