@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from kdjax.stats import paired_comparison, summarize
-from kdjax.sweep import MemberResult
+from kdjax.sweep import Member, MemberResult
 
 TITLES = {"ce": "CE", "kd": "CE + KD", "cosine": "CE + cosine", "hint": "CE + hint"}
 
@@ -102,3 +102,62 @@ def plot_temperature_sweep(results: Sequence[MemberResult], path: pathlib.Path) 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def read_members(path: pathlib.Path) -> list[MemberResult]:
+    """The results a sweep wrote to `members.jsonl`."""
+    results = []
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        results.append(MemberResult(Member(**row["member"]), row["test_accuracy"], row["test_loss"], row["history"]))
+    return results
+
+
+def merge(runs: Sequence[Sequence[MemberResult]]) -> list[MemberResult]:
+    """The members of several sweeps, each distinct member once.
+
+    A member trains the same whatever sweep holds it, so one that appears in two sweeps
+    must have the same result; a mismatch means the sweeps differ in data, epochs or code.
+    """
+    seen: dict[Member, MemberResult] = {}
+    for results in runs:
+        for result in results:
+            earlier = seen.setdefault(result.member, result)
+            if abs(earlier.test_accuracy - result.test_accuracy) > 1e-6:
+                raise ValueError(f"{result.member} has test accuracy {earlier.test_accuracy} in one sweep and "
+                                 f"{result.test_accuracy} in another: were they run on the same data and settings?")
+    return list(seen.values())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m kdjax.sweep_report RUN_DIR... --out DIR`: one summary of several sweeps' members."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m kdjax.sweep_report", description=main.__doc__)
+    parser.add_argument("runs", nargs="+", type=pathlib.Path, help="sweep output folders (holding members.jsonl)")
+    parser.add_argument("--out", type=pathlib.Path, required=True, help="folder for summary.md and temperature.png")
+    args = parser.parse_args(argv)
+    try:
+        missing = [str(run) for run in args.runs if not (run / "members.jsonl").is_file()]
+        if missing:
+            raise ValueError(f"no members.jsonl in {', '.join(missing)}: pass the folders a sweep wrote")
+        results = merge([read_members(run / "members.jsonl") for run in args.runs])
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    sections = ["## Test accuracy per configuration", summary_table(results)]
+    paired = paired_table(results)
+    if paired:
+        sections += ["## Against CE over the same seeds", paired]
+    if plot_temperature_sweep(results, args.out / "temperature.png"):
+        sections += ["![KD accuracy vs temperature](temperature.png)"]
+    sections += [f"Merged from: {', '.join(str(run) for run in args.runs)}."]
+    (args.out / "summary.md").write_text("\n\n".join(sections) + "\n")
+    print("\n\n".join(sections))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

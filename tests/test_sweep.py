@@ -260,3 +260,21 @@ def test_an_interrupted_sweep_resumes_to_the_same_end(tmp_path, setup):
     resumed = run("resumed", 3)
     _assert_trees_close(straight.states.params, resumed.states.params, atol=0)
     assert [r.history for r in straight.results] == [r.history for r in resumed.results]
+
+
+def test_merging_sweeps_keeps_each_member_once_and_catches_disagreement(tmp_path):
+    from kdjax.sweep import MemberResult
+    from kdjax.sweep_report import main as report_main
+    from kdjax.sweep_report import merge, write_members
+
+    first = [MemberResult(Member("ce", s), 70.0 + s, 1.0, []) for s in range(3)]
+    second = [MemberResult(Member("ce", 0), 70.0, 1.0, []),
+              MemberResult(Member("kd", 0, temperature=4.0), 72.0, 1.0, [])]
+    assert [r.member for r in merge([first, second])] == [r.member for r in first] + [second[1].member]
+    for name, results in (("a", first), ("b", second)):
+        (tmp_path / name).mkdir()
+        write_members(tmp_path / name / "members.jsonl", results)
+    assert report_main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "merged")]) == 0
+    assert "| CE | — | 3 | 71.00% |" in (tmp_path / "merged" / "summary.md").read_text()
+    with pytest.raises(ValueError, match="in one sweep and"):
+        merge([first, [MemberResult(Member("ce", 1), 75.0, 1.0, [])]])
