@@ -236,27 +236,37 @@ def _nbytes(tree: Any) -> int:
 def measure_memory(
     objective: Objective, model: nn.Module, split: Split, settings: SweepSettings, teacher: Any, cached: bool
 ) -> tuple[int, int]:
-    """(bytes per member, shared bytes) of the sweep step, from XLA's analysis of a one-member compile.
+    """(bytes per member, shared bytes) of the sweep step, from XLA's analysis of one- and two-member compiles.
 
-    Shared: the split and the teacher's outputs or params. Per member: its state in and out
-    and the step's temporaries, which grow with the member count.
+    Per member: the growth from one member to two (states in and out, the step's
+    temporaries). Shared: the split and the teacher's outputs or params, all resident on the
+    device (XLA leaves out arguments the step does not read, so they are counted here).
     """
     n = len(split)
-    states = jax.eval_shape(lambda: init_stacked_state(model, [0], learning_rate=settings.learning_rate))
-    keys = jax.eval_shape(lambda: jnp.stack([jax.random.key(0)]))
-    orders = jax.ShapeDtypeStruct((1, num_batches(n, settings.batch_size) * settings.batch_size), jnp.int32)
-    weights = LossWeights(*(jax.ShapeDtypeStruct((1,), jnp.float32),) * 3)
     images = jax.ShapeDtypeStruct(split.images.shape, split.images.dtype)
     labels = jax.ShapeDtypeStruct(split.labels.shape, split.labels.dtype)
-    shared = (images, labels, teacher)
     step = make_sweep_step(objective, settings.batch_size, n, cached)
-    analysis = step.lower(states, orders, np.int32(0), images, labels, teacher, keys, weights).compile()
-    analysis = analysis.memory_analysis()
-    shared_bytes = _nbytes(shared)
-    if analysis is None:  # a backend without the analysis: states in and out, plus a generous temp guess
-        return 8 * _nbytes(states), shared_bytes
-    total = analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
-    return max(total - shared_bytes, 0), shared_bytes
+
+    def compiled_bytes(members: int) -> int | None:
+        seeds = list(range(members))
+        states = jax.eval_shape(lambda: init_stacked_state(model, seeds, learning_rate=settings.learning_rate))
+        keys = jax.eval_shape(lambda: jnp.stack([jax.random.key(seed) for seed in seeds]))
+        orders = jax.ShapeDtypeStruct((members, num_batches(n, settings.batch_size) * settings.batch_size), jnp.int32)
+        weights = LossWeights(*(jax.ShapeDtypeStruct((members,), jnp.float32),) * 3)
+        compiled = step.lower(states, orders, np.int32(0), images, labels, teacher, keys, weights).compile()
+        analysis = compiled.memory_analysis()
+        if analysis is None:
+            return None
+        return analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
+
+    shared_bytes = _nbytes((images, labels, teacher))
+    one, two = compiled_bytes(1), compiled_bytes(2)
+    if one is None or two is None or two <= one:  # no analysis: states in and out, plus a generous temp guess
+        state_bytes = _nbytes(jax.eval_shape(
+            lambda: init_stacked_state(model, [0], learning_rate=settings.learning_rate)))
+        return 8 * state_bytes, shared_bytes
+    per_member = two - one
+    return per_member, max(shared_bytes, one - per_member)
 
 
 # --- the loop -----------------------------------------------------------------------------------
