@@ -56,6 +56,7 @@ def one_run(data: Cifar10, cache, seed: int, epochs: int, workdir: pathlib.Path)
     """(wall seconds of a whole single run, its training seconds) for one KD student."""
     config = ExperimentConfig(name="kd", epochs=epochs, seed=seed, save_every_steps=0,
                               checkpoint_dir=str(workdir / f"solo-{seed}"), output_dir=str(workdir / "runs"))
+    _forget_compilations()
     start = time.perf_counter()
     checkpoints = RunCheckpoints(config.checkpoint_dir, {"bench": seed})
     result = train(config, data, LightNN(), checkpoints, teacher_cache=cache, log=lambda _: None)
@@ -63,8 +64,15 @@ def one_run(data: Cifar10, cache, seed: int, epochs: int, workdir: pathlib.Path)
     return time.perf_counter() - start, result.train_seconds
 
 
+def _forget_compilations() -> None:
+    """Every timed run compiles afresh, as a new process would (rounds share one process)."""
+    jax.clear_caches()
+    make_sweep_step.cache_clear()
+
+
 def sweep_run(data: Cifar10, cache, members: int, epochs: int, workdir: pathlib.Path) -> tuple[float, float]:
     """(wall seconds of a whole `members`-member sweep, its training seconds)."""
+    _forget_compilations()
     start = time.perf_counter()
     checkpoints = RunCheckpoints(workdir / f"sweep-{members}", {"bench": members})
     run = train_members([Member("kd", seed) for seed in range(members)], data, LightNN(),
