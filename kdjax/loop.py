@@ -66,7 +66,7 @@ def evaluate(eval_step: Callable, params: Any, loader) -> tuple[float, float]:
 
 
 @jax.jit
-def _first_nonfinite(first_bad: jax.Array, loss: jax.Array, step: jax.Array) -> jax.Array:
+def first_nonfinite(first_bad: jax.Array, loss: jax.Array, step: jax.Array) -> jax.Array:
     return jnp.where((first_bad < 0) & ~jnp.isfinite(loss), step, first_bad)
 
 
@@ -140,7 +140,7 @@ def train(
         for index, batch in enumerate(train_loader.epoch(epoch, start_batch), start=start_batch):
             state, metrics = step_fn(state, batch, dropout_key, teacher_arg)
             loss_sum = loss_sum + metrics["loss"]
-            first_bad = _first_nonfinite(first_bad, metrics["loss"], state.step - 1)
+            first_bad = first_nonfinite(first_bad, metrics["loss"], state.step - 1)
             epoch_images += min(config.batch_size, train_loader.num_examples - index * config.batch_size)
             done = index + 1
             if done % PROGRESS_EVERY == 0 or done == len(train_loader):

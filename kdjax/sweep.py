@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 
 from kdjax.checkpoint import Position, RunCheckpoints
 from kdjax.data import Cifar10, ResidentLoader, Split
-from kdjax.data.pipeline import epoch_order, normalize, num_batches
-from kdjax.loop import TrainingDivergedError, init_keys
+from kdjax.data.pipeline import epoch_order, gather_batch, num_batches
+from kdjax.loop import TrainingDivergedError, first_nonfinite, init_keys
 from kdjax.models import DeepNN
 from kdjax.train import LossConfig, LossWeights, Objective, apply_step, create_train_state, eval_step
 
@@ -103,17 +103,6 @@ def init_stacked_state(model: nn.Module, seeds: Sequence[int], *, learning_rate:
     return jax.vmap(lambda key: create_train_state(model, key, learning_rate=learning_rate))(init)
 
 
-def _member_batch(images, labels, order, index, *, batch_size: int, num_examples: int):
-    """One member's batch, gathered from the shared split as `ResidentLoader` gathers it."""
-    start = index * batch_size
-    indices = jax.lax.dynamic_slice(order, (start,), (batch_size,))
-    batch_images = images[indices]
-    if batch_images.dtype == jnp.uint8:
-        batch_images = normalize(batch_images)
-    mask = start + jnp.arange(batch_size) < num_examples
-    return {"image": batch_images, "label": labels[indices], "mask": mask, "index": indices}
-
-
 def sweep_step(
     states: TrainState,
     orders: jax.Array,
@@ -143,7 +132,7 @@ def sweep_step(
       New states and per-member metrics `[members]` (`loss`, `ce_loss`, `aux_loss`, `correct`).
     """
     config = LossConfig(objective)
-    gather = functools.partial(_member_batch, batch_size=batch_size, num_examples=num_examples)
+    gather = functools.partial(gather_batch, batch_size=batch_size, num_examples=num_examples)
 
     def one_member(state, order, key, member_weights):
         batch = gather(images, labels, order, index)
@@ -297,11 +286,6 @@ class SweepSettings:
     save_every_steps: int = 200  # checkpoint cadence inside an epoch, besides every epoch end
 
 
-@jax.jit
-def _first_nonfinite(first_bad: jax.Array, loss: jax.Array, step: jax.Array) -> jax.Array:
-    return jnp.where((first_bad < 0) & ~jnp.isfinite(loss), step, first_bad)
-
-
 def train_members(
     members: Sequence[Member],
     data: Cifar10,
@@ -376,7 +360,7 @@ def train_members(
         for index in range(start_batch, batches):
             states, metrics = step(states, orders, np.int32(index), images, labels, teacher, dropout_keys, weights)
             loss_sums = loss_sums + metrics["loss"]
-            first_bad = _first_nonfinite(first_bad, metrics["loss"], states.step - 1)
+            first_bad = first_nonfinite(first_bad, metrics["loss"], states.step - 1)
             done = index + 1
             if done % 10 == 0 or done == batches:
                 check_finite()

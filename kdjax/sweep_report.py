@@ -104,6 +104,17 @@ def plot_temperature_sweep(results: Sequence[MemberResult], path: pathlib.Path) 
     return True
 
 
+def report_sections(results: Sequence[MemberResult], out_dir: pathlib.Path) -> list[str]:
+    """The summary's Markdown sections; writes `temperature.png` into `out_dir` when there is a KD temperature sweep."""
+    sections = ["## Test accuracy per configuration", summary_table(results)]
+    paired = paired_table(results)
+    if paired:
+        sections += ["## Against CE over the same seeds", paired]
+    if plot_temperature_sweep(results, out_dir / "temperature.png"):
+        sections += ["![KD accuracy vs temperature](temperature.png)"]
+    return sections
+
+
 def read_members(path: pathlib.Path) -> list[MemberResult]:
     """The results a sweep wrote to `members.jsonl`."""
     results = []
@@ -147,13 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
-    sections = ["## Test accuracy per configuration", summary_table(results)]
-    paired = paired_table(results)
-    if paired:
-        sections += ["## Against CE over the same seeds", paired]
-    if plot_temperature_sweep(results, args.out / "temperature.png"):
-        sections += ["![KD accuracy vs temperature](temperature.png)"]
-    sections += [f"Merged from: {', '.join(str(run) for run in args.runs)}."]
+    sections = report_sections(results, args.out) + [f"Merged from: {', '.join(str(run) for run in args.runs)}."]
     (args.out / "summary.md").write_text("\n\n".join(sections) + "\n")
     print("\n\n".join(sections))
     return 0

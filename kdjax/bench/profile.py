@@ -48,7 +48,7 @@ def step_gflop(name: str) -> float:
     return 3 * sum(convs + denses) - convs[0]
 
 
-def _ms(fn: Callable, *args, repeats: int) -> float:
+def median_ms(fn: Callable, *args, repeats: int) -> float:
     """Median wall ms of a jitted `fn(*args)` after one compile-and-run."""
     jitted = jax.jit(fn)
     jax.block_until_ready(jitted(*args))
@@ -85,10 +85,10 @@ def conv_rows(size: int, c_in: int, c_out: int, repeats: int) -> dict[str, float
 
     args = (pre_activation, bias, kernel, dy)
     return {"gflop": conv_gflop(size, c_in, c_out),
-            "forward": _ms(lambda z, b, k: conv(activation(z, b), k), *args[:3], repeats=repeats),
-            "input_grad": _ms(input_grad, *args, repeats=repeats),
-            "kernel_grad_xla": _ms(kernel_grad_xla, *args, repeats=repeats),
-            "kernel_grad_dy_side": _ms(kernel_grad_dy_side, *args, repeats=repeats)}
+            "forward": median_ms(lambda z, b, k: conv(activation(z, b), k), *args[:3], repeats=repeats),
+            "input_grad": median_ms(input_grad, *args, repeats=repeats),
+            "kernel_grad_xla": median_ms(kernel_grad_xla, *args, repeats=repeats),
+            "kernel_grad_dy_side": median_ms(kernel_grad_dy_side, *args, repeats=repeats)}
 
 
 def step_ms(name: str, repeats: int) -> float:
@@ -115,7 +115,7 @@ def step_ms(name: str, repeats: int) -> float:
 
 def matmul_gflops(repeats: int) -> float:
     a = jax.random.normal(jax.random.key(0), (2048, 2048))
-    return 2 * 2048**3 / 1e9 / (_ms(lambda m: m @ m, a, repeats=repeats) / 1000)
+    return 2 * 2048**3 / 1e9 / (median_ms(lambda m: m @ m, a, repeats=repeats) / 1000)
 
 
 def report(repeats: int) -> str:

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdjax.bench.common import SWEEP_SECTION, synthetic_split
+from kdjax.bench.profile import median_ms
 from kdjax.checkpoint import RunCheckpoints
 from kdjax.config import ExperimentConfig
 from kdjax.data import Cifar10, ResidentLoader, Split, load_cifar10
@@ -94,18 +95,8 @@ def step_ms(data: Cifar10, cache, members: int, repeats: int = 20) -> tuple[floa
     states = init_stacked_state(LightNN(), range(members), learning_rate=1e-3)
     orders = jnp.tile(jnp.arange(-(-len(split) // 128) * 128, dtype=jnp.int32) % len(split), (members, 1))
     keys, weights = jnp.stack([jax.random.key(s) for s in range(members)]), stack_weights(members_list)
-
-    def timed(call):
-        jax.block_until_ready(call())
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(call())
-            times.append(time.perf_counter() - start)
-        return 1e3 * statistics.median(times)
-
-    solo_ms = timed(lambda: solo(state, batch, key, cache))
-    sweep_ms = timed(lambda: sweep(states, orders, np.int32(0), images, labels, cache, keys, weights))
+    solo_ms = median_ms(solo, state, batch, key, cache, repeats=repeats)
+    sweep_ms = median_ms(sweep, states, orders, np.int32(0), images, labels, cache, keys, weights, repeats=repeats)
     return solo_ms, sweep_ms
 
 

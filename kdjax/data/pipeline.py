@@ -70,7 +70,8 @@ def _slice_order(order: jax.Array, index: jax.Array, *, batch_size: int, num_exa
     return indices, mask
 
 
-def _gather_batch(images, labels, order, index, *, batch_size: int, num_examples: int) -> Batch:
+def gather_batch(images, labels, order, index, *, batch_size: int, num_examples: int) -> Batch:
+    """Batch `index` of epoch `order` gathered from the whole split (uint8 images normalised here)."""
     indices, mask = _slice_order(order, index, batch_size=batch_size, num_examples=num_examples)
     batch_images = images[indices]
     if batch_images.dtype == jnp.uint8:
@@ -80,8 +81,8 @@ def _gather_batch(images, labels, order, index, *, batch_size: int, num_examples
 
 @functools.lru_cache
 def _batch_gatherer(batch_size: int, num_examples: int, sharding: jax.sharding.Sharding | None):
-    """`_gather_batch` jitted for one batch geometry, its output laid out as `sharding`."""
-    return jax.jit(functools.partial(_gather_batch, batch_size=batch_size, num_examples=num_examples),
+    """`gather_batch` jitted for one batch geometry, its output laid out as `sharding`."""
+    return jax.jit(functools.partial(gather_batch, batch_size=batch_size, num_examples=num_examples),
                    out_shardings=sharding)
 
 

@@ -48,7 +48,7 @@ from kdjax.sweep import (
     plan_memory,
     train_members,
 )
-from kdjax.sweep_report import paired_table, plot_temperature_sweep, summary_table, write_members
+from kdjax.sweep_report import report_sections, write_members
 
 STUDENT_NAMES = ("baseline", "kd", "cosine", "hint")
 # Settings a sweep does not take: seeds come from --seeds, data is resident on one device,
@@ -178,12 +178,7 @@ def write_report(run_dir: pathlib.Path, config: ExperimentConfig, spec: SweepSpe
     (run_dir / "config.json").write_text(json.dumps({"config": dataclasses.asdict(config),
                                                       "sweep": dataclasses.asdict(spec)}, indent=2) + "\n")
     write_members(run_dir / "members.jsonl", results)
-    sections = ["## Test accuracy per configuration", summary_table(results)]
-    paired = paired_table(results)
-    if paired:
-        sections += ["## Against CE over the same seeds", paired]
-    if plot_temperature_sweep(results, run_dir / "temperature.png"):
-        sections += ["![KD accuracy vs temperature](temperature.png)"]
+    sections = report_sections(results, run_dir)
     timing = ", ".join(f"{objective} {seconds:.0f} s" for objective, seconds in timings.items())
     sections += [f"Command: `python -m kdjax.experiments.sweep {' '.join(argv)}`",
                  f"Machine: {machine_line()}. Wall time per objective (training and evaluation): {timing}."]
