@@ -1,45 +1,27 @@
 """kdjax: knowledge distillation in functional JAX.
 
-The PyTorch Knowledge Distillation Tutorial's teacher (`DeepNN`), student (`LightNN`) and
-FitNets `Regressor` in Flax, its losses as pure functions (`kdjax.losses`), and pure,
-jittable train/eval steps (`kdjax.train`); many students in one vmapped program
-(`kdjax.sweep`) with their statistics (`kdjax.stats`).
-
-Importing kdjax turns on faster XLA:CPU conv kernels unless JAX has already run something;
-see `kdjax.xla_cpu` for what is set and how to opt out.
+`kdjax.losses` (pure distillation losses), `kdjax.features` (read any Flax model's
+intermediates by path), `kdjax.methods` (distillation methods as data), `kdjax.network`,
+`kdjax.train` and `kdjax.loop` (the engine: N members on a device mesh), and the PyTorch
+Knowledge Distillation Tutorial's networks in `kdjax.models`. Importing kdjax loads
+nothing but itself and changes no global state; submodules load on first use.
 """
 
-from kdjax.xla_cpu import apply_cpu_defaults
+from __future__ import annotations
 
-apply_cpu_defaults()
+import importlib
+from typing import Any
 
-from kdjax.losses import avg_pool_pairs, cosine_loss, cross_entropy, hint_loss, kd_loss
-from kdjax.models import DeepNN, LightNN, ModelOutput, Regressor
-from kdjax.train import (
-    LossConfig,
-    LossWeights,
-    create_train_state,
-    eval_step,
-    make_eval_step,
-    make_train_step,
-    train_step,
-)
+__version__ = "0.2.0"
 
-__all__ = [
-    "DeepNN",
-    "LightNN",
-    "LossConfig",
-    "LossWeights",
-    "ModelOutput",
-    "Regressor",
-    "avg_pool_pairs",
-    "cosine_loss",
-    "create_train_state",
-    "cross_entropy",
-    "eval_step",
-    "hint_loss",
-    "kd_loss",
-    "make_eval_step",
-    "make_train_step",
-    "train_step",
-]
+_SUBMODULES = ("checkpoint", "config", "cpu", "data", "features", "losses", "loop", "memory", "methods", "models",
+               "network", "parallel", "report", "stats", "teacher_cache", "train")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"kdjax.{name}")
+    raise AttributeError(f"module 'kdjax' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_SUBMODULES]

@@ -1,17 +1,21 @@
-"""Orbax checkpoints of a training run: state, position and the facts that make it reusable.
+"""Orbax checkpoints of a training program: its members' stacked states, position and identity.
 
 Each checkpoint step holds `state` (params, optimizer state, step counter and the base PRNG
-key's data) and `meta` (JSON: model name, config, data fingerprint, epoch and batch
-position). Orbax writes a step to a temporary directory and renames it when complete, so a
-crash mid-save leaves nothing that loads as a valid step; a step that fails to restore is
-reported and the previous one is used.
+keys' data, `[members, ...]` per leaf) and `meta` (JSON: the program's identity, epoch and
+batch position, history). Every epoch end is kept, so a finished run can be extended or
+read back at any epoch; of the mid-epoch saves only the newest is kept. Orbax writes a step
+to a temporary directory and renames it when complete, so a crash mid-save leaves nothing
+that loads as a valid step; a step that fails to restore is moved aside (`<step>.corrupt`)
+and the previous one is used, so the next save of that step writes it afresh.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 import sys
+import time
 from typing import Any
 
 import jax
@@ -24,7 +28,7 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint exists but belongs to another model, config or data set."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, order=True)
 class Position:
     """Where training stands: `epoch` in progress and batches of it already done."""
 
@@ -51,10 +55,10 @@ def identity_mismatch(saved: dict[str, Any], expected: dict[str, Any]) -> list[s
 class RunCheckpoints:
     """The checkpoints of one run in `directory`, tagged with `identity` (model, config, data)."""
 
-    def __init__(self, directory: str | pathlib.Path, identity: dict[str, Any], *, max_to_keep: int = 3):
+    def __init__(self, directory: str | pathlib.Path, identity: dict[str, Any]):
         self.directory = pathlib.Path(directory).absolute()
-        self.identity = identity
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False)
+        self.identity = json.loads(json.dumps(identity))  # as it reads back: tuples become lists
+        options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
     def steps(self) -> list[int]:
@@ -67,17 +71,21 @@ class RunCheckpoints:
         step = int(state.step) if step is None else step
         if step in self._manager.all_steps():
             return
+        previous_mid_epoch = [s for s in self._manager.all_steps() if self.read_meta(s)["batch"]]
         self._manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(_state_tree(state, key)), meta=ocp.args.JsonSave(meta)),
         )
         self._manager.wait_until_finished()
+        for old in previous_mid_epoch:  # superseded by the step just written
+            self._manager.delete(old)
 
     def read_meta(self, step: int) -> dict[str, Any]:
         return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-    def restore_latest(self, template: TrainState, key: jax.Array) -> tuple[TrainState, jax.Array, Position, dict] | None:
-        """The newest step that restores cleanly, or None if there is none.
+    def restore_latest(self, template: TrainState, key: jax.Array, *, until_epoch: int | None = None
+                       ) -> tuple[TrainState, jax.Array, Position, dict] | None:
+        """The newest step at or before the end of epoch `until_epoch` that restores cleanly, or None.
 
         Raises CheckpointMismatchError if that step was written by a different model,
         config or data set: resuming it would silently mix two runs.
@@ -87,8 +95,9 @@ class RunCheckpoints:
             try:
                 meta = self.read_meta(step)
             except Exception as error:  # noqa: BLE001 - any failure means this step is unusable
-                print(f"warning: checkpoint step {step} in {self.directory} is unreadable ({error}); "
-                      "trying the previous one", file=sys.stderr)
+                self._move_aside(step, f"unreadable ({error})")
+                continue
+            if until_epoch is not None and (meta["epoch"], meta["batch"]) > (until_epoch, 0):
                 continue
             differences = identity_mismatch(meta.get("identity", {}), self.identity)
             if differences:
@@ -102,13 +111,21 @@ class RunCheckpoints:
                 )["state"]
                 _check_finite(tree, step)
             except Exception as error:  # noqa: BLE001
-                print(f"warning: checkpoint step {step} in {self.directory} is corrupt ({error}); "
-                      "trying the previous one", file=sys.stderr)
+                self._move_aside(step, f"corrupt ({error})")
                 continue
             state = template.replace(params=tree["params"], opt_state=tree["opt_state"], step=tree["step"])
             restored_key = jax.random.wrap_key_data(tree["key"])
             return state, restored_key, Position(meta["epoch"], meta["batch"]), meta
         return None
+
+    def _move_aside(self, step: int, why: str) -> None:
+        """Rename an unusable step out of Orbax's view, so that the step is saved afresh when reached again."""
+        aside = self.directory / f"{step}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+        if jax.process_index() == 0:
+            (self.directory / str(step)).rename(aside)
+        self._manager.reload()
+        print(f"warning: checkpoint step {step} in {self.directory} is {why}; moved it to {aside.name} and "
+              "trying the previous one", file=sys.stderr)
 
     def close(self) -> None:
         self._manager.close()

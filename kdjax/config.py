@@ -1,40 +1,48 @@
-"""One typed config per experiment, its command-line flags, and up-front validation."""
+"""One typed config for every experiment command, its flags, and up-front validation."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import pathlib
 import tempfile
 from typing import Any
 
-from kdjax.train import Objective
+from kdjax import methods
+from kdjax.loop import MEMBER_BATCHING, Settings
 
-# Experiment name -> objective trained; `teacher` trains DeepNN, the rest LightNN.
-EXPERIMENTS: dict[str, Objective] = {"teacher": "ce", "baseline": "ce", "kd": "kd", "cosine": "cosine", "hint": "hint"}
+TUTORIAL_STUDENTS = ("ce", "kd", "cosine", "hint")
+# Experiment name -> method trained; `teacher` trains DeepNN, the others LightNN.
+EXPERIMENTS = {"teacher": "ce", "baseline": "ce", **{name: name for name in methods.METHODS if name != "ce"}}
 
 
 class ConfigError(ValueError):
     """A flag value that cannot work; the message says which and why."""
 
 
+def _hyperparameter_names() -> list[str]:
+    return sorted({name for method in methods.METHODS.values() for name in method.hyperparameters})
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-    """Settings of one run. Defaults are the PyTorch tutorial's.
+    """Settings of one experiment command. Defaults are the PyTorch tutorial's.
 
-    Full run on a local copy, e.g. `python -m kdjax.experiments.all --data-dir ../shared/data`
-    (timings and accuracies in experiments/RESULTS.md).
+    Full tutorial on a local copy: `python -m kdjax.experiments.all --data-dir DIR` (about
+    2 hours on a 2-core CPU; results in experiments/RESULTS.md).
     """
 
-    name: str = "hint"
+    name: str = "all"
     epochs: int = 10
-    learning_rate: float = 1e-3  # Adam, PyTorch's default betas and eps
-    batch_size: int = 128
-    temperature: float = 2.0  # KD softmax temperature T
-    ce_weight: float = 0.75  # weight of the label cross-entropy in student objectives
-    aux_weight: float = 0.25  # weight of the KD / cosine / hint term
-    seed: int = 42  # initial weights, data order and dropout all derive from it
+    teacher_epochs: int | None = None  # None: --epochs
+    learning_rate: float = Settings.learning_rate
+    batch_size: int = Settings.batch_size
+    seeds: tuple[int, ...] = (42,)  # each seed is a member: initial weights, data order and dropout
+    teacher_seed: int = 42  # the teacher the students learn from
+    hyperparameters: tuple[tuple[str, float], ...] = ()  # overrides of the methods' defaults
+    sweep: tuple[tuple[str, tuple[float, ...]], ...] = ()  # hyperparameter grid, crossed with the seeds
     data_source: str = "auto"  # auto | local | tfds
     data_dir: str | None = None  # local CIFAR-10 copy; default $KDJAX_DATA_DIR, else tfds
     train_size: int | None = None  # first N training images (None: all 50,000)
@@ -42,15 +50,31 @@ class ExperimentConfig:
     checkpoint_dir: str = "checkpoints"
     output_dir: str = "experiments/runs"
     cache: bool = True  # precompute the teacher's outputs once instead of running it every step
-    augment: bool = False  # random horizontal flips (the tutorial uses none; turns the teacher cache off)
-    save_every_steps: int = 200  # checkpoint cadence inside an epoch, besides every epoch end
-    loader: str = "resident"  # resident (whole split on the device) | streaming
-    devices: int = 0  # data-parallel over the first N devices (0: all of them)
+    augment: bool = Settings.augment
+    save_every_steps: int = Settings.save_every_steps
+    devices: int = Settings.devices
+    members_per_program: int = Settings.members_per_program
+    member_batching: str = Settings.member_batching
+    restart: bool = False  # move this experiment's checkpoints aside and train from scratch
     distributed: bool = False  # call jax.distributed.initialize() first (multi-host launches)
 
     @property
-    def objective(self) -> Objective:
-        return EXPERIMENTS[self.name]
+    def student_methods(self) -> tuple[str, ...]:
+        if self.name == "all":
+            return TUTORIAL_STUDENTS
+        if self.name == "teacher":
+            return ()
+        return (EXPERIMENTS[self.name],)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(methods.get(name).needs_teacher for name in self.student_methods)
+
+    def settings(self, *, teacher: bool = False) -> Settings:
+        epochs = (self.teacher_epochs or self.epochs) if teacher else self.epochs
+        return Settings(epochs=epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+                        save_every_steps=self.save_every_steps, augment=self.augment, devices=self.devices,
+                        member_batching=self.member_batching, members_per_program=self.members_per_program)
 
     def teacher_cache_off_reason(self) -> str | None:
         """Why the teacher-output cache cannot be used with these settings, or None if it can."""
@@ -63,23 +87,32 @@ class ExperimentConfig:
     def validate(self) -> "ExperimentConfig":
         """Raise ConfigError on values that cannot work, before anything expensive runs."""
         checks = [
-            (self.name in EXPERIMENTS or self.name == "all", f"unknown experiment {self.name!r}; choose from {', '.join(EXPERIMENTS)}, all"),
-            (self.epochs >= 0, f"--epochs must be >= 0, got {self.epochs}"),
-            (self.learning_rate > 0, f"--learning-rate must be > 0, got {self.learning_rate}"),
+            (self.name in EXPERIMENTS or self.name == "all",
+             f"unknown experiment {self.name!r}; choose from {', '.join(EXPERIMENTS)}, all"),
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.teacher_epochs is None or self.teacher_epochs >= 1,
+             f"--teacher-epochs must be >= 1, got {self.teacher_epochs}"),
+            (math.isfinite(self.learning_rate) and self.learning_rate > 0,
+             f"--learning-rate must be a finite number > 0, got {self.learning_rate}"),
             (self.batch_size > 0, f"--batch-size must be > 0, got {self.batch_size}"),
-            (self.temperature > 0, f"--temperature must be > 0, got {self.temperature}"),
-            (self.ce_weight >= 0, f"--ce-weight must be >= 0, got {self.ce_weight}"),
-            (self.aux_weight >= 0, f"--aux-weight must be >= 0, got {self.aux_weight}"),
+            (len(set(self.seeds)) == len(self.seeds), f"--seeds has a repeated seed: {self.seeds}"),
             (self.train_size is None or self.train_size > 0, f"--train-size must be > 0, got {self.train_size}"),
             (self.test_size is None or self.test_size > 0, f"--test-size must be > 0, got {self.test_size}"),
             (self.save_every_steps >= 0, f"--save-every-steps must be >= 0, got {self.save_every_steps}"),
-            (self.data_source in ("auto", "local", "tfds"), f"--data-source must be auto, local or tfds, got {self.data_source!r}"),
-            (self.loader in ("resident", "streaming"), f"--loader must be resident or streaming, got {self.loader!r}"),
+            (self.data_source in ("auto", "local", "tfds"),
+             f"--data-source must be auto, local or tfds, got {self.data_source!r}"),
             (self.devices >= 0, f"--devices must be >= 0 (0: all devices), got {self.devices}"),
+            (self.members_per_program >= 0, f"--members-per-program must be >= 0, got {self.members_per_program}"),
+            (self.member_batching in MEMBER_BATCHING,
+             f"--member-batching must be one of {', '.join(MEMBER_BATCHING)}, got {self.member_batching!r}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        try:
+            self.members()
+        except ValueError as error:
+            raise ConfigError(str(error).replace("_", "-") if "hyperparameter" in str(error) else str(error)) from None
         if self.data_dir is not None:
             path = pathlib.Path(self.data_dir).expanduser()
             if not path.exists():
@@ -90,12 +123,21 @@ class ExperimentConfig:
             _check_writable(flag, pathlib.Path(directory))
         return self
 
-    def training_identity(self) -> dict[str, Any]:
-        """The settings that determine a run's trajectory (not where it writes)."""
-        keys = ("name", "epochs", "learning_rate", "batch_size", "seed", "train_size", "augment")
-        if self.objective != "ce":
-            keys += ("temperature", "ce_weight", "aux_weight")
-        return {key: getattr(self, key) for key in keys}
+    def members(self):
+        """The student members (or, for `teacher`, the teacher members) this command trains."""
+        from kdjax.loop import expand_members
+
+        names = self.student_methods or ("ce",)
+        overrides = dict(self.hyperparameters)
+        for name, value in (*overrides.items(), *((n, v) for n, values in self.sweep for v in values)):
+            methods.check_hyperparameter(name, value)
+        if self.name == "teacher" and (overrides or self.sweep):
+            raise ConfigError("the teacher trains with cross-entropy alone: it takes no method hyperparameters")
+        chosen = [methods.get(n) for n in names]
+        for name in overrides:
+            if not any(name in m.hyperparameters for m in chosen):
+                raise ConfigError(f"--{name.replace('_', '-')} does not apply to {', '.join(names)}")
+        return expand_members(names, self.seeds, dict(self.sweep), **overrides)
 
 
 def _check_writable(flag: str, directory: pathlib.Path) -> None:
@@ -109,33 +151,59 @@ def _check_writable(flag: str, directory: pathlib.Path) -> None:
 
 
 _HELP = {
-    "epochs": "training epochs",
+    "epochs": "training epochs of each member",
+    "teacher_epochs": "training epochs of the teacher the students learn from (default: --epochs)",
     "learning_rate": "Adam learning rate",
-    "batch_size": "images per step",
-    "temperature": "KD softmax temperature T (> 0)",
-    "ce_weight": "weight of the cross-entropy term in student objectives",
-    "aux_weight": "weight of the KD / cosine / hint term",
-    "seed": "seed for initial weights, data order and dropout",
+    "batch_size": "images per step (split over the devices)",
+    "seeds": "comma-separated seeds, one member each (initial weights, data order, dropout); same seed = paired",
+    "teacher_seed": "seed of the teacher the students learn from",
     "data_source": "auto (local if --data-dir/$KDJAX_DATA_DIR is set, else tensorflow-datasets), local or tfds",
     "data_dir": "local CIFAR-10 copy: cifar-10-batches-bin/-py, their .tar.gz, a tfds data dir, or a folder holding one",
     "train_size": "use only the first N training images",
     "test_size": "use only the first N test images",
-    "checkpoint_dir": "where Orbax checkpoints go (the teacher's in <dir>/teacher)",
-    "output_dir": "where run folders (config, metrics, plots) go",
-    "cache": "precompute the teacher's outputs once per teacher checkpoint and data (--no-cache: run it every step)",
+    "checkpoint_dir": "where Orbax checkpoints go, one folder per program and identity",
+    "output_dir": "where run folders (config, members, summary, plots) go",
+    "cache": "precompute the teacher's outputs once (--no-cache: run the teacher in every step)",
     "augment": "mirror training images left-right at random (not in the tutorial; disables the teacher cache)",
     "save_every_steps": "also checkpoint every N steps inside an epoch (0: only at epoch ends)",
-    "loader": "resident: whole split on the device; streaming: batches prefetched from the host",
     "devices": "train data-parallel on the first N devices, the batch split between them (0: all devices)",
+    "members_per_program": "at most N members per compiled program (0: as many as fit in memory)",
+    "member_batching": "how members share a program: unroll (one after another), vmap, or auto (unroll on CPU)",
+    "restart": "move this command's existing checkpoints aside and train from scratch",
     "distributed": "call jax.distributed.initialize() before anything else (one process per host; see README)",
 }
 
 
-def add_flags(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...] = ()) -> None:
-    """One flag per config field (except `name` and `exclude`), defaulting to the tutorial's values."""
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("needs at least one seed")
+    return values
+
+
+def _grid_axis(text: str) -> tuple[str, tuple[float, ...]]:
+    name, _, values = text.partition("=")
+    try:
+        parsed = tuple(float(v) for v in values.split(",") if v.strip())
+    except ValueError:
+        parsed = ()
+    if not name or not parsed:
+        raise argparse.ArgumentTypeError(f"takes NAME=V1,V2,..., got {text!r}")
+    return name.strip().replace("-", "_"), parsed
+
+
+def add_flags(parser: argparse.ArgumentParser, experiment: str) -> None:
+    """One flag per config field, plus the hyperparameters of the experiment's methods."""
     defaults = ExperimentConfig()
+    skip = {"name", "hyperparameters", "sweep", "seeds"}
+    if experiment == "teacher":
+        skip |= {"teacher_epochs", "teacher_seed", "cache"}
+    parser.add_argument("--seeds", type=_seeds, default=defaults.seeds, help=f"{_HELP['seeds']} (default: 42)")
     for field in dataclasses.fields(ExperimentConfig):
-        if field.name == "name" or field.name in exclude:
+        if field.name in skip:
             continue
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
@@ -145,10 +213,26 @@ def add_flags(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...] = ())
         else:
             kind = {"int | None": int, "str | None": str}.get(str(field.type), type(default))
             parser.add_argument(flag, type=kind, default=default, help=help_text)
+    config = dataclasses.replace(defaults, name=experiment)
+    chosen = [methods.get(n) for n in config.student_methods]
+    group = parser.add_argument_group("method hyperparameters (each sweepable with --sweep NAME=V1,V2,...)")
+    for name in sorted({n for m in chosen for n in m.hyperparameters}):
+        owners = ", ".join(f"{m.name} {m.hyperparameters[name]:g}" for m in chosen if name in m.hyperparameters)
+        group.add_argument("--" + name.replace("_", "-"), type=float, default=None, dest=f"hp_{name}",
+                           help=f"default per method: {owners}")
+    if chosen and any(m.hyperparameters for m in chosen):
+        group.add_argument("--sweep", type=_grid_axis, action="append", default=[], metavar="NAME=V1,V2,...",
+                           help="train every value (grids cross; each point with every seed); repeatable")
 
 
 def from_args(name: str, args: argparse.Namespace) -> ExperimentConfig:
     """The config named `name` from parsed flags; fields without a flag keep their defaults."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig)
-              if f.name != "name" and hasattr(args, f.name)}
+    values: dict[str, Any] = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig)
+                              if hasattr(args, f.name) and f.name not in ("name", "sweep")}
+    values["hyperparameters"] = tuple(sorted((key[3:], value) for key, value in vars(args).items()
+                                             if key.startswith("hp_") and value is not None))
+    values["sweep"] = tuple(getattr(args, "sweep", []) or ())
     return ExperimentConfig(name=name, **values)
+
+
+__all__ = ["EXPERIMENTS", "ConfigError", "ExperimentConfig", "add_flags", "from_args", "_hyperparameter_names"]

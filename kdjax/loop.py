@@ -1,177 +1,469 @@
-"""The training loop: epochs of jitted steps, evaluation, checkpoints with resume, progress and logs."""
+"""The one training loop: N >= 1 members in one compiled program, data-parallel on a device mesh.
+
+A member is one run: a method, a seed and the method's hyperparameters (`Member`). Members
+of one method train together: their states are stacked along a leading member axis and a
+single jitted step advances all of them, sharing the split on the device, the teacher (or
+its output cache) and one compilation. Each member's batch is split over the mesh's
+`"batch"` axis, so a program is members x data parallelism. A single run is a one-member
+program; the teacher is trained by the same loop.
+
+A member's trajectory depends only on its own settings: its initial weights, batch order
+and dropout derive from its seed (`init_keys`), and members never mix. On CPU the members
+are laid out one after another in the program (`member_batching="unroll"`), which makes a
+member's arithmetic the same whatever else shares its program; on accelerators they are
+batched with `jax.vmap` (`"vmap"`), where XLA may sum in a different order per program
+size (docs/engine.md has the measured spread).
+
+Checkpoints (`kdjax.checkpoint`) are written every epoch end and every `save_every_steps`
+steps; a rerun resumes from the newest one bitwise, and a finished program extends to more
+epochs.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import time
-from typing import Any, Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
+import numpy as np
 from flax.training.train_state import TrainState
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
+from kdjax import memory, methods
 from kdjax.checkpoint import Position, RunCheckpoints
-from kdjax.config import ExperimentConfig
-from kdjax.data import Cifar10, ResidentLoader, StreamingLoader
-from kdjax.models import ModelOutput
-from kdjax.parallel import batch_mesh, replicate
-from kdjax.train import LossConfig, create_train_state, make_eval_step, make_train_step
+from kdjax.data import ResidentLoader, Split
+from kdjax.data.pipeline import augment_batch, epoch_order, gather_batch, num_batches
+from kdjax.network import Network
+from kdjax.parallel import batch_mesh, batch_sharding, check_batch_size, replicate
+from kdjax.train import Objective, build_objective, create_train_state, eval_step, teacher_outputs, train_step
 
 PROGRESS_EVERY = 10  # steps between progress-bar refreshes (each one waits for the device)
+MEMBER_BATCHING = ("auto", "unroll", "vmap")
 
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or Inf; the last good checkpoint is kept."""
 
 
-@dataclasses.dataclass
-class RunResult:
-    """What one finished run reports."""
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One run: `method` (a `kdjax.methods` name) from `seed` with every hyperparameter resolved."""
 
-    name: str
-    model: str
-    parameters: int
-    test_accuracy: float  # percent
+    method: str
+    seed: int
+    hyperparameters: tuple[tuple[str, float], ...] = ()
+
+    @classmethod
+    def of(cls, method: str, seed: int, **overrides: float) -> "Member":
+        """The member with `method`'s defaults, `overrides` applied (checked)."""
+        resolved = methods.get(method).resolve(overrides)
+        return cls(method, int(seed), tuple(sorted((k, float(v)) for k, v in resolved.items())))
+
+    @property
+    def hp(self) -> dict[str, float]:
+        return dict(self.hyperparameters)
+
+    @property
+    def label(self) -> str:
+        setting = "".join(f"{name}={value:g}, " for name, value in self.hyperparameters)
+        return f"{self.method}[{setting}seed={self.seed}]"
+
+
+def expand_members(method_names: Sequence[str], seeds: Sequence[int], grid: Mapping[str, Sequence[float]],
+                   **overrides: float) -> list[Member]:
+    """Every (method, grid point, seed); a grid axis or override applies to the methods that have it.
+
+    A grid axis no listed method has is an error. Order: method, grid point, seed.
+    """
+    chosen = [methods.get(name) for name in method_names]
+    for name in grid:
+        if not any(name in m.hyperparameters for m in chosen):
+            raise ValueError(f"none of {', '.join(method_names)} has a hyperparameter {name!r}")
+    members = []
+    for method in chosen:
+        axes = {name: values for name, values in grid.items() if name in method.hyperparameters}
+        fixed = {name: value for name, value in overrides.items() if name in method.hyperparameters}
+        for point in itertools.product(*axes.values()):
+            setting = {**fixed, **dict(zip(axes, point))}
+            members.extend(Member.of(method.name, seed, **setting) for seed in seeds)
+    return members
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What every member of a program shares. Defaults are the PyTorch tutorial's."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3  # Adam, PyTorch's default betas and eps
+    save_every_steps: int = 200  # checkpoint cadence inside an epoch, besides every epoch end
+    augment: bool = False  # random left-right flips, drawn per (seed, epoch, batch)
+    devices: int = 0  # data-parallel over the first N devices (0: all)
+    member_batching: str = "auto"  # auto: unroll on CPU, vmap elsewhere
+    members_per_program: int = 0  # 0: as many as fit in the device's memory
+
+
+@dataclasses.dataclass
+class MemberResult:
+    member: Member
+    network: str
+    parameters: int  # trainable, adapter included
+    test_accuracy: float  # percent, after the last epoch
     test_loss: float  # mean cross-entropy, nats
-    train_seconds: float  # summed over all epochs, including those of earlier invocations
-    images_per_second: float  # training images / train_seconds
+    train_seconds: float  # the program's training wall time over all epochs, all invocations
+    images_per_second: float  # this member's training images / train_seconds
     history: list[dict[str, float]]
-    state: TrainState = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass
+class ProgramResult:
+    results: list[MemberResult]
+    states: TrainState = dataclasses.field(repr=False)  # stacked, `[members, ...]` per leaf
+    trained_steps: int  # steps this invocation ran (0: restored a finished program)
 
 
 def init_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(init, data order, dropout) keys; every student with the same seed starts from the same weights."""
+    """(init, data order, dropout) keys; every member with the same seed starts from the same weights."""
     root = jax.random.key(seed)
     return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
 
 
-def make_loader(config: ExperimentConfig, data: Cifar10, key: jax.Array, *, train: bool, mesh: Mesh | None = None):
-    split = data.train if train else data.test
-    cls = ResidentLoader if config.loader == "resident" else StreamingLoader
-    return cls(split, config.batch_size, key, shuffle=train, augment=train and config.augment, mesh=mesh)
+def map_members(fn: Callable, unroll: bool) -> Callable:
+    """`fn` over a leading member axis of every argument: `jax.vmap`, or one call per member, stacked."""
+    if not unroll:
+        return jax.vmap(fn)
+
+    def one_by_one(*stacked):
+        count = jax.tree.leaves(stacked)[0].shape[0]
+        outs = [fn(*jax.tree.map(lambda leaf: leaf[i], stacked)) for i in range(count)]
+        return jax.tree.map(lambda *leaves: jnp.stack(leaves), *outs)
+
+    return one_by_one
 
 
-def evaluate(eval_step: Callable, params: Any, loader) -> tuple[float, float]:
-    """(accuracy in percent, mean cross-entropy) over every example the loader yields."""
-    totals = None
-    for batch in loader.epoch(0):
-        result = eval_step(params, batch)
-        totals = result if totals is None else jax.tree.map(jnp.add, totals, result)
-    totals = jax.device_get(totals)
-    count = max(int(totals["count"]), 1)
-    return 100.0 * float(totals["correct"]) / count, float(totals["loss_sum"]) / count
+def unrolls(settings: Settings, mesh: Mesh) -> bool:
+    if settings.member_batching not in MEMBER_BATCHING:
+        raise ValueError(f"member_batching must be one of {MEMBER_BATCHING}, got {settings.member_batching!r}")
+    if settings.member_batching == "auto":
+        return mesh.devices.flat[0].platform == "cpu"
+    return settings.member_batching == "unroll"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ProgramSpec:
+    """The static part of a program step."""
+
+    objective: Objective
+    teacher: Network | None
+    cached: bool
+    batch_size: int
+    num_examples: int
+    augment: bool
+    unroll: bool
+    mesh: Mesh
+
+
+def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index: jax.Array, images: jax.Array,
+                 labels: jax.Array, teacher: Any, data_keys: jax.Array, dropout_keys: jax.Array,
+                 hyperparameters: Mapping[str, jax.Array], *, spec: ProgramSpec) -> tuple[TrainState, dict]:
+    """Advance every member by batch `index` of its own epoch order.
+
+    Args:
+      states: stacked train states, `[members, ...]` per leaf.
+      orders: `[members, num_batches * batch_size]` int32, each member's epoch order.
+      epoch, index: int32 scalars, the epoch and the batch within it.
+      images, labels: the whole split, `[n, ...]` uint8 or float32 and `[n]`; shared.
+      teacher: `{role: [n, ...]}` output cache (`spec.cached`), the teacher's params, or None.
+      data_keys, dropout_keys: `[members]` keys; hyperparameters: name -> `[members]` float32.
+
+    Returns:
+      New states and per-member metrics `[members]` (`loss`, `ce_loss`, `aux_loss`, `correct`).
+    """
+    method = spec.objective.method
+    gather = functools.partial(gather_batch, batch_size=spec.batch_size, num_examples=spec.num_examples)
+    sharded = spec.mesh.devices.size > 1
+
+    def one_member(state, order, data_key, dropout_key, hp):
+        batch = gather(images, labels, order, index)
+        if spec.augment:
+            batch = augment_batch(batch, data_key, epoch, index)
+        if sharded:
+            batch = jax.lax.with_sharding_constraint(batch, batch_sharding(spec.mesh))
+        outputs = None
+        if method.needs_teacher:
+            if spec.cached:
+                outputs = {role: rows[batch["index"]] for role, rows in teacher.items()}
+            else:
+                outputs = teacher_outputs(spec.teacher, teacher, batch["image"], method.reads)
+        return train_step(state, batch, dropout_key, outputs, hp, objective=spec.objective)
+
+    return map_members(one_member, spec.unroll)(states, orders, data_keys, dropout_keys, hyperparameters)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_step(spec: ProgramSpec) -> Callable:
+    return jax.jit(functools.partial(program_step, spec=spec), donate_argnums=(0,))
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_eval(network: Network, unroll: bool) -> Callable:
+    def evaluate(params, batch):
+        return map_members(lambda p: eval_step(p, batch, network=network), unroll)(params)
+
+    return jax.jit(evaluate)
 
 
 @jax.jit
 def first_nonfinite(first_bad: jax.Array, loss: jax.Array, step: jax.Array) -> jax.Array:
+    """Per member, the first step whose loss was not finite (-1: none yet)."""
     return jnp.where((first_bad < 0) & ~jnp.isfinite(loss), step, first_bad)
 
 
-def train(
-    config: ExperimentConfig,
-    data: Cifar10,
-    model: nn.Module,
-    checkpoints: RunCheckpoints,
-    *,
-    teacher_params: Any = None,
-    teacher_cache: ModelOutput | None = None,
-    log: Callable[[str], None] = print,
-) -> RunResult:
-    """Train `model` on `config.objective`, resuming from `checkpoints` if they hold this run.
+def init_states(objective: Objective, seeds: Sequence[int], learning_rate: float) -> TrainState:
+    """Train states `[members, ...]`, member i initialised exactly as a one-member run with `seeds[i]`."""
+    keys = jnp.stack([init_keys(seed)[0] for seed in seeds])
+    return jax.vmap(lambda key: create_train_state(objective, key, learning_rate=learning_rate))(keys)
 
-    The data order is a function of (seed, epoch) and dropout of (seed, step), so a run
-    resumed from any checkpoint retraces exactly the steps an uninterrupted run takes. The
-    run is data-parallel over `config.devices` (see `kdjax.parallel`); a checkpoint resumes
-    on any number of devices.
+
+def evaluate_members(objective: Objective, params: Any, split: Split, batch_size: int, unroll: bool,
+                     mesh: Mesh | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-member (accuracy in percent, mean cross-entropy), each `[members]`, on all of `split`."""
+    evaluate = _jitted_eval(objective.student, unroll)
+    loader = ResidentLoader(split, batch_size, jax.random.key(0), shuffle=False, mesh=mesh)
+    totals = None
+    for batch in loader.epoch(0):
+        result = evaluate(params["model"], batch)
+        totals = result if totals is None else jax.tree.map(jnp.add, totals, result)
+    totals = jax.device_get(totals)
+    count = np.maximum(totals["count"], 1)
+    return 100.0 * totals["correct"] / count, totals["loss_sum"] / count
+
+
+def stack_hyperparameters(members: Sequence[Member]) -> dict[str, jax.Array]:
+    return {name: jnp.asarray([m.hp[name] for m in members], jnp.float32) for name in members[0].hp}
+
+
+TeacherSource = Callable[[], tuple[Any, bool]]  # () -> (cache or params, cached); called only if training
+
+
+def train_program(
+    members: Sequence[Member], objective: Objective, train_split: Split, test_split: Split, settings: Settings,
+    checkpoints: RunCheckpoints, *, teacher: Network | None = None, teacher_source: TeacherSource | None = None,
+    log: Callable[[str], None] = print, desc: str = "train",
+) -> ProgramResult:
+    """Train `members` (all of `objective.method`) together for `settings.epochs`, resuming from `checkpoints`.
+
+    `teacher_source` supplies the teacher's output cache or params when a step must run
+    (not for a finished program). A NaN/Inf loss in any member stops the program with
+    `TrainingDivergedError`, naming the member and step; the last good checkpoint is kept.
     """
-    init_key, data_key, dropout_key = init_keys(config.seed)
-    mesh = batch_mesh(config.devices or None)
-    train_loader = make_loader(config, data, data_key, train=True, mesh=mesh)  # fails fast on a bad batch size
-    loss_config = LossConfig(config.objective, config.ce_weight, config.aux_weight, config.temperature)
-    state = replicate(create_train_state(model, init_key, learning_rate=config.learning_rate), mesh)
-    fresh_epoch = {"loss_sum": 0.0, "batches": 0, "seconds": 0.0}  # running totals of the epoch in progress
-    position, history, running = Position(0, 0), [], dict(fresh_epoch)
-    restored = checkpoints.restore_latest(state, dropout_key)
+    if {m.method for m in members} != {objective.method.name}:
+        raise ValueError(f"a program trains one method ({objective.method.name}); got "
+                         f"{sorted({m.method for m in members})}")
+    if objective.method.needs_teacher and (teacher is None or teacher_source is None):
+        raise ValueError(f"method {objective.method.name!r} needs the teacher network and its params or cache")
+    mesh = batch_mesh(settings.devices or None)
+    check_batch_size(settings.batch_size, mesh)
+    n, batch_size = len(train_split), settings.batch_size
+    if batch_size > n:
+        raise ValueError(f"batch size {batch_size} is larger than the {n} training examples")
+    unroll = unrolls(settings, mesh)
+    count, batches = len(members), num_batches(n, batch_size)
+    keys = [init_keys(m.seed) for m in members]
+    data_keys = jnp.stack([k[1] for k in keys])
+    dropout_keys = jnp.stack([k[2] for k in keys])
+    states = init_states(objective, [m.seed for m in members], settings.learning_rate)
+    parameters = sum(leaf[0].size for leaf in jax.tree.leaves(states.params))
+
+    position, history, running, partial_seconds = Position(0, 0), [[] for _ in members], np.zeros(count), 0.0
+    restored = checkpoints.restore_latest(states, dropout_keys, until_epoch=settings.epochs)
     if restored is not None:
-        state, dropout_key, position, meta = restored  # laid out like the replicated template
-        history, running = meta.get("history", []), meta.get("running", running)
-        log(f"{config.name}: resuming from step {int(state.step)} (epoch {position.epoch + 1}, "
-            f"batch {position.batch}) in {checkpoints.directory}")
-    use_cache = teacher_cache is not None and loss_config.needs_teacher
-    step_fn = make_train_step(loss_config, cached=use_cache)
-    teacher_arg = replicate(teacher_cache if use_cache else teacher_params, mesh)
-    dropout_key = replicate(dropout_key, mesh)
-    eval_step = make_eval_step(model)
-    test_loader = make_loader(config, data, data_key, train=False, mesh=mesh)
-    if use_cache and not train_loader.deterministic_per_image:
-        raise ValueError("a teacher-output cache needs a pipeline that feeds each example the same image every epoch")
-    parameters = sum(leaf.size for leaf in jax.tree.leaves(state.params))
+        states, dropout_keys, position, meta = restored
+        history, running = meta["history"], np.asarray(meta.get("running", running))
+        partial_seconds = meta.get("seconds", 0.0)
+        if position == Position(settings.epochs, 0):
+            log(f"{desc}: already trained for {settings.epochs} epochs (step {int(states.step[0])}) in "
+                f"{checkpoints.directory}")
+        else:
+            log(f"{desc}: resuming at epoch {position.epoch + 1}, batch {position.batch} "
+                f"(step {int(states.step[0])}) from {checkpoints.directory}")
 
-    first_bad = jnp.asarray(-1, jnp.int32)
-    last_saved = int(state.step) if restored else None
+    trained = 0
+    if position < Position(settings.epochs, 0):
+        teacher_arg, cached = teacher_source() if objective.method.needs_teacher else (None, False)
+        spec = ProgramSpec(objective, teacher, cached, batch_size, n, settings.augment, unroll, mesh)
+        states, dropout_keys, trained = _run_epochs(
+            spec, members, states, dropout_keys, data_keys, teacher_arg, train_split, test_split, settings,
+            checkpoints, position, history, running, partial_seconds, log, desc)
 
-    def check_finite() -> None:
-        bad = int(first_bad)
-        if bad >= 0:
-            kept = f"step {last_saved} in {checkpoints.directory}" if last_saved is not None else "none saved yet"
+    results = []
+    for i, member in enumerate(members):
+        final = history[i][-1]
+        seconds = sum(row["seconds"] for row in history[i])
+        results.append(MemberResult(member, objective.student.name, parameters, final["test_accuracy"],
+                                    final["test_loss"], seconds, len(history[i]) * n / seconds if seconds else 0.0,
+                                    history[i]))
+    return ProgramResult(results, states, trained)
+
+
+def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, teacher_arg, train_split: Split,
+                test_split: Split, settings: Settings, checkpoints: RunCheckpoints, position: Position,
+                history: list, running: np.ndarray, partial_seconds: float, log, desc: str):
+    mesh, count, n = spec.mesh, len(members), spec.num_examples
+    batches = num_batches(n, spec.batch_size)
+    step = _jitted_step(spec)
+    states, dropout_keys, data_keys, teacher_arg = replicate((states, dropout_keys, data_keys, teacher_arg), mesh)
+    hyperparameters = replicate(stack_hyperparameters(members), mesh)
+    images, labels = replicate((train_split.images, train_split.labels), mesh)
+    orders_for = jax.jit(jax.vmap(lambda key, epoch: epoch_order(key, epoch, n, spec.batch_size), in_axes=(0, None)))
+    first_bad = jnp.full((count,), -1, jnp.int32)
+    trained = 0
+
+    def check_finite(bar) -> None:
+        bad = np.asarray(first_bad)
+        if (bad >= 0).any():
+            bar.close()
+            names = "; ".join(f"{members[i].label} at step {bad[i] + 1}" for i in np.flatnonzero(bad >= 0))
             raise TrainingDivergedError(
-                f"{config.name}: loss became NaN/Inf at step {bad + 1}; stopped. Last good checkpoint: {kept}. "
-                "Lower --learning-rate or check the data."
-            )
+                f"{desc}: loss became NaN/Inf for {names}; stopped, keeping the last good checkpoint in "
+                f"{checkpoints.directory}. Lower --learning-rate or drop that setting.")
 
-    def save(pos: Position) -> None:
-        nonlocal last_saved
-        check_finite()
-        checkpoints.save(state, dropout_key, pos, {"history": history, "running": running})
-        last_saved = int(state.step)
+    def save(pos: Position, loss_sums, bar) -> None:
+        check_finite(bar)
+        checkpoints.save(states, dropout_keys, pos, {"history": history, "running": np.asarray(loss_sums).tolist(),
+                                                     "seconds": seconds_so_far}, step=int(states.step[0]))
 
-    for epoch in range(position.epoch, config.epochs):
+    for epoch in range(position.epoch, settings.epochs):
         start_batch = position.batch if epoch == position.epoch else 0
-        if start_batch == 0:
-            running = dict(fresh_epoch)
-        loss_sum = jnp.asarray(running["loss_sum"], jnp.float32)
-        seconds_before = running["seconds"]  # spent on this epoch by an interrupted invocation
-        bar = tqdm(total=len(train_loader), initial=start_batch, desc=f"{config.name} {epoch + 1}/{config.epochs}",
-                   unit="batch", leave=False, dynamic_ncols=True)
-        epoch_start, epoch_images = time.perf_counter(), 0  # images trained by this invocation
-        for index, batch in enumerate(train_loader.epoch(epoch, start_batch), start=start_batch):
-            state, metrics = step_fn(state, batch, dropout_key, teacher_arg)
-            loss_sum = loss_sum + metrics["loss"]
-            first_bad = first_nonfinite(first_bad, metrics["loss"], state.step - 1)
-            epoch_images += min(config.batch_size, train_loader.num_examples - index * config.batch_size)
+        loss_sums = jnp.asarray(running if start_batch else np.zeros(count), jnp.float32)
+        seconds_before = partial_seconds if start_batch else 0.0  # spent on this epoch by an interrupted run
+        orders = orders_for(data_keys, epoch)
+        bar = tqdm(total=batches, initial=start_batch, desc=f"{desc} {epoch + 1}/{settings.epochs}", unit="batch",
+                   leave=False, dynamic_ncols=True)
+        epoch_start, images_done = time.perf_counter(), 0
+        seconds_so_far = seconds_before
+        for index in range(start_batch, batches):
+            states, metrics = step(states, orders, np.int32(epoch), np.int32(index), images, labels, teacher_arg,
+                                   data_keys, dropout_keys, hyperparameters)
+            loss_sums = loss_sums + metrics["loss"]
+            first_bad = first_nonfinite(first_bad, metrics["loss"], states.step - 1)
+            images_done += min(spec.batch_size, n - index * spec.batch_size)
+            trained += 1
             done = index + 1
-            if done % PROGRESS_EVERY == 0 or done == len(train_loader):
-                check_finite()
-                bar.set_postfix(loss=f"{float(loss_sum) / done:.4f}",
-                                img_s=f"{epoch_images / (time.perf_counter() - epoch_start):,.0f}")
+            if done % PROGRESS_EVERY == 0 or done == batches:
+                check_finite(bar)
+                elapsed = time.perf_counter() - epoch_start
+                bar.set_postfix(loss=f"{float(jnp.mean(loss_sums)) / done:.4f}",
+                                img_s=f"{count * images_done / elapsed:,.0f}")
                 bar.update(done - bar.n)
-            if config.save_every_steps and done % config.save_every_steps == 0 and done < len(train_loader):
-                running = {"loss_sum": float(loss_sum), "batches": done,
-                           "seconds": seconds_before + time.perf_counter() - epoch_start}
-                save(Position(epoch, done))
-        jax.block_until_ready(state)
+            if settings.save_every_steps and done % settings.save_every_steps == 0 and done < batches:
+                seconds_so_far = seconds_before + time.perf_counter() - epoch_start
+                save(Position(epoch, done), loss_sums, bar)
+        jax.block_until_ready(states)
         elapsed = time.perf_counter() - epoch_start
         bar.close()
-        accuracy, test_loss = evaluate(eval_step, state.params, test_loader)
-        summary = {"epoch": epoch + 1, "train_loss": float(loss_sum) / len(train_loader),
-                   "test_accuracy": accuracy, "test_loss": test_loss, "seconds": seconds_before + elapsed}
-        history.append(summary)
-        running = dict(fresh_epoch)
-        save(Position(epoch + 1, 0))
-        log(f"{config.name} epoch {epoch + 1}/{config.epochs}: loss {summary['train_loss']:.4f}, "
-            f"test accuracy {accuracy:.2f}%, {elapsed:.1f} s")
+        check_finite(bar)
+        accuracy, test_loss = evaluate_members(spec.objective, states.params, test_split, spec.batch_size,
+                                               spec.unroll, mesh)
+        train_loss = np.asarray(loss_sums) / batches
+        for i in range(count):
+            history[i].append({"epoch": epoch + 1, "train_loss": float(train_loss[i]),
+                               "test_accuracy": float(accuracy[i]), "test_loss": float(test_loss[i]),
+                               "seconds": seconds_before + elapsed,
+                               "images_per_second": images_done / elapsed})
+        seconds_so_far = 0.0
+        save(Position(epoch + 1, 0), np.zeros(count), bar)
+        if count == 1:
+            log(f"{desc} epoch {epoch + 1}/{settings.epochs}: loss {train_loss[0]:.4f}, test accuracy "
+                f"{accuracy[0]:.2f}%, {elapsed:.1f} s, {images_done / elapsed:,.0f} images/s")
+        else:
+            log(f"{desc} epoch {epoch + 1}/{settings.epochs}: loss {train_loss.mean():.4f}, test accuracy "
+                f"{accuracy.min():.2f}-{accuracy.max():.2f}% over {count} members, {elapsed:.1f} s, "
+                f"{count * images_done / elapsed:,.0f} images/s")
+    return states, dropout_keys, trained
 
-    if history and history[-1]["epoch"] == config.epochs:
-        accuracy, test_loss = history[-1]["test_accuracy"], history[-1]["test_loss"]
-    else:  # zero epochs: evaluate the initial weights
-        accuracy, test_loss = evaluate(eval_step, state.params, test_loader)
-    train_seconds = sum(row["seconds"] for row in history)
-    return RunResult(
-        name=config.name, model=type(model).__name__, parameters=parameters, test_accuracy=accuracy,
-        test_loss=test_loss, train_seconds=train_seconds,
-        images_per_second=len(history) * train_loader.num_examples / train_seconds if train_seconds else 0.0,
-        history=history, state=state,
-    )
+
+def plan_program_size(objective: Objective, members: Sequence[Member], train_split: Split, settings: Settings,
+                      teacher: Network | None, teacher_arg: Any, cached: bool) -> memory.MemoryPlan:
+    """How many of `members` one program holds, from XLA's analysis of one- and two-member compiles."""
+    mesh = batch_mesh(settings.devices or None)
+    spec = ProgramSpec(objective, teacher, cached, settings.batch_size, len(train_split), settings.augment,
+                       unrolls(settings, mesh), mesh)
+    step = jax.jit(functools.partial(program_step, spec=spec))
+    images = jax.ShapeDtypeStruct(train_split.images.shape, train_split.images.dtype)
+    labels = jax.ShapeDtypeStruct(train_split.labels.shape, train_split.labels.dtype)
+    order_length = num_batches(len(train_split), settings.batch_size) * settings.batch_size
+
+    def state_shapes(count: int) -> TrainState:
+        return jax.eval_shape(lambda: init_states(objective, list(range(count)), settings.learning_rate))
+
+    def compiled_bytes(count: int) -> int | None:
+        keys = jax.eval_shape(lambda: jnp.stack([jax.random.key(i) for i in range(count)]))
+        hp = {name: jax.ShapeDtypeStruct((count,), jnp.float32) for name in members[0].hp}
+        orders = jax.ShapeDtypeStruct((count, order_length), jnp.int32)
+        lowered = step.lower(state_shapes(count), orders, np.int32(0), np.int32(0), images, labels, teacher_arg,
+                             keys, keys, hp)
+        analysis = lowered.compile().memory_analysis()
+        if analysis is None:
+            return None
+        return analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
+
+    per_member, shared = memory.measure(compiled_bytes, (images, labels, teacher_arg),
+                                        memory.nbytes(state_shapes(1)))
+    return memory.plan_memory(per_member, shared, memory.device_capacity_bytes(mesh.devices.flat[0]))
+
+
+def programs(members: Sequence[Member]) -> list[list[Member]]:
+    """`members` grouped by method, in first-seen order: each group can share one program."""
+    groups: dict[str, list[Member]] = {}
+    for member in members:
+        groups.setdefault(member.method, []).append(member)
+    return list(groups.values())
+
+
+def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    """`items` in consecutive pieces of at most `size`."""
+    return [items[start:start + size] for start in range(0, len(items), size)]
+
+
+def train_members(
+    members: Sequence[Member], student: Network, train_split: Split, test_split: Split, settings: Settings,
+    checkpoints_for: Callable[[Sequence[Member]], RunCheckpoints], *, teacher: Network | None = None,
+    teacher_source: TeacherSource | None = None, log: Callable[[str], None] = print, desc: str = "train",
+) -> list[ProgramResult]:
+    """Train every member: one program per method, split into programs that fit the device's memory.
+
+    `checkpoints_for(members)` gives each program its checkpoints; `settings.members_per_program`
+    caps a program's size by hand.
+    """
+    source = _once(teacher_source) if teacher_source is not None else None
+    results = []
+    for group in programs(members):
+        method = methods.get(group[0].method)
+        objective = build_objective(method, student, teacher if method.needs_teacher else None)
+        size = settings.members_per_program or len(group)
+        if len(group) > 1 and not settings.members_per_program:
+            teacher_arg, cached = source() if method.needs_teacher else (None, False)
+            plan = plan_program_size(objective, group, train_split, settings, teacher, teacher_arg, cached)
+            log(f"{desc} {method.name}: {plan.describe()}")
+            size = plan.fits
+        for chunk in chunks(group, size):
+            label = desc if len(members) == 1 else f"{desc} {method.name}"
+            checkpoints = checkpoints_for(chunk)
+            try:
+                results.append(train_program(chunk, objective, train_split, test_split, settings, checkpoints,
+                                             teacher=teacher, teacher_source=source, log=log, desc=label))
+            finally:
+                checkpoints.close()
+    return results
+
+
+def _once(source: TeacherSource) -> TeacherSource:
+    """`source`, evaluated on the first call only."""
+    return functools.cache(source)

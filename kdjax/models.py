@@ -12,7 +12,8 @@ that carries, besides the logits, the representations the distillation objective
   `[batch, 8, 8, 32]`; otherwise None.
 
 Submodule names mirror the PyTorch attribute paths (`features_0` is `features.0`), which
-keeps `kdjax.convert` a table lookup.
+keeps `kdjax.convert` a table lookup; the pools are submodules too, so the last feature
+map can be read by path (`features_9` in the teacher, `features_5` in the student).
 """
 
 from __future__ import annotations
@@ -93,6 +94,14 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
+class MaxPool2x2(nn.Module):
+    """`max_pool_2x2` as a submodule, so that its output can be read by path (`kdjax.features`)."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return max_pool_2x2(x)
+
+
 def flatten_channel_major(feature_map: jax.Array) -> jax.Array:
     """`[n, h, w, c] -> [n, c*h*w]` in PyTorch's `torch.flatten(x, 1)` order on NCHW."""
     n = feature_map.shape[0]
@@ -145,10 +154,10 @@ class DeepNN(nn.Module):
         x = images
         for index, features in ((0, 128), (2, 64)):
             x = nn.relu(_conv(features, x.shape[-1], self.init_scheme, f"features_{index}")(x))
-        x = max_pool_2x2(x)
+        x = MaxPool2x2(name="features_4")(x)
         for index, features in ((5, 64), (7, 32)):
             x = nn.relu(_conv(features, x.shape[-1], self.init_scheme, f"features_{index}")(x))
-        feature_map = max_pool_2x2(x)
+        feature_map = MaxPool2x2(name="features_9")(x)
         hidden = flatten_channel_major(feature_map)
         logits = _classifier(
             hidden, 512, self.num_classes, self.dropout_rate, self.init_scheme, train
@@ -173,9 +182,9 @@ class LightNN(nn.Module):
     def __call__(self, images: jax.Array, train: bool = False) -> ModelOutput:
         _check_images(images)
         x = nn.relu(_conv(16, 3, self.init_scheme, "features_0")(images))
-        x = max_pool_2x2(x)
+        x = MaxPool2x2(name="features_2")(x)
         x = nn.relu(_conv(16, 16, self.init_scheme, "features_3")(x))
-        feature_map = max_pool_2x2(x)
+        feature_map = MaxPool2x2(name="features_5")(x)
         hidden = flatten_channel_major(feature_map)
         logits = _classifier(
             hidden, 256, self.num_classes, self.dropout_rate, self.init_scheme, train

@@ -62,15 +62,6 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda leaf: _place(leaf, sharding) if _is_array(leaf) else leaf, tree)
 
 
-def shard_host_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """A host batch (the same global rows on every host) as arrays split along `"batch"`.
-
-    Each host supplies only the rows its own devices hold, so this works across hosts.
-    """
-    sharding = batch_sharding(mesh)
-    return {name: _place(np.asarray(value), sharding) for name, value in batch.items()}
-
-
 def _is_array(leaf: Any) -> bool:
     return isinstance(leaf, (jax.Array, np.ndarray))
 

@@ -1,7 +1,7 @@
 """CIFAR-10 from tensorflow-datasets or a local copy, onto the device in batches."""
 
 from kdjax.data.formats import Split
-from kdjax.data.pipeline import MEAN, STD, ResidentLoader, StreamingLoader, epoch_order, normalize
+from kdjax.data.pipeline import MEAN, STD, ResidentLoader, augment_batch, epoch_order, gather_batch, normalize
 from kdjax.data.sources import DATA_DIR_ENV, Cifar10, DataNotFoundError, load_cifar10
 
 __all__ = [
@@ -12,8 +12,9 @@ __all__ = [
     "DataNotFoundError",
     "ResidentLoader",
     "Split",
-    "StreamingLoader",
+    "augment_batch",
     "epoch_order",
+    "gather_batch",
     "load_cifar10",
     "normalize",
 ]

@@ -1,16 +1,13 @@
 """From host arrays to device batches: the tutorial's normalisation, seeded epoch orders, and two loaders.
 
-* `ResidentLoader` puts a whole split on the device once; each epoch is a permutation drawn
-  on the device from `fold_in(key, epoch)` and batches are gathered there, so a step costs
-  no host work beyond passing its index.
-* `StreamingLoader` keeps the split on the host and sends each batch (uint8) to the device
-  ahead of use, for data that does not fit; it yields the same batches as `ResidentLoader`
-  for the same key.
+The whole split lives on the device; each epoch is a permutation drawn there from
+`fold_in(key, epoch)` and batches are gathered there (`gather_batch`, which the engine
+calls inside its train step; `ResidentLoader` for evaluation), so a step costs no host work
+beyond passing its index.
 
 A batch is `{"image": [b, 32, 32, 3] float32, "label": [b] int32, "mask": [b] bool,
-"index": [b] int32}`, `index` being each example's position in the split. With
-`augment=True` each image is mirrored left-right with probability 1/2, drawn from
-(key, epoch, batch), so an example's image changes between epochs. The
+"index": [b] int32}`, `index` being each example's position in the split. `augment_batch` mirrors
+each image left-right with probability 1/2, drawn from (key, epoch, batch). The
 last batch of an epoch is padded to the full batch size and `mask` marks the real examples
 (50,000 = 390 * 128 + 80, so the tutorial's last 80 images are trained on without a
 second compilation); the losses give padding rows exactly zero weight.
@@ -18,7 +15,6 @@ second compilation); the losses give padding rows exactly zero weight.
 
 from __future__ import annotations
 
-import collections
 import functools
 import math
 from typing import Iterator
@@ -29,7 +25,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from kdjax.data.formats import Split
-from kdjax.parallel import batch_sharding, check_batch_size, replicate, shard_host_batch
+from kdjax.parallel import batch_sharding, check_batch_size, replicate
 
 # The tutorial's transforms.Normalize: ImageNet's per-channel mean and std, RGB, on [0, 1] pixels.
 MEAN = (0.485, 0.456, 0.406)
@@ -86,43 +82,39 @@ def _batch_gatherer(batch_size: int, num_examples: int, sharding: jax.sharding.S
                    out_shardings=sharding)
 
 
-@jax.jit
-def _finish_streamed(batch: Batch) -> Batch:
-    return batch | {"image": normalize(batch["image"])}
+def augment_batch(batch: Batch, key: jax.Array, epoch: jax.Array, index: jax.Array) -> Batch:
+    """Mirror each image left-right with probability 1/2, drawn from (key, epoch, batch index).
 
-
-@jax.jit
-def _random_flip(batch: Batch, key: jax.Array) -> Batch:
-    """Mirror each image left-right with probability 1/2."""
-    flip = jax.random.bernoulli(key, 0.5, batch["image"].shape[:1])
+    Pure and jittable: the engine calls it inside the train step, so members that share a
+    seed see the same augmented batch.
+    """
+    flip_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, _FLIP_STREAM), epoch), index)
+    flip = jax.random.bernoulli(flip_key, 0.5, batch["image"].shape[:1])
     flipped = jnp.where(flip[:, None, None, None], batch["image"][:, :, ::-1, :], batch["image"])
     return batch | {"image": flipped}
 
 
-class _Loader:
-    def __init__(self, split: Split, batch_size: int, key: jax.Array, shuffle: bool, augment: bool,
-                 mesh: Mesh | None):
+class ResidentLoader:
+    """The whole split on the device; batches gathered there.
+
+    The images stay uint8 (154 MB for CIFAR-10's train split) and each batch is normalised
+    inside the gather. With a `mesh` (see `kdjax.parallel`) every device holds the split and
+    gathers its own rows of each batch, which arrives split along `"batch"`.
+    """
+
+    def __init__(self, split: Split, batch_size: int, key: jax.Array, *, shuffle: bool = True,
+                 mesh: Mesh | None = None):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if mesh is not None:
             check_batch_size(batch_size, mesh)
-        self.mesh = mesh
-        self.num_examples = len(split)
-        self.batch_size = batch_size
-        self.key = key
-        self.shuffle = shuffle
-        self.augment = augment
-
-    @property
-    def deterministic_per_image(self) -> bool:
-        """Whether every epoch feeds each example as the same image (what a teacher-output cache needs)."""
-        return not self.augment
-
-    def _finish(self, batch: Batch, epoch: int, index: int) -> Batch:
-        if not self.augment:
-            return batch
-        flip_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(self.key, _FLIP_STREAM), epoch), index)
-        return _random_flip(batch, flip_key)
+        self.mesh, self.num_examples, self.batch_size = mesh, len(split), batch_size
+        self.key, self.shuffle = key, shuffle
+        if mesh is None:
+            self.images, self.labels = jax.device_put((split.images, split.labels))
+        else:
+            self.images, self.labels = replicate((split.images, split.labels), mesh)
+        self._gather = _batch_gatherer(batch_size, self.num_examples, None if mesh is None else batch_sharding(mesh))
 
     def __len__(self) -> int:
         """Batches per epoch, the last one padded."""
@@ -131,72 +123,8 @@ class _Loader:
     def order(self, epoch: int) -> jax.Array:
         return epoch_order(self.key, epoch, self.num_examples, self.batch_size, self.shuffle)
 
-
-class ResidentLoader(_Loader):
-    """The whole split on the device; batches gathered there.
-
-    By default the images stay uint8 (154 MB for CIFAR-10's train split) and each batch is
-    normalised inside the gather; `normalize_once=True` stores float32 normalised images
-    instead (614 MB). Both deliver ~500k images/s on a 2-core CPU (`python -m
-    kdjax.bench.data`), far above any train step, so the smaller one is the default.
-    With a `mesh` (see `kdjax.parallel`) every device holds the split and gathers its own
-    rows of each batch, which arrives split along `"batch"`.
-    """
-
-    def __init__(
-        self, split: Split, batch_size: int, key: jax.Array, *, shuffle: bool = True, augment: bool = False,
-        normalize_once: bool = False, mesh: Mesh | None = None,
-    ):
-        super().__init__(split, batch_size, key, shuffle, augment, mesh)
-        if mesh is None:
-            images, self.labels = jax.device_put((split.images, split.labels))
-        else:
-            images, self.labels = replicate((split.images, split.labels), mesh)
-        self.images = jax.jit(normalize)(images) if normalize_once else images
-        self._gather = _batch_gatherer(batch_size, self.num_examples, None if mesh is None else batch_sharding(mesh))
-
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        """The batches of `epoch` from batch `start` on (to resume mid-epoch)."""
+        """The batches of `epoch` from batch `start` on."""
         order = self.order(epoch) if self.mesh is None else np.asarray(self.order(epoch))
         for index in range(start, len(self)):
-            yield self._finish(self._gather(self.images, self.labels, order, np.int32(index)), epoch, index)
-
-
-class StreamingLoader(_Loader):
-    """The split stays on the host; each uint8 batch goes to the device `prefetch` batches ahead.
-
-    With a `mesh`, each host sends only the rows its own devices hold.
-    """
-
-    def __init__(
-        self, split: Split, batch_size: int, key: jax.Array, *, shuffle: bool = True, augment: bool = False,
-        prefetch: int = 2, mesh: Mesh | None = None,
-    ):
-        super().__init__(split, batch_size, key, shuffle, augment, mesh)
-        self.split = split
-        self.prefetch = max(1, prefetch)
-
-    def _host_batches(self, epoch: int, start: int) -> Iterator[tuple[jax.Array, ...]]:
-        order = np.asarray(self.order(epoch))
-        for index in range(start, len(self)):
-            first = index * self.batch_size
-            indices = order[first:first + self.batch_size]
-            mask = first + np.arange(self.batch_size) < self.num_examples
-            arrays = {"image": self.split.images[indices], "label": self.split.labels[indices], "mask": mask,
-                      "index": indices}
-            if self.mesh is None:
-                yield jax.device_put(arrays)  # asynchronous: overlaps with the step
-            else:
-                yield shard_host_batch(arrays, self.mesh)
-
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        """The batches of `epoch` from batch `start` on (to resume mid-epoch)."""
-        queue: collections.deque = collections.deque()
-        for index, arrays in enumerate(self._host_batches(epoch, start), start=start):
-            queue.append((index, arrays))
-            if len(queue) > self.prefetch:
-                ready, arrays = queue.popleft()
-                yield self._finish(_finish_streamed(arrays), epoch, ready)
-        while queue:
-            ready, arrays = queue.popleft()
-            yield self._finish(_finish_streamed(arrays), epoch, ready)
+            yield self._gather(self.images, self.labels, order, np.int32(index))

@@ -1,14 +1,12 @@
-"""`python -m kdjax.experiments NAME [flags]`: the same experiments, chosen by name."""
+"""`python -m kdjax.experiments NAME [flags]`: any experiment by name, every registered method included."""
 
 import sys
 
-from kdjax.experiments import sweep
+from kdjax.config import EXPERIMENTS
 from kdjax.experiments.common import run
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
-        print("usage: python -m kdjax.experiments {teacher,baseline,kd,cosine,hint,all,sweep} [flags]", file=sys.stderr)
+        print(f"usage: python -m kdjax.experiments {{{','.join([*EXPERIMENTS, 'all'])}}} [flags]", file=sys.stderr)
         sys.exit(2)
-    if sys.argv[1] == "sweep":
-        sys.exit(sweep.main(sys.argv[2:]))
     sys.exit(run(sys.argv[1], sys.argv[2:]))

@@ -1,4 +1,4 @@
-"""XLA:CPU options kdjax turns on when imported, before JAX starts its backends.
+"""XLA:CPU options for faster training, applied on request before JAX starts its backends.
 
 `--xla_cpu_experimental_ynn_fusion_type=dot` runs dots and convolutions through YNNPACK
 instead of Eigen: on a 2-core AVX-512 host the teacher's 128->64 conv forward takes 179 ms
@@ -6,7 +6,8 @@ instead of 307 ms (experiments/PROFILE.md vs PROFILE-eigen.md), with the PyTorch
 unchanged.
 The option only touches CPU compilation; GPU runs ignore it.
 
-XLA aborts the process on a flag it does not know, so the option is added only for the
+The experiment commands and benchmarks call `use_fast_cpu_kernels()` first thing; importing
+kdjax changes nothing. XLA aborts the process on a flag it does not know, so the option is added only for the
 jaxlib releases it was checked against. Set `KDJAX_XLA_CPU_DEFAULTS=0` to leave `XLA_FLAGS`
 alone; a value you give the same flag in `XLA_FLAGS` yourself always wins.
 """
@@ -46,7 +47,7 @@ def flags_to_add(xla_flags: str, jaxlib_version: tuple[int, ...], opt_out: str |
     return [flag for flag in CPU_FLAGS if flag.split("=")[0] not in present]
 
 
-def apply_cpu_defaults() -> list[str]:
+def use_fast_cpu_kernels() -> list[str]:
     """Append kdjax's XLA:CPU flags to `os.environ["XLA_FLAGS"]`; returns the flags added.
 
     Has an effect only before the first JAX computation; afterwards it warns and adds nothing.
