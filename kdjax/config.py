@@ -22,10 +22,6 @@ class ConfigError(ValueError):
     """A flag value that cannot work; the message says which and why."""
 
 
-def _hyperparameter_names() -> list[str]:
-    return sorted({name for method in methods.METHODS.values() for name in method.hyperparameters})
-
-
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """Settings of one experiment command. Defaults are the PyTorch tutorial's.
@@ -112,7 +108,7 @@ class ExperimentConfig:
         try:
             self.members()
         except ValueError as error:
-            raise ConfigError(str(error).replace("_", "-") if "hyperparameter" in str(error) else str(error)) from None
+            raise ConfigError(str(error)) from None
         if self.data_dir is not None:
             path = pathlib.Path(self.data_dir).expanduser()
             if not path.exists():
@@ -130,7 +126,10 @@ class ExperimentConfig:
         names = self.student_methods or ("ce",)
         overrides = dict(self.hyperparameters)
         for name, value in (*overrides.items(), *((n, v) for n, values in self.sweep for v in values)):
-            methods.check_hyperparameter(name, value)
+            try:
+                methods.check_hyperparameter(name, value)
+            except ValueError as error:
+                raise ConfigError(f"--{name.replace('_', '-')}{str(error)[len(name):]}") from None
         if self.name == "teacher" and (overrides or self.sweep):
             raise ConfigError("the teacher trains with cross-entropy alone: it takes no method hyperparameters")
         chosen = [methods.get(n) for n in names]
@@ -235,4 +234,4 @@ def from_args(name: str, args: argparse.Namespace) -> ExperimentConfig:
     return ExperimentConfig(name=name, **values)
 
 
-__all__ = ["EXPERIMENTS", "ConfigError", "ExperimentConfig", "add_flags", "from_args", "_hyperparameter_names"]
+__all__ = ["EXPERIMENTS", "ConfigError", "ExperimentConfig", "add_flags", "from_args"]

@@ -129,11 +129,11 @@ def _tutorial(module: nn.Module, feature_map: str) -> Network:
                          logits=lambda output: output.logits)
 
 
-def tutorial_teacher() -> Network:
-    """`DeepNN`; role `feature_map` is its last pool, `[batch, 8, 8, 32]`."""
-    return _tutorial(DeepNN(), "features_9")
+def tutorial_teacher(**model_kwargs: Any) -> Network:
+    """`DeepNN(**model_kwargs)`; role `feature_map` is its last pool, `[batch, 8, 8, 32]`."""
+    return _tutorial(DeepNN(**model_kwargs), "features_9")
 
 
-def tutorial_student() -> Network:
-    """`LightNN`; role `feature_map` is its last pool, `[batch, 8, 8, 16]`."""
-    return _tutorial(LightNN(), "features_5")
+def tutorial_student(**model_kwargs: Any) -> Network:
+    """`LightNN(**model_kwargs)`; role `feature_map` is its last pool, `[batch, 8, 8, 16]`."""
+    return _tutorial(LightNN(**model_kwargs), "features_5")

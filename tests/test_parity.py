@@ -19,7 +19,9 @@ from conftest import REFERENCE_DIR
 from kdjax import losses
 from kdjax.convert import from_torch, to_torch
 from kdjax.models import DeepNN, LightNN
-from kdjax.train import LossConfig, TrainState, make_train_step, objective_loss
+from kdjax import methods
+from kdjax.network import tutorial_student, tutorial_teacher
+from kdjax.train import TrainState, build_objective, objective_loss, teacher_outputs, train_step
 
 RTOL, ATOL = 1e-5, 1e-6
 OBJECTIVES = ("ce", "kd", "cosine", "hint")
@@ -43,14 +45,24 @@ def teacher_params():
 
 
 def _student_params(objective: str):
-    state = weights.student_state_dict()
-    if objective == "hint":
-        state |= weights.regressor_state_dict()
-    return from_torch(state)["params"]
+    """The engine's layout: `{"model": LightNN params, "adapter": {"regressor": ...}}` (hint only)."""
+    if objective != "hint":
+        return {"model": from_torch(weights.student_state_dict())["params"]}
+    both = dict(from_torch(weights.student_state_dict() | weights.regressor_state_dict())["params"])
+    return {"model": both, "adapter": {"regressor": both.pop("regressor")}}
 
 
-def _student(objective: str) -> LightNN:
-    return LightNN(dropout_rate=0.0, hint=objective == "hint")
+def _flat(params):
+    """`LightNN(hint=True)`'s own layout of the same params."""
+    return {**params["model"], **params.get("adapter", {})}
+
+
+def _torch_names(params) -> dict[str, np.ndarray]:
+    return to_torch({"params": _flat(params)})
+
+
+def _objective(objective: str):
+    return build_objective(methods.get(objective), tutorial_student(dropout_rate=0.0), tutorial_teacher())
 
 
 def _nchw(x) -> np.ndarray:
@@ -79,7 +91,7 @@ def test_fixture_inputs_regenerate_exactly(ref):
 def test_forward_outputs(ref, batches, teacher_params):
     images = batches[0][0]
     teacher = DeepNN().apply({"params": teacher_params}, images)
-    student = _student("hint").apply({"params": _student_params("hint")}, images)
+    student = LightNN(dropout_rate=0.0, hint=True).apply({"params": _flat(_student_params("hint"))}, images)
     expected = {
         "teacher_logits": teacher.logits,
         "teacher_hidden": teacher.hidden,
@@ -97,7 +109,7 @@ def test_forward_outputs(ref, batches, teacher_params):
 def test_loss_values(ref, batches, teacher_params):
     images, labels = batches[0][0], batches[1][0]
     teacher = DeepNN().apply({"params": teacher_params}, images)
-    student = _student("hint").apply({"params": _student_params("hint")}, images)
+    student = LightNN(dropout_rate=0.0, hint=True).apply({"params": _flat(_student_params("hint"))}, images)
     values = {
         "ce": losses.cross_entropy(student.logits, labels),
         "kd": losses.kd_loss(student.logits, teacher.logits, temperature=2.0),
@@ -121,15 +133,13 @@ def test_kd_cross_entropy_form_differs_by_teacher_entropy(ref, batches, teacher_
 
 
 def _objective_fn(objective: str, teacher_params):
-    config = LossConfig(objective=objective)
-    student = _student(objective)
+    built = _objective(objective)
+    hp = methods.get(objective).resolve()
 
     def loss(params, images, labels):
-        teacher_outputs = DeepNN().apply({"params": teacher_params}, images) if config.needs_teacher else None
+        outputs = teacher_outputs(tutorial_teacher(), teacher_params, images, built.method.reads)
         batch = {"image": images, "label": labels}
-        return objective_loss(
-            params, teacher_outputs, batch, jax.random.key(0), apply_fn=student.apply, config=config
-        )[0]
+        return objective_loss(params, batch, jax.random.key(0), outputs, hp, objective=built)[0]
 
     return loss
 
@@ -140,7 +150,7 @@ def test_objective_gradients(ref, batches, teacher_params, objective):
         _student_params(objective), batches[0][0], batches[1][0]
     )
     np.testing.assert_allclose(loss, ref[f"objective/{objective}"], rtol=RTOL, atol=ATOL)
-    torch_grads = to_torch({"params": grads})
+    torch_grads = _torch_names(grads)
     assert sorted(torch_grads) == sorted({k.split("/")[2] for k in ref if k.startswith(f"grad/{objective}/")})
     for name, grad in torch_grads.items():
         _assert_matches_stored(ref, f"grad/{objective}/{name}", grad)
@@ -148,13 +158,17 @@ def test_objective_gradients(ref, batches, teacher_params, objective):
 
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_params_after_adam_steps(ref, batches, teacher_params, objective):
-    state = TrainState.create(
-        apply_fn=_student(objective).apply, params=_student_params(objective), tx=optax.adam(1e-3)
-    )
-    step = make_train_step(LossConfig(objective=objective))
+    state = TrainState.create(apply_fn=None, params=_student_params(objective), tx=optax.adam(1e-3))
+    built = _objective(objective)
+    hp = methods.get(objective).resolve()
+
+    @jax.jit
+    def step(state, batch):
+        outputs = teacher_outputs(tutorial_teacher(), teacher_params, batch["image"], built.method.reads)
+        return train_step(state, batch, jax.random.key(0), outputs, hp, objective=built)
+
     images, labels = batches
     for index in range(weights.STEPS):
-        batch = {"image": jnp.asarray(images[index]), "label": jnp.asarray(labels[index])}
-        state, _ = step(state, batch, jax.random.key(0), teacher_params)
-    for name, value in to_torch({"params": state.params}).items():
+        state, _ = step(state, {"image": jnp.asarray(images[index]), "label": jnp.asarray(labels[index])})
+    for name, value in _torch_names(state.params).items():
         _assert_matches_stored(ref, f"params/{objective}/{name}", value)

@@ -18,7 +18,7 @@ import numpy as np
 
 from kdjax import methods
 from kdjax.checkpoint import CheckpointMismatchError, RunCheckpoints
-from kdjax.config import ConfigError, ExperimentConfig, add_flags, from_args
+from kdjax.config import EXPERIMENTS, ConfigError, ExperimentConfig, add_flags, from_args
 from kdjax.data import Cifar10, DataNotFoundError, load_cifar10
 from kdjax.loop import Member, MemberResult, TrainingDivergedError, train_members
 from kdjax.memory import ProgramMemoryError
@@ -154,6 +154,8 @@ def run(name: str, argv: list[str] | None = None) -> int:
     from kdjax.cpu import use_fast_cpu_kernels
 
     try:
+        if name not in EXPERIMENTS and name != "all":
+            raise ConfigError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}, all")
         config = parse_config(name, argv)
         if config.distributed:
             jax.distributed.initialize()  # coordinator, process count and id from the launcher's environment

@@ -1,0 +1,129 @@
+"""The one loop: members independent of their program, bitwise resume and extension, NaN stop, corrupt steps."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import numpy as np
+import pytest
+from engine_helpers import run_members, teacher_params, tiny_data
+
+from kdjax import loop, methods
+from kdjax.checkpoint import RunCheckpoints
+from kdjax.loop import Member, ProgramSpec, TrainingDivergedError
+from kdjax.network import tutorial_student, tutorial_teacher
+from kdjax.parallel import batch_mesh
+from kdjax.train import build_objective
+
+
+def _params(program, index: int):
+    return jax.tree.map(lambda leaf: np.asarray(leaf[index]), program.states.params)
+
+
+def _same(a, b) -> None:
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_a_member_is_bitwise_the_same_alone_or_among_others_over_a_full_epoch(tmp_path):
+    member = Member.of("kd", 1, temperature=4.0)
+    alone, together = [], []
+    run_members(tmp_path, [member], name="alone", programs_out=alone)
+    others = [Member.of("kd", 0), member, Member.of("kd", 7, aux_weight=0.9)]
+    run_members(tmp_path, others, name="together", programs_out=together, members_per_program=3)
+    _same(_params(alone[0], 0), _params(together[0], 1))
+    assert alone[0].results[0].history[0]["test_loss"] == together[0].results[1].history[0]["test_loss"]
+    # ...and members really differ from each other.
+    assert not np.array_equal(_params(together[0], 0)["model"]["features_0"]["kernel"],
+                              _params(together[0], 1)["model"]["features_0"]["kernel"])
+
+
+def test_vmapped_members_agree_with_unrolled_ones_to_float_rounding(tmp_path):
+    members = [Member.of("ce", 0), Member.of("ce", 1)]
+    unrolled, vmapped = [], []
+    run_members(tmp_path, members, name="u", programs_out=unrolled, member_batching="unroll", members_per_program=2)
+    run_members(tmp_path, members, name="v", programs_out=vmapped, member_batching="vmap", members_per_program=2)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 _params(unrolled[0], 1), _params(vmapped[0], 1))
+
+
+def test_the_program_step_compiles_once_across_epochs_batches_and_hyperparameters():
+    data = tiny_data()
+    objective = build_objective(methods.get("kd"), tutorial_student(), tutorial_teacher())
+    spec = ProgramSpec(objective, tutorial_teacher(), False, 32, len(data.train), False, True, batch_mesh(1))
+    step = jax.jit(chex.assert_max_traces(lambda *args: loop.program_step(*args, spec=spec), n=1))
+    members = [Member.of("kd", 0), Member.of("kd", 1, temperature=8.0)]
+    states = loop.init_states(objective, [0, 1], 1e-3)
+    keys = jax.numpy.stack([jax.random.key(0), jax.random.key(1)])
+    orders = jax.numpy.zeros((2, 160), jax.numpy.int32)
+    for epoch, index in ((0, 0), (0, 3), (2, 1)):
+        states, metrics = step(states, orders, np.int32(epoch), np.int32(index), data.train.images,
+                               data.train.labels, teacher_params(), keys, keys, loop.stack_hyperparameters(members))
+    assert metrics["loss"].shape == (2,)
+    chex.clear_trace_counter()
+
+
+def test_cache_and_live_teacher_train_the_same_student(tmp_path):
+    members = [Member.of("hint", 0)]
+    cached = run_members(tmp_path, members, name="cached", cached=True)
+    live = run_members(tmp_path, members, name="live", cached=False)
+    np.testing.assert_allclose(cached[0].test_loss, live[0].test_loss, rtol=1e-5)
+
+
+def test_extending_a_finished_run_equals_running_it_straight_and_a_rerun_trains_nothing(tmp_path):
+    members = [Member.of("kd", 0)]
+    straight, extended, rerun = [], [], []
+    run_members(tmp_path, members, epochs=2, name="straight", programs_out=straight)
+    run_members(tmp_path, members, epochs=1, name="ext")
+    run_members(tmp_path, members, epochs=2, name="ext", programs_out=extended)
+    _same(_params(straight[0], 0), _params(extended[0], 0))
+    assert [r["test_loss"] for r in extended[0].results[0].history] == [
+        r["test_loss"] for r in straight[0].results[0].history]
+    run_members(tmp_path, members, epochs=2, name="ext", programs_out=rerun)
+    assert rerun[0].trained_steps == 0 and extended[0].trained_steps == 5
+    # Asking for fewer epochs than were trained reads the earlier epoch's checkpoint back.
+    back = run_members(tmp_path, members, epochs=1, name="ext")
+    assert back[0].history == extended[0].results[0].history[:1]
+
+
+def test_resuming_from_a_mid_epoch_checkpoint_is_bitwise(tmp_path, monkeypatch):
+    members = [Member.of("ce", 3), Member.of("ce", 4)]
+    straight, resumed = [], []
+    run_members(tmp_path, members, name="straight", programs_out=straight, members_per_program=2)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # after the epoch's 5 steps, before its end is saved
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "evaluate_members", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_members(tmp_path, members, name="cut", save_every_steps=2, members_per_program=2)
+    checkpoints = RunCheckpoints(tmp_path / "cut" / "ce", {"test": "cut"})
+    assert checkpoints.steps() == [4]  # mid-epoch step 2 was superseded by step 4
+    checkpoints.close()
+    run_members(tmp_path, members, name="cut", programs_out=resumed, save_every_steps=2, members_per_program=2)
+    _same(_params(straight[0], 1), _params(resumed[0], 1))
+
+
+def test_a_corrupt_newest_step_is_moved_aside_and_written_again(tmp_path, capsys):
+    members = [Member.of("ce", 0)]
+    run_members(tmp_path, members, epochs=2, name="c")
+    folder = tmp_path / "c" / "ce"
+    for file in (folder / "10").rglob("*"):
+        if file.is_file() and "state" in str(file) and file.stat().st_size > 1000:
+            file.write_bytes(b"garbage")
+    rerun = []
+    run_members(tmp_path, members, epochs=2, name="c", programs_out=rerun)
+    assert "checkpoint step 10" in capsys.readouterr().err
+    assert rerun[0].trained_steps == 5
+    assert (folder / "10").is_dir() and list(folder.glob("10.corrupt-*"))
+    again = []
+    run_members(tmp_path, members, epochs=2, name="c", programs_out=again)
+    assert again[0].trained_steps == 0
+
+
+def test_a_diverging_member_stops_the_program_naming_it(tmp_path):
+    member = Member.of("ce", 0)
+    data = tiny_data()
+    data.train.images[:] = 0
+    with pytest.raises(TrainingDivergedError, match=r"ce\[seed=0\] at step 2.*last good checkpoint"):
+        run_members(tmp_path, [member], data=data, learning_rate=float("nan"))
