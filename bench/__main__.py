@@ -1,6 +1,6 @@
 """kdjax against the PyTorch tutorial's own code, on this machine, in one run.
 
-    python -m kdjax.bench [--data-dir PATH] [--rounds 3] [--windows 5] [--e2e-train-size 10000] [--e2e-epochs 2]
+    python -m bench [--data-dir PATH] [--rounds 3] [--windows 5] [--e2e-train-size 10000] [--e2e-epochs 2]
 
 Each side runs in its own subprocess (so peak memory is its own), the two sides taking
 turns for `--rounds` rounds so that both meet the same spells of a shared machine's noise;
@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 
-from kdjax.bench.common import CACHED_CASES, STEP_CASES, SWEEP_SECTION
+from bench.common import CACHED_CASES, STEP_CASES, SWEEP_SECTION
 
 LABELS = {"teacher_ce": "teacher CE step", "student_ce": "student CE step", "kd": "student KD step",
           "cosine": "student cosine step", "hint": "student hint step", "eval_teacher": "teacher eval",
@@ -107,13 +107,13 @@ def main() -> None:
     jx_rounds, pt_rounds = [], []
     for round_index in range(args.rounds):
         flags = passthrough + ["--skip-e2e"] * (round_index > 0 and not args.skip_e2e)
-        jx_rounds.append(_run_side("kdjax.bench.kdjax_side", flags))
+        jx_rounds.append(_run_side("bench.kdjax_side", flags))
         if has_torch:
-            pt_rounds.append(_run_side("kdjax.bench.torch_side", flags))
+            pt_rounds.append(_run_side("bench.torch_side", flags))
     jx = merge_rounds(jx_rounds)
     pt = merge_rounds(pt_rounds) if pt_rounds else None
 
-    command = "python -m kdjax.bench " + " ".join(sys.argv[1:])
+    command = "python -m bench " + " ".join(sys.argv[1:])
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {jx['device']}"
     versions = ", ".join(f"{k} {v}" for side in (jx, pt or {}) for k, v in side.get("versions", {}).items())
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -128,7 +128,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     previous = out / "BENCH.md"
     SECTION_START, SECTION_END = SWEEP_SECTION
-    if previous.exists() and SECTION_START in previous.read_text():  # keep `python -m kdjax.bench.sweep`'s section
+    if previous.exists() and SECTION_START in previous.read_text():  # keep `python -m bench.sweep`'s section
         kept = previous.read_text().split(SECTION_START, 1)[1].split(SECTION_END, 1)[0]
         report = report.rstrip("\n") + f"\n\n{SECTION_START}{kept}{SECTION_END}\n"
     previous.write_text(report)

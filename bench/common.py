@@ -14,7 +14,7 @@ import numpy as np
 BATCH = 128
 STEP_CASES = ("teacher_ce", "student_ce", "kd", "cosine", "hint")
 CACHED_CASES = ("kd", "cosine", "hint")
-# BENCH.md's section written by `python -m kdjax.bench.sweep`, which `python -m kdjax.bench` keeps.
+# BENCH.md's section written by `python -m bench.sweep`, which `python -m bench` keeps.
 SWEEP_SECTION = ("<!-- sweep benchmark -->", "<!-- /sweep benchmark -->")
 
 

@@ -1,6 +1,6 @@
 """How fast CIFAR-10 reaches the device: load time and images/s per loader.
 
-    python -m kdjax.bench.data --data-dir PATH [--epochs 2] [--batch-size 128]
+    python -m bench.data --data-dir PATH [--epochs 2] [--batch-size 128]
 
 Prints the time to load the local copy, then images/s delivered to the device (each
 batch waited on, as a train step would) for the resident loader with images normalised

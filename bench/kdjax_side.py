@@ -1,66 +1,95 @@
-"""kdjax's half of `python -m kdjax.bench`: step, eval and end-to-end figures as JSON."""
+"""kdjax's half of `python -m bench`: step, eval and end-to-end figures as JSON."""
 
 from __future__ import annotations
 
+import functools
 import itertools
-import pathlib
 import tempfile
 import time
 
 import jax
 
-from kdjax.bench.common import (
+from kdjax.cpu import use_fast_cpu_kernels
+
+from bench.common import (
     BATCH, CACHED_CASES, STEP_CASES, median_rate, run_side, steps_per_window, synthetic_split,
 )
+import numpy as np
+
+from kdjax import methods
 from kdjax.config import ExperimentConfig
-from kdjax.data import Cifar10, ResidentLoader, Split, load_cifar10
-from kdjax.models import DeepNN, LightNN
-from kdjax.teacher_cache import FIELD_FOR_OBJECTIVE, compute_teacher_cache
-from kdjax.train import LossConfig, create_train_state, make_eval_step, make_train_step
+from kdjax.data import Cifar10, ResidentLoader, Split, epoch_order, load_cifar10
+from kdjax.loop import Member, ProgramSpec, init_states, program_step, stack_hyperparameters
+from kdjax.network import tutorial_student, tutorial_teacher
+from kdjax.parallel import batch_mesh
+from kdjax.teacher_cache import compute_teacher_cache
+from kdjax.train import build_objective
+from kdjax.train import eval_step as eval_step_fn
 
 OBJECTIVE = {"teacher_ce": "ce", "student_ce": "ce", "kd": "kd", "cosine": "cosine", "hint": "hint"}
+MEMBERS = 8  # the multi-member case: KD students with the teacher cache, one program
 
 
-def _batches(split: Split):
-    loader = ResidentLoader(split, BATCH, jax.random.key(0))
-    return itertools.chain.from_iterable(loader.epoch(epoch) for epoch in itertools.count())
+def _program(case: str, split: Split, teacher_params, cached: bool, members: int = 1):
+    """The engine's jitted step for `members` members of `case`, its initial states and its other arguments."""
+    teacher = tutorial_teacher()
+    network = teacher if case == "teacher_ce" else tutorial_student()
+    method = methods.get(OBJECTIVE[case])
+    objective = build_objective(method, network, teacher if method.needs_teacher else None)
+    spec = ProgramSpec(objective, teacher, cached, BATCH, len(split), False, True, batch_mesh(1))
+    step = jax.jit(functools.partial(program_step, spec=spec), donate_argnums=(0,))
+    seeds = list(range(members))
+    teacher_arg = None
+    if method.needs_teacher:
+        teacher_arg = compute_teacher_cache(teacher, teacher_params, split, method.reads) if cached else teacher_params
+    keys = jax.numpy.stack([jax.random.key(seed) for seed in seeds])
+    orders = jax.numpy.stack([epoch_order(key, 0, len(split), BATCH) for key in keys])
+    member_list = [Member.of(method.name, seed) for seed in seeds]
+    rest = (orders, np.int32(0), split.images, split.labels, teacher_arg, keys, keys,
+            stack_hyperparameters(member_list))
+    return step, init_states(objective, seeds, 1e-3), rest
+
+
+def _time_case(step, states, rest, steps: int, images: int, windows: int) -> dict:
+    orders, epoch, images_arr, labels, teacher_arg, data_keys, dropout_keys, hp = rest
+    batches = orders.shape[1] // BATCH
+    start = time.perf_counter()
+    compiled = step.lower(states, orders, epoch, np.int32(0), images_arr, labels, teacher_arg, data_keys,
+                          dropout_keys, hp).compile()
+    compile_s = time.perf_counter() - start
+    box = {"state": states, "index": 0}
+
+    def window():
+        for _ in range(steps):
+            box["index"] = (box["index"] + 1) % batches
+            box["state"], _ = compiled(box["state"], orders, epoch, np.int32(box["index"]), images_arr, labels,
+                                       teacher_arg, data_keys, dropout_keys, hp)
+        jax.block_until_ready(box["state"])
+
+    window()  # warm-up: one full window, so each case starts from a settled machine
+    return {"images_per_s": median_rate(window, steps * images, windows), "compile_s": compile_s}
 
 
 def measure_steps(split: Split, windows: int) -> dict:
-    teacher = create_train_state(DeepNN(), jax.random.key(1))
-    cache = compute_teacher_cache(teacher.params, split, FIELD_FOR_OBJECTIVE.values())
+    teacher_params = init_states(build_objective(methods.get("ce"), tutorial_teacher()), [1], 1e-3).params["model"]
+    teacher_params = jax.tree.map(lambda leaf: leaf[0], teacher_params)
     results = {}
     cases = [(case, False) for case in STEP_CASES] + [(case, True) for case in CACHED_CASES]
     for case, cached in cases:
-        objective = OBJECTIVE[case]
-        model = DeepNN() if case == "teacher_ce" else LightNN(hint=objective == "hint")
-        state = create_train_state(model, jax.random.key(2))
-        step = make_train_step(LossConfig(objective), cached=cached)
-        teacher_arg = cache if cached else teacher.params
-        batches = _batches(split)
-        key = jax.random.key(3)
-        start = time.perf_counter()
-        compiled = step.lower(state, next(batches), key, teacher_arg).compile()
-        compile_s = time.perf_counter() - start
-        box = {"state": state}
-
-        def window(n=steps_per_window(case)):
-            for _ in range(n):
-                box["state"], _ = compiled(box["state"], next(batches), key, teacher_arg)
-            jax.block_until_ready(box["state"])
-
-        window()  # warm-up: one full window, so each case starts from a settled machine
+        step, states, rest = _program(case, split, teacher_params, cached)
         name = f"{case}_cached" if cached else case
-        results[name] = {"images_per_s": median_rate(window, steps_per_window(case) * BATCH, windows),
-                         "compile_s": compile_s}
+        results[name] = _time_case(step, states, rest, steps_per_window(case), BATCH, windows)
+    step, states, rest = _program("kd", split, teacher_params, True, members=MEMBERS)
+    results[f"kd_cached_x{MEMBERS}"] = _time_case(step, states, rest, steps_per_window("kd") // 2,
+                                                  MEMBERS * BATCH, windows)
     return results
 
 
 def measure_eval(split: Split, windows: int) -> dict:
     results = {}
-    for name, model in (("teacher", DeepNN()), ("student", LightNN())):
-        params = create_train_state(model, jax.random.key(0)).params
-        eval_step = make_eval_step(model)
+    for name, network in (("teacher", tutorial_teacher()), ("student", tutorial_student())):
+        params = network.init(jax.random.key(0))
+        eval_step = jax.jit(functools.partial(eval_step_fn, network=network))
         batches = _batches(split)
         jax.block_until_ready(eval_step(params, next(batches)))
 
@@ -72,7 +101,7 @@ def measure_eval(split: Split, windows: int) -> dict:
 
 
 def measure_e2e(args) -> dict:
-    from kdjax.experiments.common import run_all
+    from kdjax.experiments.common import Checkpoints, train_students, train_teacher
 
     if args.data_dir:
         data = load_cifar10(args.data_dir).subset(args.e2e_train_size, args.e2e_test_size)
@@ -83,12 +112,16 @@ def measure_e2e(args) -> dict:
         config = ExperimentConfig(name="all", epochs=args.e2e_epochs, checkpoint_dir=f"{tmp}/ck",
                                   output_dir=f"{tmp}/runs", save_every_steps=0)
         start = time.perf_counter()
-        results = run_all(config, data, pathlib.Path(tmp) / "runs")
+        checkpoints = Checkpoints(config, data)
+        teacher, states = train_teacher(config, data, checkpoints)
+        students = train_students(config, data, checkpoints, jax.tree.map(lambda a: a[0], states.params["model"]))
         seconds = time.perf_counter() - start
-    return {"e2e": {"seconds": seconds, "accuracy": {r.name: r.test_accuracy for r in results}, "data": data.origin}}
+    accuracy = {("teacher" if r.network == "DeepNN" else r.member.method): r.test_accuracy for r in teacher + students}
+    return {"e2e": {"seconds": seconds, "accuracy": accuracy, "data": data.origin}}
 
 
 def main() -> None:
+    use_fast_cpu_kernels()  # before JAX starts its backends
     figures = {"versions": {"jax": jax.__version__}, "device": jax.devices()[0].device_kind}
     run_side(__doc__, figures, Split(*synthetic_split(2048, 0)), measure_steps, measure_eval, measure_e2e)
 

@@ -1,6 +1,6 @@
 """Where a train step's time goes, against the arithmetic floor.
 
-    python -m kdjax.bench.profile [--repeats 5] [--out experiments/PROFILE.md]
+    python -m bench.profile [--repeats 5] [--out experiments/PROFILE.md]
 
 For every 3x3 conv of the teacher and the student at batch 128: the forward pass, the
 input gradient and the kernel gradient in both forms `kdjax.conv` chooses between (XLA's
@@ -20,10 +20,12 @@ import time
 from collections.abc import Callable
 
 import jax
+
+from kdjax.cpu import use_fast_cpu_kernels
 import jax.numpy as jnp
 from jax import lax
 
-from kdjax.bench.common import BATCH
+from bench.common import BATCH
 from kdjax.conv import _kernel_grad_as_dy_conv, add_channel_bias
 from kdjax.models import DeepNN, LightNN
 from kdjax.train import LossConfig, create_train_state, make_train_step
@@ -140,6 +142,7 @@ def report(repeats: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    use_fast_cpu_kernels()  # before JAX starts its backends
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median reported)")
     parser.add_argument("--out", default=None, help="also write the report to this Markdown file")
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     text = report(args.repeats)
     print(text)
     if args.out:
-        pathlib.Path(args.out).write_text(f"`python -m kdjax.bench.profile --repeats {args.repeats}`\n\n{text}")
+        pathlib.Path(args.out).write_text(f"`python -m bench.profile --repeats {args.repeats}`\n\n{text}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The PyTorch tutorial's half of `python -m kdjax.bench`: the same figures, from its own code."""
+"""The PyTorch tutorial's half of `python -m bench`: the same figures, from its own code."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from kdjax.bench import tutorial_torch as tut
-from kdjax.bench.common import BATCH, STEP_CASES, median_rate, run_side, steps_per_window, synthetic_split
+import tutorial_torch as tut
+from bench.common import BATCH, STEP_CASES, median_rate, run_side, steps_per_window, synthetic_split
 from kdjax.data.pipeline import MEAN, STD
 
 MODELS = {  # case -> (student class, teacher class, loss body)

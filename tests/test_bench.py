@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from kdjax.bench.__main__ import merge_rounds, table
-from kdjax.bench.common import CACHED_CASES, STEP_CASES
+from bench.__main__ import merge_rounds, table
+from bench.common import CACHED_CASES, STEP_CASES
 
 CASES = (*STEP_CASES, "eval_teacher", "eval_student")
 
@@ -29,15 +29,3 @@ def test_rounds_merge_to_medians_and_per_round_speed_ups():
 def test_a_single_round_lists_no_per_round_column_values():
     report = table(merge_rounds([_side(50, 500, True)]), None)
     assert "| teacher CE step (images/s) | 50 | n/a | n/a |  |" in report
-
-
-def test_sweep_section_replaces_only_itself(tmp_path):
-    from kdjax.bench.sweep import write_section
-
-    bench = tmp_path / "BENCH.md"
-    bench.write_text("# kdjax vs the PyTorch tutorial\n\n| a | b |\n")
-    write_section(bench, "## Sweeps\nfirst")
-    write_section(bench, "## Sweeps\nsecond")
-    text = bench.read_text()
-    assert text.startswith("# kdjax vs the PyTorch tutorial\n\n| a | b |\n")
-    assert "second" in text and "first" not in text and text.count("## Sweeps") == 1

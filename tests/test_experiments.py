@@ -48,7 +48,8 @@ def test_all_writes_its_outputs_reuses_the_teacher_and_extends(tmp_path, full_si
     assert "teacher: already trained" in out and "student" in out
     # A finished run extends: the 1-epoch checkpoint resumes into epoch 2.
     assert run("baseline", _flags(tmp_path, full_size_copy, "--epochs", "2")) == 0
-    assert "resuming at epoch 2, batch 0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resuming at epoch 2, batch 0" in out, out
 
 
 def test_augmentation_turns_the_teacher_cache_off(tmp_path, full_size_copy, capsys):

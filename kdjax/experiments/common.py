@@ -126,7 +126,9 @@ def train_students(config: ExperimentConfig, data: Cifar10, checkpoints: Checkpo
         return cache, True
 
     programs = train_members(members, student, data.train, data.test, config.settings(),
-                             lambda chunk: checkpoints.for_members(chunk[0].method, student, teacher_id)(chunk),
+                             lambda chunk: checkpoints.for_members(
+                                 chunk[0].method, student,
+                                 teacher_id if methods.get(chunk[0].method).needs_teacher else None)(chunk),
                              teacher=teacher, teacher_source=teacher_source if teacher_params is not None else None,
                              log=log, desc="student")
     return [result for program in programs for result in program.results]

@@ -1,6 +1,6 @@
 """Write `reference.npz`: the PyTorch Knowledge Distillation Tutorial's numbers on fixed inputs.
 
-Runs the tutorial's own classes and loss formulas (`kdjax.bench.tutorial_torch`) on CPU with the
+Runs the tutorial's own classes and loss formulas (`tests/reference/tutorial_torch.py`) on CPU with the
 deterministic weights and batches of `weights.py`, and records forward outputs, every
 loss, the gradient of each combined objective and the parameters after `STEPS` Adam
 steps. Dropout is disabled (`model.eval()`; the models have no other train/eval
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from kdjax.bench.tutorial_torch import (
+from tutorial_torch import (
     OBJECTIVES, ModifiedDeepNNCosine, ModifiedDeepNNRegressor, ModifiedLightNNCosine,
     ModifiedLightNNRegressor, T, ce_loss, cosine_loss, mse_loss,
 )

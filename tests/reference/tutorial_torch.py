@@ -1,7 +1,7 @@
 """The PyTorch Knowledge Distillation Tutorial's own code: its models, loss formulas and loops.
 
 Kept verbatim in substance (CPU, no device moves) so that the parity fixture
-(`tests/reference/make_reference.py`) and the side-by-side benchmark (`python -m kdjax.bench`)
+(`tests/reference/make_reference.py`) and the side-by-side benchmark (`python -m bench`)
 run exactly what the tutorial runs. Needs torch (`pip install -e ".[bench]"`); nothing
 else in kdjax imports this module.
 """

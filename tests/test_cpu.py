@@ -1,4 +1,4 @@
-"""Which XLA:CPU flags `import kdjax` adds, and when it leaves `XLA_FLAGS` alone."""
+"""kdjax.cpu: which XLA:CPU flags it adds and when; CPU-only speed-ups stay off other backends; imports stay clean."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from kdjax.xla_cpu import CPU_FLAGS, KNOWN_JAXLIB, OPT_OUT_ENV, flags_to_add
+from kdjax.cpu import CPU_FLAGS, KNOWN_JAXLIB, OPT_OUT_ENV, flags_to_add
 
 SUPPORTED = KNOWN_JAXLIB[0]
 
@@ -33,17 +33,24 @@ def test_unknown_jaxlib_releases_get_nothing(version):
     assert flags_to_add("", version, None) == []
 
 
-def _xla_flags_after_import(env: dict) -> str:
-    code = "import os, kdjax; print(os.environ.get('XLA_FLAGS', ''))"
+def _in_fresh_process(code: str, env: dict) -> str:
     return subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
                           text=True).stdout.strip()
 
 
-def test_import_sets_xla_flags_in_a_fresh_process():
+def test_importing_kdjax_or_its_losses_changes_nothing_and_loads_no_training_stack():
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", OPT_OUT_ENV)}
+    code = ("import os, sys, kdjax, kdjax.losses; print(os.environ.get('XLA_FLAGS', ''), "
+            "sorted(m for m in ('orbax', 'tqdm', 'matplotlib', 'kdjax.loop', 'kdjax.train') if m in sys.modules))")
+    assert _in_fresh_process(code, env) == "[]"
+
+
+def test_use_fast_cpu_kernels_sets_xla_flags_in_a_fresh_process():
     from jaxlib import version
 
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", OPT_OUT_ENV)}
     installed = tuple(int(p) for p in version.__version__.split(".")[:2])
     expected = " ".join(CPU_FLAGS) if KNOWN_JAXLIB[0] <= installed < KNOWN_JAXLIB[1] else ""
-    assert _xla_flags_after_import(env) == expected
-    assert _xla_flags_after_import(env | {OPT_OUT_ENV: "0"}) == ""
+    code = "import os; from kdjax.cpu import use_fast_cpu_kernels; use_fast_cpu_kernels(); print(os.environ.get('XLA_FLAGS', ''))"
+    assert _in_fresh_process(code, env) == expected
+    assert _in_fresh_process(code, env | {OPT_OUT_ENV: "0"}) == ""

@@ -1,0 +1,22 @@
+"""The examples run end to end on synthetic data: models kdjax does not ship, linen and NNX students."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.parametrize("script,student", [("resnet_to_cnn.py", "SmallCNN"), ("nnx_student.py", "NnxCNN")])
+def test_example_distils_through_the_engine(script, student, tmp_path):
+    done = subprocess.run([sys.executable, str(EXAMPLES / script), "--synthetic", "--epochs", "1", "--train-size",
+                           "128", "--seeds", "0", "--workdir", str(tmp_path)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "teacher SmallResNet:" in done.stdout
+    assert f"{student} ce:" in done.stdout and f"{student} hint:" in done.stdout
+    assert (tmp_path / f"student-{student}" / "hint").is_dir()
