@@ -62,7 +62,7 @@ def use_fast_cpu_kernels() -> list[str]:
         if jax.default_backend() != "cpu":
             return []
         warnings.warn(f"JAX's backends started before kdjax was imported, so {' '.join(missing)} "
-                      f"cannot apply: import kdjax first for XLA:CPU's faster conv kernels "
+                      f"cannot apply: call kdjax.cpu.use_fast_cpu_kernels() before JAX runs anything "
                       f"(or set {OPT_OUT_ENV}=0 to silence this)", stacklevel=3)
         return []
     os.environ["XLA_FLAGS"] = " ".join([current, *missing]).strip()
