@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 
-from bench.common import CACHED_CASES, STEP_CASES, SWEEP_SECTION
+from bench.common import CACHED_CASES, MEMBERS, STEP_CASES
 
 LABELS = {"teacher_ce": "teacher CE step", "student_ce": "student CE step", "kd": "student KD step",
           "cosine": "student cosine step", "hint": "student hint step", "eval_teacher": "teacher eval",
@@ -73,6 +73,11 @@ def table(jx: dict, pt: dict | None) -> str:
             cached = jx[f"{case}_cached"]["images_per_s"]
             rows.append(f"| {LABELS[case]}, teacher cache (images/s) | {cached:,.0f} | {theirs_text} | "
                         f"{_ratio(cached, theirs)} | {_per_round(jx[f'{case}_cached'], pt.get(case))} |")
+    many = jx.get(f"kd_cached_x{MEMBERS}")
+    if many:
+        ratio = jx["kd_cached"]["images_per_s"] / many["images_per_s"]
+        rows.append(f"| student KD step, teacher cache, {MEMBERS} members in one program (images/s, all members) | "
+                    f"{many['images_per_s']:,.0f} | | | per-member step {ratio:.2f}x the one-member step |")
     if "e2e" in jx:
         ours, theirs = jx["e2e"]["seconds"], pt.get("e2e", {}).get("seconds")
         rows.append(f"| whole tutorial, reduced (s) | {ours:,.0f} | {f'{theirs:,.0f}' if theirs else 'n/a'} | "
@@ -126,12 +131,7 @@ def main() -> None:
     print(report)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    previous = out / "BENCH.md"
-    SECTION_START, SECTION_END = SWEEP_SECTION
-    if previous.exists() and SECTION_START in previous.read_text():  # keep `python -m bench.sweep`'s section
-        kept = previous.read_text().split(SECTION_START, 1)[1].split(SECTION_END, 1)[0]
-        report = report.rstrip("\n") + f"\n\n{SECTION_START}{kept}{SECTION_END}\n"
-    previous.write_text(report)
+    (out / "BENCH.md").write_text(report)
     (out / "BENCH.json").write_text(json.dumps({"command": command, "kdjax": jx, "pytorch": pt}, indent=2) + "\n")
 
 

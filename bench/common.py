@@ -14,8 +14,7 @@ import numpy as np
 BATCH = 128
 STEP_CASES = ("teacher_ce", "student_ce", "kd", "cosine", "hint")
 CACHED_CASES = ("kd", "cosine", "hint")
-# BENCH.md's section written by `python -m bench.sweep`, which `python -m bench` keeps.
-SWEEP_SECTION = ("<!-- sweep benchmark -->", "<!-- /sweep benchmark -->")
+MEMBERS = 8  # the multi-member case: KD students with the teacher cache in one program
 
 
 def synthetic_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

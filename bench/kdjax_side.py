@@ -11,11 +11,11 @@ import jax
 
 from kdjax.cpu import use_fast_cpu_kernels
 
-from bench.common import (
-    BATCH, CACHED_CASES, STEP_CASES, median_rate, run_side, steps_per_window, synthetic_split,
-)
 import numpy as np
 
+from bench.common import (
+    BATCH, CACHED_CASES, MEMBERS, STEP_CASES, median_rate, run_side, steps_per_window, synthetic_split,
+)
 from kdjax import methods
 from kdjax.config import ExperimentConfig
 from kdjax.data import Cifar10, ResidentLoader, Split, epoch_order, load_cifar10
@@ -27,7 +27,6 @@ from kdjax.train import build_objective
 from kdjax.train import eval_step as eval_step_fn
 
 OBJECTIVE = {"teacher_ce": "ce", "student_ce": "ce", "kd": "kd", "cosine": "cosine", "hint": "hint"}
-MEMBERS = 8  # the multi-member case: KD students with the teacher cache, one program
 
 
 def _program(case: str, split: Split, teacher_params, cached: bool, members: int = 1):
@@ -83,6 +82,11 @@ def measure_steps(split: Split, windows: int) -> dict:
     results[f"kd_cached_x{MEMBERS}"] = _time_case(step, states, rest, steps_per_window("kd") // 2,
                                                   MEMBERS * BATCH, windows)
     return results
+
+
+def _batches(split: Split):
+    loader = ResidentLoader(split, BATCH, jax.random.key(0))
+    return itertools.chain.from_iterable(loader.epoch(epoch) for epoch in itertools.count())
 
 
 def measure_eval(split: Split, windows: int) -> dict:
