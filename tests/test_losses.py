@@ -63,8 +63,9 @@ def test_kd_loss_survives_a_saturated_teacher():
 
 
 def test_kd_loss_rejects_non_positive_temperature():
-    with pytest.raises(ValueError, match="temperature must be > 0"):
-        losses.kd_loss(_logits(0), _logits(1), temperature=0.0)
+    for bad in (0.0, -1.0, np.float32(0.0), jnp.asarray(-2.0), float("nan")):
+        with pytest.raises(ValueError, match="temperature must be finite and > 0"):
+            losses.kd_loss(_logits(0), _logits(1), temperature=bad)
 
 
 def _torch_cosine(a: np.ndarray, b: np.ndarray) -> float:
