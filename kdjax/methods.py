@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import linen as nn
 
 from kdjax import losses
@@ -23,8 +23,19 @@ from kdjax.models import Regressor, flatten_channel_major
 
 Outputs = Mapping[str, jax.Array]  # "logits" and each role read, `[batch, ...]`
 Hyperparameters = Mapping[str, jax.Array]
-# (student outputs, teacher outputs, hyperparameters, where) -> scalar auxiliary loss
-AuxLoss = Callable[[Outputs, Outputs, Hyperparameters, jax.Array | None], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What a loss may need besides the two networks' outputs."""
+
+    labels: jax.Array  # `[batch]` int32
+    where: jax.Array | None  # `[batch]` bool, the real (non-padding) examples
+    step: jax.Array  # the member's optimiser step before this update, int32 (for warm-ups)
+
+
+# (student outputs, teacher outputs, hyperparameters, context) -> scalar auxiliary loss
+AuxLoss = Callable[[Outputs, Outputs, Hyperparameters, Context], jax.Array]
 # (student role shape, teacher role shape) -> adapter module mapping one to the other
 AdapterFactory = Callable[[tuple[int, ...], tuple[int, ...]], nn.Module]
 
@@ -116,18 +127,18 @@ def get(name: str) -> Method:
 # --- the tutorial's four objectives ---------------------------------------------------------------
 
 
-def _kd(student: Outputs, teacher: Outputs, hp: Hyperparameters, where: Any) -> jax.Array:
-    return losses.kd_loss(student["logits"], teacher["logits"], temperature=hp["temperature"], where=where)
+def _kd(student: Outputs, teacher: Outputs, hp: Hyperparameters, context: Context) -> jax.Array:
+    return losses.kd_loss(student["logits"], teacher["logits"], temperature=hp["temperature"], where=context.where)
 
 
-def _cosine(student: Outputs, teacher: Outputs, hp: Hyperparameters, where: Any) -> jax.Array:
+def _cosine(student: Outputs, teacher: Outputs, hp: Hyperparameters, context: Context) -> jax.Array:
     student_hidden = flatten_channel_major(student["feature_map"])
     teacher_hidden = losses.avg_pool_pairs(flatten_channel_major(teacher["feature_map"]))
-    return losses.cosine_loss(student_hidden, teacher_hidden, where=where)
+    return losses.cosine_loss(student_hidden, teacher_hidden, where=context.where)
 
 
-def _hint(student: Outputs, teacher: Outputs, hp: Hyperparameters, where: Any) -> jax.Array:
-    return losses.hint_loss(student["feature_map"], teacher["feature_map"], where=where)
+def _hint(student: Outputs, teacher: Outputs, hp: Hyperparameters, context: Context) -> jax.Array:
+    return losses.hint_loss(student["feature_map"], teacher["feature_map"], where=context.where)
 
 
 def _regressor(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> nn.Module:
@@ -155,3 +166,73 @@ COSINE = register(Method("cosine", "cosine embedding of the flattened last featu
 HINT = register(Method("hint", "FitNets (Romero et al. 2015): MSE between the teacher's last feature map and a "
                        "trainable 3x3 conv regressor of the student's", reads=("feature_map",), loss=_hint,
                        adapter=_regressor, adapted="feature_map"))
+
+
+# --- the method library -------------------------------------------------------------------------------
+# Weights are the references' defaults (mdistiller's CIFAR-100 configs unless noted), tuned there for
+# ResNets over 240 epochs; `experiments/METHODS.md` says how they fare on the tutorial's networks.
+
+
+def _dkd(student: Outputs, teacher: Outputs, hp: Hyperparameters, context: Context) -> jax.Array:
+    # mdistiller ramps DKD in linearly over its first 20 of 240 epochs; here over `warmup_steps`.
+    warmup = jnp.minimum((context.step + 1) / jnp.maximum(hp["warmup_steps"], 1.0), 1.0)
+    return warmup * losses.dkd_loss(student["logits"], teacher["logits"], context.labels, alpha=hp["alpha"],
+                                    beta=hp["beta"], temperature=hp["temperature"], where=context.where)
+
+
+def _lskd(student: Outputs, teacher: Outputs, hp: Hyperparameters, context: Context) -> jax.Array:
+    return losses.kd_loss(losses.standardize_logits(student["logits"]), losses.standardize_logits(teacher["logits"]),
+                          temperature=hp["temperature"], where=context.where)
+
+
+def _dist(student: Outputs, teacher: Outputs, hp: Hyperparameters, context: Context) -> jax.Array:
+    return losses.dist_loss(student["logits"], teacher["logits"], beta=hp["beta"], gamma=hp["gamma"],
+                            temperature=hp["temperature"], where=context.where)
+
+
+def _at(student: Outputs, teacher: Outputs, hp: Hyperparameters, context: Context) -> jax.Array:
+    return losses.attention_transfer_loss(student["feature_map"], teacher["feature_map"], p=2, where=context.where)
+
+
+def _rkd(student: Outputs, teacher: Outputs, hp: Hyperparameters, context: Context) -> jax.Array:
+    s, t, where = student["feature_map"], teacher["feature_map"], context.where
+    return (hp["distance_weight"] * losses.rkd_distance_loss(s, t, where=where)
+            + hp["angle_weight"] * losses.rkd_angle_loss(s, t, where=where))
+
+
+def _pkt(student: Outputs, teacher: Outputs, hp: Hyperparameters, context: Context) -> jax.Array:
+    return losses.pkt_loss(student["feature_map"], teacher["feature_map"], where=context.where)
+
+
+def _sp(student: Outputs, teacher: Outputs, hp: Hyperparameters, context: Context) -> jax.Array:
+    return losses.similarity_preserving_loss(student["feature_map"], teacher["feature_map"], where=context.where)
+
+
+DKD = register(Method(
+    "dkd", "Decoupled KD (Zhao et al. 2022): target-class and non-target-class KL, linearly warmed up",
+    reads=("logits",), loss=_dkd,
+    # warmup_steps: mdistiller warms up over 1/12 of training (20 of 240 epochs); 1/12 of the tutorial's
+    # 10 epochs rounds to one epoch, 391 steps of CIFAR-10 at batch 128.
+    hyperparameters={"ce_weight": 1.0, "aux_weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0,
+                     "warmup_steps": 391.0}))
+LSKD = register(Method(
+    "lskd", "KD on standardised logits (Sun et al. 2024), the authors' CIFAR-100 weight 9 and T = 2",
+    reads=("logits",), loss=_lskd, hyperparameters={"ce_weight": 1.0, "aux_weight": 9.0, "temperature": 2.0}))
+DIST = register(Method(
+    "dist", "DIST (Huang et al. 2022): inter- and intra-class Pearson correlation of the softmaxes "
+    "(the official CIFAR setting beta = gamma = 2, T = 4)",
+    reads=("logits",), loss=_dist,
+    hyperparameters={"ce_weight": 1.0, "aux_weight": 1.0, "beta": 2.0, "gamma": 2.0, "temperature": 4.0}))
+AT = register(Method(
+    "at", "attention transfer (Zagoruyko & Komodakis 2017) on the last feature maps, p = 2",
+    reads=("feature_map",), loss=_at, hyperparameters={"ce_weight": 1.0, "aux_weight": 1000.0}))
+RKD = register(Method(
+    "rkd", "relational KD (Park et al. 2019): distance and angle terms on the flattened last feature maps",
+    reads=("feature_map",), loss=_rkd,
+    hyperparameters={"ce_weight": 1.0, "aux_weight": 1.0, "distance_weight": 25.0, "angle_weight": 50.0}))
+PKT = register(Method(
+    "pkt", "probabilistic knowledge transfer (Passalis & Tefas 2018) on the flattened last feature maps",
+    reads=("feature_map",), loss=_pkt, hyperparameters={"ce_weight": 1.0, "aux_weight": 30000.0}))
+SP = register(Method(
+    "sp", "similarity-preserving KD (Tung & Mori 2019) on the last feature maps",
+    reads=("feature_map",), loss=_sp, hyperparameters={"ce_weight": 1.0, "aux_weight": 3000.0}))

@@ -20,7 +20,7 @@ from flax import linen as nn
 from flax.training.train_state import TrainState
 
 from kdjax import losses
-from kdjax.methods import Method
+from kdjax.methods import Context, Method
 from kdjax.network import Network
 
 Batch = dict[str, jax.Array]
@@ -84,9 +84,9 @@ def teacher_outputs(teacher: Network, params: Any, images: jax.Array, method_rea
 
 def objective_loss(
     params: Any, batch: Batch, dropout_key: jax.Array, teacher: TeacherOutputs | None,
-    hyperparameters: Mapping[str, jax.Array], *, objective: Objective,
+    hyperparameters: Mapping[str, jax.Array], *, objective: Objective, step: jax.Array | int = 0,
 ) -> tuple[jax.Array, Metrics]:
-    """The weighted objective for one batch and its metrics.
+    """The weighted objective for one batch and its metrics (`step`: the optimiser step, for warm-ups).
 
     `teacher` holds the teacher's outputs for `batch["image"]` (None for methods without a
     loss); they are wrapped in `stop_gradient` here, however they were computed.
@@ -101,7 +101,8 @@ def objective_loss(
         student = {"logits": logits, **outs}
         if objective.adapter is not None:
             student[method.adapted] = objective.adapter.apply({"params": params["adapter"]}, student[method.adapted])
-        aux = method.loss(student, jax.lax.stop_gradient(dict(teacher)), hyperparameters, where)
+        context = Context(batch["label"], where, jnp.asarray(step, jnp.int32))
+        aux = method.loss(student, jax.lax.stop_gradient(dict(teacher)), hyperparameters, context)
         loss = hyperparameters["ce_weight"] * ce + hyperparameters["aux_weight"] * aux
     correct = logits.argmax(-1) == batch["label"]
     if where is not None:
@@ -122,7 +123,7 @@ def train_step(
         raise ValueError(f"method {objective.method.name!r} needs the teacher's outputs")
     grad_fn = jax.value_and_grad(objective_loss, has_aux=True)
     (_, metrics), grads = grad_fn(state.params, batch, jax.random.fold_in(key, state.step), teacher,
-                                  hyperparameters, objective=objective)
+                                  hyperparameters, objective=objective, step=state.step)
     return state.apply_gradients(grads=grads), metrics
 
 

@@ -48,8 +48,8 @@ def test_a_new_method_runs_through_the_unchanged_engine(tmp_path):
     """Register a method in test code only and train it with the loop: nothing else is edited."""
     from engine_helpers import run_members
 
-    def logit_mse(student, teacher, hp, where):
-        return hp["scale"] * losses.hint_loss(student["logits"], teacher["logits"], where=where)
+    def logit_mse(student, teacher, hp, context):
+        return hp["scale"] * losses.hint_loss(student["logits"], teacher["logits"], where=context.where)
 
     method = methods.Method("logit_mse_test", "MSE between logits", reads=("logits",), loss=logit_mse,
                             hyperparameters={"scale": 1.0})
@@ -59,3 +59,43 @@ def test_a_new_method_runs_through_the_unchanged_engine(tmp_path):
         assert result.member.hp["scale"] == 2.0 and np.isfinite(result.test_loss)
     finally:
         del methods.METHODS["logit_mse_test"]
+
+
+LIBRARY = ("dkd", "lskd", "dist", "at", "rkd", "pkt", "sp")
+
+
+def test_each_library_method_trains_the_tutorial_student_through_the_engine(tmp_path):
+    from engine_helpers import run_members
+
+    members = [Member.of(name, 0) for name in LIBRARY]
+    results = run_members(tmp_path, members, epochs=1)
+    assert [r.member.method for r in results] == list(LIBRARY)
+    for result in results:
+        assert np.isfinite(result.history[0]["train_loss"]) and np.isfinite(result.test_loss), result.member.label
+
+
+def test_dkd_warms_up_linearly_over_its_steps():
+    import jax
+    import jax.numpy as jnp
+
+    from kdjax.methods import Context
+
+    student, teacher = jax.random.normal(jax.random.key(0), (4, 10)), jax.random.normal(jax.random.key(1), (4, 10))
+    labels = jnp.arange(4)
+    hp = methods.get("dkd").resolve({"warmup_steps": 10.0})
+    full = losses.dkd_loss(student, teacher, labels)
+    loss = methods.get("dkd").loss
+    for step, factor in ((0, 0.1), (4, 0.5), (9, 1.0), (50, 1.0)):
+        value = loss({"logits": student}, {"logits": teacher}, hp, Context(labels, None, jnp.int32(step)))
+        np.testing.assert_allclose(value, factor * full, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", LIBRARY)
+def test_help_lists_the_methods_hyperparameters(name, capsys):
+    from kdjax.experiments.common import run
+
+    with pytest.raises(SystemExit):
+        run(name, ["--help"])
+    out = capsys.readouterr().out
+    for hyperparameter in methods.get(name).hyperparameters:
+        assert f"--{hyperparameter.replace('_', '-')}" in out

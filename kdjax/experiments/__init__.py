@@ -1,1 +1,1 @@
-"""Runnable experiments: `python -m kdjax.experiments.<name>` for teacher, baseline, kd, cosine, hint, all; `python -m kdjax.experiments <method>` for any registered method."""
+"""Runnable experiments: `python -m kdjax.experiments.<name>` for teacher, baseline, kd, cosine, hint, dkd, lskd, dist, at, rkd, pkt, sp and all; `python -m kdjax.experiments <method>` for any registered method."""
