@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import pathlib
+import sys
 import time
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-import tutorial_torch as tut
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "reference"))
+import tutorial_torch as tut  # noqa: E402 - the tutorial's own code, kept beside the parity fixture
+
 from bench.common import BATCH, STEP_CASES, median_rate, run_side, steps_per_window, synthetic_split
 from kdjax.data.pipeline import MEAN, STD
 
