@@ -141,7 +141,12 @@ def map_members(fn: Callable, unroll: bool) -> Callable:
 
     def one_by_one(*stacked):
         count = jax.tree.leaves(stacked)[0].shape[0]
-        outs = [fn(*jax.tree.map(lambda leaf: leaf[i], stacked)) for i in range(count)]
+        outs = []
+        for i in range(count):
+            args = jax.tree.map(lambda leaf: leaf[i], stacked)
+            if outs:  # member i starts once member i - 1 is done: one member's working set in cache at a time
+                args, outs[-1] = jax.lax.optimization_barrier((args, outs[-1]))
+            outs.append(fn(*args))
         return jax.tree.map(lambda *leaves: jnp.stack(leaves), *outs)
 
     return one_by_one

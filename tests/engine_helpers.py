@@ -31,6 +31,12 @@ def teacher_params(seed: int = 5):
     return create_train_state(build_objective(methods.get("ce"), tutorial_teacher()), jax.random.key(seed)).params["model"]
 
 
+def _folder(chunk: Sequence[Member], members: Sequence[Member]) -> str:
+    """The method's name, plus the first seed when the method's members are split over several programs."""
+    whole = sum(m.method == chunk[0].method for m in members) == len(chunk)
+    return chunk[0].method if whole else f"{chunk[0].method}-{chunk[0].seed}"
+
+
 def run_members(tmp: pathlib.Path, members: Sequence[Member], *, epochs: int = 1, cached: bool = True,
                 data: Cifar10 | None = None, name: str = "run", programs_out: list | None = None,
                 **settings) -> list[MemberResult]:
@@ -46,7 +52,7 @@ def run_members(tmp: pathlib.Path, members: Sequence[Member], *, epochs: int = 1
 
     config = Settings(epochs=epochs, batch_size=32, save_every_steps=settings.pop("save_every_steps", 0), **settings)
     programs = train_members(members, tutorial_student(), data.train, data.test, config,
-                             lambda chunk: RunCheckpoints(tmp / name / chunk[0].method, {"test": name}),
+                             lambda chunk: RunCheckpoints(tmp / name / _folder(chunk, members), {"test": name}),
                              teacher=tutorial_teacher(), teacher_source=source, log=lambda _: None)
     if programs_out is not None:
         programs_out.extend(programs)

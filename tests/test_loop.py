@@ -127,3 +127,24 @@ def test_a_diverging_member_stops_the_program_naming_it(tmp_path):
     data.train.images[:] = 0
     with pytest.raises(TrainingDivergedError, match=r"ce\[seed=0\] at step 2.*last good checkpoint"):
         run_members(tmp_path, [member], data=data, learning_rate=float("nan"))
+
+
+def test_members_split_into_programs_that_fit_and_get_the_same_results(tmp_path, monkeypatch):
+    from kdjax import memory
+
+    members = [Member.of("ce", seed) for seed in range(3)]
+    whole, chunked = [], []
+    run_members(tmp_path, members, name="whole", programs_out=whole, members_per_program=3)
+    data = tiny_data()
+    objective = build_objective(methods.get("ce"), tutorial_student())
+    plan = loop.plan_program_size(objective, members, data.train, loop.Settings(batch_size=32), None, None, False)
+    # Capacity for one member and a half: the three members run as three programs.
+    monkeypatch.setattr(memory, "device_capacity_bytes",
+                        lambda device=None: int((plan.shared_bytes + 1.5 * plan.per_member_bytes) / 0.8))
+    run_members(tmp_path, members, name="chunked", programs_out=chunked)
+    assert [len(p.results) for p in whole] == [3] and [len(p.results) for p in chunked] == [1, 1, 1]
+    for i in range(3):
+        _same(_params(whole[0], i), _params(chunked[i], 0))
+    monkeypatch.setattr(memory, "device_capacity_bytes", lambda device=None: 2**16)
+    with pytest.raises(memory.ProgramMemoryError, match="one member needs about .* MiB"):
+        run_members(tmp_path, members, name="none")
