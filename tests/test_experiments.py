@@ -129,3 +129,20 @@ def test_a_flag_of_another_method_is_refused_by_argparse(capsys):
     with pytest.raises(SystemExit) as exit_info:
         run("baseline", ["--temperature", "2"])
     assert exit_info.value.code == 2 and "unrecognized arguments: --temperature" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def shared_dirs(tmp_path_factory):
+    return tmp_path_factory.mktemp("library")
+
+
+@pytest.mark.parametrize("name", ["dkd", "lskd", "dist", "at", "rkd", "pkt", "sp"])
+def test_each_library_method_runs_from_its_command(name, shared_dirs, full_size_copy, capsys):
+    """One teacher (trained by the first command) serves all seven."""
+    assert run(name, _flags(shared_dirs, full_size_copy, "--train-size", "128", "--seeds", "0,1")) == 0
+    out = capsys.readouterr().out
+    (run_dir,) = (shared_dirs / "runs").glob(f"{name}-*")
+    rows = [json.loads(line) for line in (run_dir / "members.jsonl").read_text().splitlines()]
+    assert [(r["method"], r["seed"]) for r in rows[1:]] == [(name, 0), (name, 1)]
+    assert f"| LightNN | CE + {name} |" in (run_dir / "summary.md").read_text()
+    assert f"{name}: outputs in {run_dir}" in out
