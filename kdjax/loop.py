@@ -350,7 +350,7 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
         seconds_before = partial_seconds if start_batch else 0.0  # spent on this epoch by an interrupted run
         orders = orders_for(data_keys, epoch)
         bar = tqdm(total=batches, initial=start_batch, desc=f"{desc} {epoch + 1}/{settings.epochs}", unit="batch",
-                   leave=False, dynamic_ncols=True)
+                   leave=False, dynamic_ncols=True, disable=jax.process_index() != 0)
         epoch_start, images_done = time.perf_counter(), 0
         seconds_so_far = seconds_before
         for index in range(start_batch, batches):
@@ -421,7 +421,14 @@ def plan_program_size(objective: Objective, members: Sequence[Member], train_spl
 
     per_member, shared = memory.measure(compiled_bytes, (images, labels, teacher_arg),
                                         memory.nbytes(state_shapes(1)))
-    return memory.plan_memory(per_member, shared, memory.device_capacity_bytes(mesh.devices.flat[0]))
+    local = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
+    capacity = memory.device_capacity_bytes(local)
+    if jax.process_count() > 1:  # every process must cut the members into the same programs
+        from jax.experimental import multihost_utils
+
+        mib = multihost_utils.process_allgather(np.int32(capacity // 2**20))  # int32: JAX's default width
+        capacity = int(np.min(mib)) * 2**20
+    return memory.plan_memory(per_member, shared, capacity)
 
 
 def programs(members: Sequence[Member]) -> list[list[Member]]:
