@@ -11,13 +11,16 @@ students from the same initial weights: CE alone, CE + `kd_loss`, and CE +
 `generalized_jsd_loss` (GKD's β = 0.5 mixture). Everything is plain Flax + Optax; kdjax
 contributes only the loss functions.
 
-A longer run (`python examples/char_lm_distillation.py`, 2-core CPU, defaults: teacher 1,500
-steps, students 1,500 steps each) printed held-out bits per character:
-see the table at the end of this docstring, filled from that run.
+`python examples/char_lm_distillation.py` (the defaults: 1,500 steps of batch 32 x 128 characters
+for the teacher and for each student, CE weight 0.5 and distillation weight 0.5, T = 1) took 7 min
+on a 2-core CPU (sharing it with a test run) and printed held-out bits per character (one seed):
 
 | model | held-out bits/char |
 |---|---:|
-| teacher (CE) | (run and fill) |
+| teacher (CE), width 128, 5 layers | 2.304 |
+| student (CE), width 32, 2 layers | 2.568 |
+| student (CE + kd_loss) | 2.534 |
+| student (CE + generalized_jsd_loss, beta 0.5) | 2.577 |
 """
 
 from __future__ import annotations
