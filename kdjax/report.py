@@ -121,8 +121,7 @@ def summary(config: dict[str, Any], teacher: Sequence[MemberResult], students: S
     if teacher and students:
         accuracies = ", ".join(f"{r.test_accuracy:.2f}% (seed {r.member.seed})" for r in teacher)
         sections.append(f"Teacher: {teacher[0].network}, {accuracies} after {len(teacher[0].history)} epochs.")
-    sections += ["## Test accuracy per configuration", summary_table([*teacher, *students] if not students
-                                                                      else students)]
+    sections += ["## Test accuracy per configuration", summary_table(students or teacher)]
     paired = paired_table(students)
     if paired:
         sections += ["## Against CE over the same seeds", paired]
