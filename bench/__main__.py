@@ -1,16 +1,19 @@
 """kdjax against the PyTorch tutorial's own code, on this machine, in one run.
 
     python -m bench [--data-dir PATH] [--rounds 3] [--windows 5] [--e2e-train-size 10000] [--e2e-epochs 2]
+                    [--torch-compile]
 
-Each side runs in its own subprocess (so peak memory is its own), the two sides taking
-turns for `--rounds` rounds so that both meet the same spells of a shared machine's noise;
-a figure is the median over rounds, and each round's speed-up is listed too. Measured:
-steady-state training
-images/s for every step (median of timed windows, after compilation and warm-up; kdjax
-also with the teacher-output cache), eval images/s, kdjax's compile times, peak host
-memory, and (in the first round) the wall time of the whole tutorial at a reduced size. Prints a table of
-speed-ups (kdjax over PyTorch) and writes it to experiments/BENCH.md and BENCH.json.
-PyTorch is optional (`pip install -e ".[bench]"`); without it only kdjax is measured.
+PyTorch runs as the tutorial wrote it (eager, NCHW), in `channels_last` (the first thing a
+PyTorch user tunes on CPU) and, with `--torch-compile`, compiled. Each side and variant runs
+in its own subprocess (so peak memory is its own), all taking turns for `--rounds` rounds so
+that they meet the same spells of a shared machine's noise; a figure is the median over
+rounds, and each round's speed-up is listed too. Measured: steady-state training images/s
+for every step (median of timed windows, after compilation and warm-up; kdjax also with the
+teacher-output cache), eval images/s, kdjax's compile times, peak host memory, and (in the
+first round) the wall time of the whole tutorial at a reduced size. Prints a table of
+speed-ups (kdjax over each PyTorch variant and over the fastest) and writes it to
+experiments/BENCH.md and BENCH.json. PyTorch is optional (`pip install -e ".[bench]"`);
+without it only kdjax is measured.
 """
 
 from __future__ import annotations
@@ -32,6 +35,18 @@ from bench.common import CACHED_CASES, MEMBERS, STEP_CASES
 LABELS = {"teacher_ce": "teacher CE step", "student_ce": "student CE step", "kd": "student KD step",
           "cosine": "student cosine step", "hint": "student hint step", "eval_teacher": "teacher eval",
           "eval_student": "student eval"}
+
+
+def cpu_model() -> str:
+    """The CPU's model name and widest vector extension, as Linux reports them (timings depend on both)."""
+    try:
+        info = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "CPU"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "CPU")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{name} ({vector})"
 
 
 def _run_side(module: str, passthrough: list[str]) -> dict:
@@ -61,32 +76,49 @@ def _per_round(ours: dict, theirs: dict | None) -> str:
     return " / ".join(f"{a / b:.2f}" for a, b in zip(ours["rounds"], theirs["rounds"]))
 
 
-def table(jx: dict, pt: dict | None) -> str:
-    pt = pt or {}
-    rows = ["| measurement | kdjax | PyTorch | speed-up | speed-up per round |", "|---|---:|---:|---:|---|"]
+def _rate(figures: dict, case: str) -> float | None:
+    return figures.get(case, {}).get("images_per_s")
+
+
+def table(jx: dict, pt: dict[str, dict]) -> str:
+    """Figures and kdjax's speed-up over each PyTorch variant and over the fastest of them, per measurement."""
+    variants = list(pt)
+    head = ["measurement", "kdjax", *(f"PyTorch {v}" for v in variants), *(f"vs {v}" for v in variants)]
+    if len(variants) > 1:
+        head.append("vs fastest PyTorch")
+    rows = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+
+    def row(label: str, ours: float, case: str, jx_case: str) -> str:
+        theirs = [_rate(pt[v], case) for v in variants]
+        cells = [label, f"{ours:,.0f}", *(f"{t:,.0f}" if t else "n/a" for t in theirs), *(_ratio(ours, t) for t in theirs)]
+        if len(variants) > 1:
+            fastest = max((t for t in theirs if t), default=None)
+            cells.append(_ratio(ours, fastest))
+        return "| " + " | ".join(cells) + " |"
+
     for case in (*STEP_CASES, "eval_teacher", "eval_student"):
-        ours, theirs = jx[case]["images_per_s"], pt.get(case, {}).get("images_per_s")
-        theirs_text = f"{theirs:,.0f}" if theirs else "n/a"
-        rows.append(f"| {LABELS[case]} (images/s) | {ours:,.0f} | {theirs_text} | {_ratio(ours, theirs)} | "
-                    f"{_per_round(jx[case], pt.get(case))} |")
+        rows.append(row(f"{LABELS[case]} (images/s)", _rate(jx, case), case, case))
         if case in CACHED_CASES:
-            cached = jx[f"{case}_cached"]["images_per_s"]
-            rows.append(f"| {LABELS[case]}, teacher cache (images/s) | {cached:,.0f} | {theirs_text} | "
-                        f"{_ratio(cached, theirs)} | {_per_round(jx[f'{case}_cached'], pt.get(case))} |")
+            rows.append(row(f"{LABELS[case]}, teacher cache (images/s)", _rate(jx, f"{case}_cached"), case, case))
     many = jx.get(f"kd_cached_x{MEMBERS}")
     if many:
         ratio = jx["kd_cached"]["images_per_s"] / many["images_per_s"]
-        rows.append(f"| student KD step, teacher cache, {MEMBERS} members in one program (images/s, all members) | "
-                    f"{many['images_per_s']:,.0f} | | | per-member step {ratio:.2f}x the one-member step |")
+        rows.append(f"\n{MEMBERS} KD students with the teacher cache in one program: {many['images_per_s']:,.0f} "
+                    f"images/s over all members; the per-member step is {ratio:.2f}x the one-member step.\n")
     if "e2e" in jx:
-        ours, theirs = jx["e2e"]["seconds"], pt.get("e2e", {}).get("seconds")
-        rows.append(f"| whole tutorial, reduced (s) | {ours:,.0f} | {f'{theirs:,.0f}' if theirs else 'n/a'} | "
-                    f"{_ratio(theirs, ours)} | |")
-    theirs_mb = f"{pt['peak_rss_mb']:,.0f}" if pt else "n/a"
-    rows.append(f"| peak host memory (MB) | {jx['peak_rss_mb']:,.0f} | {theirs_mb} | | |")
+        ours = jx["e2e"]["seconds"]
+        theirs = {v: pt[v]["e2e"]["seconds"] for v in variants if "e2e" in pt[v]}
+        text = ", ".join(f"PyTorch {v} {t:,.0f} s ({t / ours:.2f}x)" for v, t in theirs.items())
+        rows.append(f"Whole tutorial, reduced: kdjax {ours:,.0f} s" + (f"; {text}" if text else "") + ".\n")
+    memory = ", ".join([f"kdjax {jx['peak_rss_mb']:,.0f}"] + [f"PyTorch {v} {pt[v]['peak_rss_mb']:,.0f}" for v in variants])
+    per_round = [f"{LABELS[case]} {v}: {_per_round(jx[case], pt[v].get(case))}" for case in STEP_CASES for v in variants
+                 if _per_round(jx[case], pt[v].get(case))]
     compile_s = ", ".join(f"{case} {jx[case]['compile_s']:.1f}" for case in jx if isinstance(jx[case], dict)
                           and "compile_s" in jx[case])
-    return "\n".join(rows) + f"\n\nkdjax compile times (s): {compile_s}.\n"
+    notes = [f"Peak host memory (MB): {memory}.", f"kdjax compile times (s): {compile_s}."]
+    if per_round:
+        notes.append("Speed-up per round: " + "; ".join(per_round) + ".")
+    return "\n".join(rows) + "\n\n" + "\n".join(notes) + "\n"
 
 
 def main() -> None:
@@ -98,6 +130,8 @@ def main() -> None:
     parser.add_argument("--e2e-epochs", type=int, default=2, help="epochs per model in the end-to-end run")
     parser.add_argument("--data-dir", default=None, help="local CIFAR-10 for the end-to-end run (default: synthetic)")
     parser.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end run")
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="also measure PyTorch with torch.compile (steps and eval; compiling takes minutes)")
     parser.add_argument("--out", default="experiments", help="folder for BENCH.md and BENCH.json")
     args = parser.parse_args()
     passthrough = [f"--windows={args.windows}", f"--e2e-train-size={args.e2e_train_size}",
@@ -109,18 +143,20 @@ def main() -> None:
     has_torch = importlib.util.find_spec("torch") is not None
     if not has_torch:
         print("note: torch is not installed (pip install -e '.[bench]'); measuring kdjax alone", file=sys.stderr)
-    jx_rounds, pt_rounds = [], []
+    variants = ["eager", "channels_last"] + ["compile"] * args.torch_compile if has_torch else []
+    jx_rounds, pt_rounds = [], {v: [] for v in variants}
     for round_index in range(args.rounds):
         flags = passthrough + ["--skip-e2e"] * (round_index > 0 and not args.skip_e2e)
         jx_rounds.append(_run_side("bench.kdjax_side", flags))
-        if has_torch:
-            pt_rounds.append(_run_side("bench.torch_side", flags))
+        for variant in variants:
+            pt_rounds[variant].append(_run_side("bench.torch_side", [*flags, f"--variant={variant}"]))
     jx = merge_rounds(jx_rounds)
-    pt = merge_rounds(pt_rounds) if pt_rounds else None
+    pt = {variant: merge_rounds(rounds) for variant, rounds in pt_rounds.items()}
 
     command = "python -m bench " + " ".join(sys.argv[1:])
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {jx['device']}"
-    versions = ", ".join(f"{k} {v}" for side in (jx, pt or {}) for k, v in side.get("versions", {}).items())
+    machine = f"{cpu_model()}, {platform.machine()}, {os.cpu_count()} CPUs, {jx['device']}"
+    versions = ", ".join(f"{k} {v}" for k, v in {k: v for side in (jx, *pt.values())
+                                                  for k, v in side.get("versions", {}).items()}.items())
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     size = (f"{args.e2e_epochs} epochs on {args.e2e_train_size:,} training / {args.e2e_test_size:,} test images"
             f" ({'local CIFAR-10' if args.data_dir else 'synthetic'})")

@@ -14,6 +14,7 @@ import numpy as np
 BATCH = 128
 STEP_CASES = ("teacher_ce", "student_ce", "kd", "cosine", "hint")
 CACHED_CASES = ("kd", "cosine", "hint")
+TORCH_VARIANTS = ("eager", "channels_last", "compile")  # compile: torch.compile on the channels_last models
 MEMBERS = 8  # the multi-member case: KD students with the teacher cache in one program
 
 
@@ -46,6 +47,8 @@ def side_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--e2e-epochs", type=int, default=2)
     parser.add_argument("--data-dir", default=None, help="local CIFAR-10 copy for the end-to-end run (else synthetic)")
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--variant", choices=TORCH_VARIANTS, default="eager",
+                        help="PyTorch side only: the tutorial's code as written, in channels_last, or compiled")
     return parser
 
 
@@ -57,8 +60,8 @@ def run_side(description: str, figures: dict, data: Any, measure_steps: Callable
              measure_e2e: Callable) -> None:
     """Parse a side's flags, take its measurements on `data` and write them, with peak memory, as JSON."""
     args = side_parser(description).parse_args()
-    figures |= measure_steps(data, args.windows)
-    figures |= measure_eval(data, args.windows)
+    figures |= measure_steps(data, args)
+    figures |= measure_eval(data, args)
     if not args.skip_e2e:
         figures |= measure_e2e(args)
     figures["peak_rss_mb"] = peak_rss_mb()

@@ -35,7 +35,7 @@ def _program(case: str, split: Split, teacher_params, cached: bool, members: int
     network = teacher if case == "teacher_ce" else tutorial_student()
     method = methods.get(OBJECTIVE[case])
     objective = build_objective(method, network, teacher if method.needs_teacher else None)
-    spec = ProgramSpec(objective, teacher, cached, BATCH, len(split), False, True, batch_mesh(1))
+    spec = ProgramSpec(objective, teacher, cached, BATCH, len(split), "none", True, batch_mesh(1))
     step = jax.jit(functools.partial(program_step, spec=spec), donate_argnums=(0,))
     seeds = list(range(members))
     teacher_arg = None
@@ -46,7 +46,8 @@ def _program(case: str, split: Split, teacher_params, cached: bool, members: int
     member_list = [Member.of(method.name, seed) for seed in seeds]
     rest = (orders, np.int32(0), split.images, split.labels, teacher_arg, keys, keys,
             stack_hyperparameters(member_list))
-    return step, init_states(objective, seeds, 1e-3), rest
+    # On the device once, as the training loop puts them: a host array would be copied in every step.
+    return step, init_states(objective, seeds, 1e-3), jax.device_put(rest)
 
 
 def _time_case(step, states, rest, steps: int, images: int, windows: int) -> dict:
@@ -69,7 +70,8 @@ def _time_case(step, states, rest, steps: int, images: int, windows: int) -> dic
     return {"images_per_s": median_rate(window, steps * images, windows), "compile_s": compile_s}
 
 
-def measure_steps(split: Split, windows: int) -> dict:
+def measure_steps(split: Split, args) -> dict:
+    windows = args.windows
     teacher_params = init_states(build_objective(methods.get("ce"), tutorial_teacher()), [1], 1e-3).params["model"]
     teacher_params = jax.tree.map(lambda leaf: leaf[0], teacher_params)
     results = {}
@@ -89,7 +91,8 @@ def _batches(split: Split):
     return itertools.chain.from_iterable(loader.epoch(epoch) for epoch in itertools.count())
 
 
-def measure_eval(split: Split, windows: int) -> dict:
+def measure_eval(split: Split, args) -> dict:
+    windows = args.windows
     results = {}
     for name, network in (("teacher", tutorial_teacher()), ("student", tutorial_student())):
         params = network.init(jax.random.key(0))
@@ -116,9 +119,9 @@ def measure_e2e(args) -> dict:
         config = ExperimentConfig(name="all", epochs=args.e2e_epochs, checkpoint_dir=f"{tmp}/ck",
                                   output_dir=f"{tmp}/runs", save_every_steps=0)
         start = time.perf_counter()
-        checkpoints = Checkpoints(config, data)
-        teacher, states = train_teacher(config, data, checkpoints)
-        students = train_students(config, data, checkpoints, jax.tree.map(lambda a: a[0], states.params["model"]))
+        teacher, states = train_teacher(config, data, Checkpoints(config, data, teacher=True))
+        students = train_students(config, data, Checkpoints(config, data, teacher=False),
+                                  jax.tree.map(lambda a: a[0], states.params["model"]))
         seconds = time.perf_counter() - start
     accuracy = {("teacher" if r.network == "DeepNN" else r.member.method): r.test_accuracy for r in teacher + students}
     return {"e2e": {"seconds": seconds, "accuracy": accuracy, "data": data.origin}}

@@ -1,157 +1,207 @@
-"""Where a train step's time goes, against the arithmetic floor.
+"""Where a CE train step's time goes, against its compute and memory-traffic floors.
 
     python -m bench.profile [--repeats 5] [--out experiments/PROFILE.md]
 
-For every 3x3 conv of the teacher and the student at batch 128: the forward pass, the
-input gradient and the kernel gradient in both forms `kdjax.conv` chooses between (XLA's
-own and the dy-side one), each fed by a bias-add + ReLU as in the models, in ms and
-GFLOP/s. Then the whole CE train step against its floor: the step's matmul FLOPs (forward,
-input and weight gradients of every conv and dense layer; elementwise work, pooling and
-Adam not counted) at the GFLOP/s of a 2048^3 float32 matmul.
+For the teacher and the student, at batch 128, through the engine's own step:
+
+* the layer list, read off the model's jaxpr (every convolution and dense layer with its
+  shapes), and the step's matmul work: forward, input gradient and kernel gradient of each
+  layer, less the images' gradient, which nothing needs;
+* the compute floor: that work at the GFLOP/s of a 2048^3 float32 matmul on this machine;
+* the memory floor: the bytes XLA's cost analysis says the compiled step reads and writes,
+  at the GB/s of a large in-place element-wise pass on this machine;
+* the measured step (median of `--repeats` windows) and XLA's per-op profile of it (a
+  `jax.profiler` trace): the ops that take the most time, in ms per step. On CPU, convolutions
+  and dots run through YNNPACK on their own threads and are not listed by name; the step's
+  time less the listed ops is theirs.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import functools
+import glob
+import gzip
+import json
 import pathlib
-import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 
-import jax
-
 from kdjax.cpu import use_fast_cpu_kernels
+
+import jax
 import jax.numpy as jnp
-from jax import lax
+import numpy as np
 
-from bench.common import BATCH
-from kdjax.conv import _kernel_grad_as_dy_conv, add_channel_bias
-from kdjax.models import DeepNN, LightNN
-from kdjax.train import LossConfig, create_train_state, make_train_step
+from bench.__main__ import cpu_model
+from bench.common import BATCH, synthetic_split
+from kdjax import methods
+from kdjax.data import Split, epoch_order
+from kdjax.loop import Member, ProgramSpec, init_states, program_step, stack_hyperparameters
+from kdjax.network import Network, tutorial_student, tutorial_teacher
+from kdjax.parallel import batch_mesh
+from kdjax.train import build_objective
 
-NHWC = ("NHWC", "HWIO", "NHWC")
-SAME = ((1, 1), (1, 1))
-# (spatial size, in channels, out channels) of each 3x3 conv, in forward order.
-CONVS = {"teacher": [(32, 3, 128), (32, 128, 64), (16, 64, 64), (16, 64, 32)],
-         "student": [(32, 3, 16), (32, 16, 16), (16, 16, 32), (16, 32, 16)]}
-DENSES = {"teacher": [(2048, 512), (512, 10)], "student": [(1024, 256), (256, 10)]}
-MODELS = {"teacher": DeepNN, "student": LightNN}
+NETWORKS: dict[str, Callable[[], Network]] = {"teacher": tutorial_teacher, "student": tutorial_student}
 
 
-def conv_gflop(size: int, c_in: int, c_out: int) -> float:
-    return 2 * BATCH * size * size * 9 * c_in * c_out / 1e9
+def _equations(jaxpr):
+    """Every equation of `jaxpr` and of the jaxprs nested in it (custom gradients, branches)."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _equations(inner)
 
 
-def step_gflop(name: str) -> float:
-    """Three passes (forward, input grad, weight grad) per layer, less the images' gradient."""
-    convs = [conv_gflop(*conv) for conv in CONVS[name]]
-    denses = [2 * BATCH * n_in * n_out / 1e9 for n_in, n_out in DENSES[name]]
-    return 3 * sum(convs + denses) - convs[0]
+def layers(network: Network) -> list[dict]:
+    """Convolutions and dense layers of one forward pass at batch 128, in order, with forward GFLOP.
+
+    A convolution under `lax.platform_dependent` appears once per branch; only the first
+    of identical consecutive entries is kept.
+    """
+    params = network.init(jax.random.key(0))
+    images = jnp.zeros((BATCH, 32, 32, 3))
+    jaxpr = jax.make_jaxpr(lambda p, x: network.forward(p, x, train=False))(params, images).jaxpr
+    found = []
+    for eqn in _equations(jaxpr):
+        name = eqn.primitive.name
+        if name not in ("conv_general_dilated", "dot_general"):
+            continue
+        lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
+        out = eqn.outvars[0].aval.shape
+        if name == "conv_general_dilated":
+            macs = int(np.prod(out)) * int(np.prod(rhs[:-1]))  # HWIO kernel: every output sums kh*kw*in products
+        else:
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            macs = int(np.prod(out)) * int(np.prod([lhs[d] for d in contract]))
+        entry = {"op": "conv" if name == "conv_general_dilated" else "dense", "input": tuple(lhs),
+                 "kernel": tuple(rhs), "output": tuple(out), "gflop": 2 * macs / 1e9}
+        if not found or found[-1] != entry:
+            found.append(entry)
+    return found
 
 
-def median_ms(fn: Callable, *args, repeats: int) -> float:
-    """Median wall ms of a jitted `fn(*args)` after one compile-and-run."""
-    jitted = jax.jit(fn)
-    jax.block_until_ready(jitted(*args))
+def step_gflop(layer_list: list[dict]) -> float:
+    """Forward, input-gradient and kernel-gradient passes of every layer, less the images' gradient."""
+    return 3 * sum(layer["gflop"] for layer in layer_list) - layer_list[0]["gflop"]
+
+
+def _windows(run: Callable[[], object], repeats: int) -> float:
+    """Median wall ms of `run()` (which must block) after one warm-up call."""
+    run()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(jitted(*args))
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
-def conv_rows(size: int, c_in: int, c_out: int, repeats: int) -> dict[str, float]:
-    keys = jax.random.split(jax.random.key(0), 4)
-    pre_activation = jax.random.normal(keys[0], (BATCH, size, size, c_in))
-    bias = jax.random.normal(keys[1], (c_in,))
-    kernel = jax.random.normal(keys[2], (3, 3, c_in, c_out))
-    dy = jax.random.normal(keys[3], (BATCH, size, size, c_out))
-
-    def conv(x, k):
-        return lax.conv_general_dilated(x, k, (1, 1), SAME, dimension_numbers=NHWC)
-
-    def activation(z, b):
-        return jax.nn.relu(add_channel_bias(z, b))
-
-    def input_grad(z, b, k, g):
-        return jax.vjp(lambda x: conv(x, k), activation(z, b))[1](g)[0]
-
-    def kernel_grad_xla(z, b, k, g):
-        x = activation(z, b)
-        return jax.vjp(lambda k_: conv(x, k_), k)[1](g)[0]
-
-    def kernel_grad_dy_side(z, b, k, g):
-        return _kernel_grad_as_dy_conv(activation(z, b), g, (3, 3), SAME)
-
-    args = (pre_activation, bias, kernel, dy)
-    return {"gflop": conv_gflop(size, c_in, c_out),
-            "forward": median_ms(lambda z, b, k: conv(activation(z, b), k), *args[:3], repeats=repeats),
-            "input_grad": median_ms(input_grad, *args, repeats=repeats),
-            "kernel_grad_xla": median_ms(kernel_grad_xla, *args, repeats=repeats),
-            "kernel_grad_dy_side": median_ms(kernel_grad_dy_side, *args, repeats=repeats)}
-
-
-def step_ms(name: str, repeats: int) -> float:
-    state = create_train_state(MODELS[name](), jax.random.key(0))
-    step = make_train_step(LossConfig("ce"))
-    batch = {"image": jax.random.normal(jax.random.key(1), (BATCH, 32, 32, 3)),
-             "label": jnp.arange(BATCH, dtype=jnp.int32) % 10,
-             "mask": jnp.ones(BATCH, bool), "index": jnp.arange(BATCH)}
-    compiled = step.lower(state, batch, jax.random.key(2), None).compile()
-    box = {"state": state}
-
-    def run():
-        box["state"], _ = compiled(box["state"], batch, jax.random.key(2), None)
-        return box["state"]
-
-    jax.block_until_ready(run())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(run())
+        run()
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
 
 
 def matmul_gflops(repeats: int) -> float:
     a = jax.random.normal(jax.random.key(0), (2048, 2048))
-    return 2 * 2048**3 / 1e9 / (median_ms(lambda m: m @ m, a, repeats=repeats) / 1000)
+    matmul = jax.jit(lambda m: m @ m)
+    return 2 * 2048**3 / 1e6 / _windows(lambda: matmul(a).block_until_ready(), repeats)
+
+
+def bandwidth_gbs(repeats: int) -> float:
+    """GB/s of `x * 2 + 1` over 256 MB, in place (donated), so that no fresh page is touched."""
+    box = {"x": jnp.zeros((64 * 2**20,), jnp.float32)}
+    scale = jax.jit(lambda x: x * 2.0 + 1.0, donate_argnums=0)
+
+    def run():
+        box["x"] = scale(box["x"])
+        box["x"].block_until_ready()
+
+    return 2 * box["x"].nbytes / 1e6 / _windows(run, repeats)
+
+
+def _compiled_step(name: str):
+    """The engine's compiled one-member CE step for `name` and arguments that run it, on the device."""
+    network = NETWORKS[name]()
+    objective = build_objective(methods.get("ce"), network)
+    split = Split(*synthetic_split(2048, 0))
+    spec = ProgramSpec(objective, None, False, BATCH, len(split), "none", True, batch_mesh(1))
+    step = jax.jit(functools.partial(program_step, spec=spec), donate_argnums=(0,))
+    keys = jnp.stack([jax.random.key(0)])
+    orders = jnp.stack([epoch_order(keys[0], 0, len(split), BATCH)])
+    args = jax.device_put((orders, np.int32(0), np.int32(0), split.images, split.labels, None, keys, keys,
+                           stack_hyperparameters([Member.of("ce", 0)])))
+    states = init_states(objective, [0], 1e-3)
+    return step.lower(states, *args).compile(), states, args
+
+
+def measure_step(name: str, repeats: int) -> dict:
+    """Median step ms, XLA's bytes accessed and the ops that take the most time, for `name`'s CE step."""
+    compiled, states, args = _compiled_step(name)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    steps = 2 if name == "teacher" else 20
+    box = {"states": states}
+
+    def window():
+        for _ in range(steps):
+            box["states"], _ = compiled(box["states"], *args)
+        jax.block_until_ready(box["states"])
+
+    ms = _windows(window, repeats) / steps
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            window()
+        (trace_file,) = glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)
+        events = json.load(gzip.open(trace_file))
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    per_op = collections.Counter()
+    for event in events:  # XLA's ops are the complete events that are neither Python frames nor runtime spans
+        if event.get("ph") == "X" and not event["name"].startswith(("$", "ThunkExecutor", "PjitFunction", "Common")):
+            per_op[event["name"]] += event["dur"] / 1000 / steps
+    return {"ms": ms, "bytes": float(cost.get("bytes accessed", 0.0)), "ops": per_op.most_common(12)}
 
 
 def report(repeats: int) -> str:
-    peak = matmul_gflops(repeats)
-    machine = f"{platform.machine()}, {jax.devices()[0].device_kind}, jax {jax.__version__}"
-    lines = [f"machine: {machine}; float32 matmul 2048^3: {peak:.0f} GFLOP/s", ""]
-    for name, convs in CONVS.items():
-        ms, gflop = step_ms(name, repeats), step_gflop(name)
-        title = (f"## {name}: CE train step {ms:.0f} ms for {gflop:.1f} GFLOP of matmul work "
-                 f"({gflop / ms * 1000:.0f} GFLOP/s); floor at {peak:.0f} GFLOP/s: {gflop / peak * 1000:.0f} ms")
-        header = ("| conv (HxW, in->out) | GFLOP per pass | forward ms | input grad ms | "
-                  "kernel grad ms, XLA form | kernel grad ms, dy-side form | used |")
-        lines += [title, "", header, "|---|---:|---:|---:|---:|---:|---|"]
-        for size, c_in, c_out in convs:
-            row = conv_rows(size, c_in, c_out, repeats)
-            used = "dy-side" if c_out <= c_in else "XLA"
-            lines.append(f"| {size}x{size}, {c_in}->{c_out} | {row['gflop']:.2f} | {row['forward']:.1f} | "
-                         f"{row['input_grad']:.1f} | {row['kernel_grad_xla']:.1f} | "
-                         f"{row['kernel_grad_dy_side']:.1f} | {used} |")
+    peak, bandwidth = matmul_gflops(repeats), bandwidth_gbs(repeats)
+    lines = [f"Machine: {cpu_model()}, {jax.devices()[0].device_kind}, jax {jax.__version__}. float32 matmul "
+             f"2048^3: {peak:.0f} GFLOP/s; in-place element-wise pass over 256 MB: {bandwidth:.1f} GB/s.", ""]
+    for name in NETWORKS:
+        layer_list = layers(NETWORKS[name]())
+        gflop = step_gflop(layer_list)
+        step = measure_step(name, repeats)
+        compute_ms, memory_ms = gflop / peak * 1000, step["bytes"] / 1e9 / bandwidth * 1000
+        bound = "compute" if compute_ms >= memory_ms else "memory traffic"
+        lines += [f"## {name}: CE train step {step['ms']:.1f} ms", "",
+                  f"- matmul work {gflop:.2f} GFLOP ({gflop / step['ms'] * 1000:.0f} GFLOP/s achieved): compute floor "
+                  f"{compute_ms:.1f} ms",
+                  f"- XLA's cost analysis: {step['bytes'] / 1e6:,.0f} MB read and written: memory floor "
+                  f"{memory_ms:.1f} ms",
+                  f"- bound by {bound}; the step takes {step['ms'] / max(compute_ms, memory_ms):.1f}x the higher floor",
+                  "", "| layer | input | kernel | output | forward GFLOP |", "|---|---|---|---|---:|"]
+        lines += [f"| {layer['op']} | {layer['input']} | {layer['kernel']} | {layer['output']} | {layer['gflop']:.3f} |"
+                  for layer in layer_list]
+        listed = sum(ms for _, ms in step["ops"])
+        lines += ["", f"Ops taking the most time (XLA per-op profile, ms per step; these {len(step['ops'])} sum to "
+                  f"{listed:.1f} ms of {step['ms']:.1f}):", "", "| op | ms |", "|---|---:|"]
+        lines += [f"| `{op}` | {ms:.2f} |" for op, ms in step["ops"]]
         lines.append("")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    use_fast_cpu_kernels()  # before JAX starts its backends
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed windows per figure (median reported)")
     parser.add_argument("--out", default=None, help="also write the report to this Markdown file")
     args = parser.parse_args(argv)
     text = report(args.repeats)
     print(text)
     if args.out:
-        pathlib.Path(args.out).write_text(f"`python -m bench.profile --repeats {args.repeats}`\n\n{text}")
+        pathlib.Path(args.out).write_text(f"# CE train step profile\n\n`python -m bench.profile --repeats "
+                                          f"{args.repeats}`\n\n{text}")
 
 
 if __name__ == "__main__":
+    use_fast_cpu_kernels()  # before JAX starts its backends
     main()

@@ -1,4 +1,9 @@
-"""The PyTorch tutorial's half of `python -m bench`: the same figures, from its own code."""
+"""The PyTorch tutorial's half of `python -m bench`: the same figures, from its own code.
+
+`--variant eager` runs the code as written (NCHW); `channels_last` converts every model (and
+the step cases' input batches) to `torch.channels_last`, the first thing a PyTorch user tunes
+on CPU; `compile` also wraps each model in `torch.compile` (steps and eval only).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "reference"))
 import tutorial_torch as tut  # noqa: E402 - the tutorial's own code, kept beside the parity fixture
 
-from bench.common import BATCH, STEP_CASES, median_rate, run_side, steps_per_window, synthetic_split
+from bench.common import BATCH, STEP_CASES, median_rate, run_side, side_parser, steps_per_window, synthetic_split
 from kdjax.data.pipeline import MEAN, STD
 
 MODELS = {  # case -> (student class, teacher class, loss body)
@@ -37,41 +42,55 @@ def _batches(dataset: TensorDataset):
     return itertools.chain.from_iterable(loader for _ in itertools.count())
 
 
-def measure_steps(dataset: TensorDataset, windows: int) -> dict:
+def tuned(model: torch.nn.Module, variant: str) -> torch.nn.Module:
+    """`model` as `variant` runs it (the parameters stay shared with `model`)."""
+    if variant == "eager":
+        return model
+    model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if variant == "compile" else model
+
+
+def _layout(inputs: torch.Tensor, variant: str) -> torch.Tensor:
+    return inputs if variant == "eager" else inputs.contiguous(memory_format=torch.channels_last)
+
+
+def measure_steps(dataset: TensorDataset, args) -> dict:
     results = {}
     for case in STEP_CASES:
         student_cls, teacher_cls, loss_fn = MODELS[case]
         torch.manual_seed(42)
-        student = student_cls().train()
-        teacher = teacher_cls().eval() if teacher_cls else None
-        optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
+        plain_student = student_cls().train()
+        student = tuned(plain_student, args.variant)
+        teacher = tuned(teacher_cls().eval(), args.variant) if teacher_cls else None
+        optimizer = torch.optim.Adam(plain_student.parameters(), lr=1e-3)
         batches = _batches(dataset)
 
         def window(n=steps_per_window(case)):
             for _ in range(n):
                 inputs, labels = next(batches)
+                inputs = _layout(inputs, args.variant)
                 optimizer.zero_grad()
                 loss_fn(student, teacher, inputs, labels).backward()
                 optimizer.step()
 
         window()  # warm-up: one full window, as on the kdjax side
-        results[case] = {"images_per_s": median_rate(window, steps_per_window(case) * BATCH, windows)}
+        results[case] = {"images_per_s": median_rate(window, steps_per_window(case) * BATCH, args.windows)}
     return results
 
 
-def measure_eval(dataset: TensorDataset, windows: int) -> dict:
+def measure_eval(dataset: TensorDataset, args) -> dict:
     results = {}
     for name, cls in (("teacher", tut.DeepNN), ("student", tut.LightNN)):
-        model = cls().eval()
+        model = tuned(cls().eval(), args.variant)
         batches = _batches(dataset)
 
         def window():
             with torch.no_grad():
                 for _ in range(10):
-                    model(next(batches)[0])
+                    model(_layout(next(batches)[0], args.variant))
 
         window()
-        results[f"eval_{name}"] = {"images_per_s": median_rate(window, 10 * BATCH, windows)}
+        results[f"eval_{name}"] = {"images_per_s": median_rate(window, 10 * BATCH, args.windows)}
     return results
 
 
@@ -88,15 +107,18 @@ def measure_e2e(args) -> dict:
     train_loader = DataLoader(train_set, batch_size=BATCH, shuffle=True)
     test_loader = DataLoader(test_set, batch_size=BATCH, shuffle=False)
     epochs, accuracy = args.e2e_epochs, {}
+    if args.variant == "compile":
+        return {}
     start = time.perf_counter()
     torch.manual_seed(42)
-    teacher = tut.DeepNN()
+    teacher = tuned(tut.DeepNN(), args.variant)
     tut.train(teacher, train_loader, epochs, 1e-3)
     accuracy["teacher"] = tut.test(teacher, test_loader)
     torch.manual_seed(42)
     initial = tut.LightNN().state_dict()
     baseline = tut.LightNN()
     baseline.load_state_dict(initial)
+    baseline = tuned(baseline, args.variant)
     tut.train(baseline, train_loader, epochs, 1e-3)
     accuracy["baseline"] = tut.test(baseline, test_loader)
     for name, student_cls, teacher_cls, loss_fn in (
@@ -107,13 +129,15 @@ def measure_e2e(args) -> dict:
         student, modified_teacher = student_cls(), teacher_cls()
         student.load_state_dict(initial, strict=False)  # the regressor keeps its own init
         modified_teacher.load_state_dict(teacher.state_dict())
+        student, modified_teacher = tuned(student, args.variant), tuned(modified_teacher, args.variant)
         tut.train_distillation(modified_teacher, student, train_loader, epochs, 1e-3, loss_fn)
         accuracy[name] = tut.test(student, test_loader)
     return {"e2e": {"seconds": time.perf_counter() - start, "accuracy": accuracy}}
 
 
 def main() -> None:
-    figures = {"versions": {"torch": torch.__version__}, "threads": torch.get_num_threads()}
+    figures = {"versions": {"torch": torch.__version__}, "threads": torch.get_num_threads(),
+               "variant": side_parser(__doc__).parse_args().variant}
     run_side(__doc__, figures, _tensors(*synthetic_split(2048, 0)), measure_steps, measure_eval, measure_e2e)
 
 

@@ -131,6 +131,22 @@ class RunCheckpoints:
         self._manager.close()
 
 
+def saved_identity(directory: str | pathlib.Path) -> dict[str, Any] | None:
+    """The identity recorded in the newest readable checkpoint step under `directory`, or None."""
+    if not pathlib.Path(directory).is_dir():
+        return None
+    manager = ocp.CheckpointManager(pathlib.Path(directory).absolute(), item_names=("meta",))
+    try:
+        for step in sorted(manager.all_steps(), reverse=True):
+            try:
+                return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]["identity"]
+            except Exception:  # noqa: BLE001 - an unreadable step says nothing; try the one before
+                continue
+        return None
+    finally:
+        manager.close()
+
+
 def _check_finite(tree: dict[str, Any], step: int) -> None:
     for leaf in jax.tree.leaves(tree["params"]):
         local = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf  # replicated: any shard is whole

@@ -11,9 +11,11 @@ import tempfile
 from typing import Any
 
 from kdjax import methods
-from kdjax.loop import MEMBER_BATCHING, Settings
+from kdjax.loop import AUGMENTATIONS, MEMBER_BATCHING, Settings
 
 TUTORIAL_STUDENTS = ("ce", "kd", "cosine", "hint")
+# Experiments that train several methods' students from one teacher: name -> the methods, CE first.
+GROUPS = {"all": TUTORIAL_STUDENTS, "methods": ("ce", *(name for name in methods.METHODS if name != "ce"))}
 # Experiment name -> method trained; `teacher` trains DeepNN, the others LightNN.
 EXPERIMENTS = {"teacher": "ce", "baseline": "ce", **{name: name for name in methods.METHODS if name != "ce"}}
 
@@ -33,20 +35,24 @@ class ExperimentConfig:
     name: str = "all"
     epochs: int = 10
     teacher_epochs: int | None = None  # None: --epochs
+    teacher_augment: str | None = None  # None: --augment
     learning_rate: float = Settings.learning_rate
     batch_size: int = Settings.batch_size
     seeds: tuple[int, ...] = (42,)  # each seed is a member: initial weights, data order and dropout
     teacher_seed: int = 42  # the teacher the students learn from
+    methods: tuple[str, ...] = ()  # `methods` experiment only: which methods (empty: every registered one)
     hyperparameters: tuple[tuple[str, float], ...] = ()  # overrides of the methods' defaults
     sweep: tuple[tuple[str, tuple[float, ...]], ...] = ()  # hyperparameter grid, crossed with the seeds
     data_source: str = "auto"  # auto | local | tfds
     data_dir: str | None = None  # local CIFAR-10 copy; default $KDJAX_DATA_DIR, else tfds
     train_size: int | None = None  # first N training images (None: all 50,000)
     test_size: int | None = None  # first N test images (None: all 10,000)
+    validation_size: int | None = None  # students hold out the last N training images and report accuracy on them
+    labelled_size: int | None = None  # only the first N training images keep labels; the teacher learns from them
     checkpoint_dir: str = "checkpoints"
     output_dir: str = "experiments/runs"
     cache: bool = True  # precompute the teacher's outputs once instead of running it every step
-    augment: bool = Settings.augment
+    augment: str = Settings.augment
     save_every_steps: int = Settings.save_every_steps
     devices: int = Settings.devices
     members_per_program: int = Settings.members_per_program
@@ -56,8 +62,10 @@ class ExperimentConfig:
 
     @property
     def student_methods(self) -> tuple[str, ...]:
-        if self.name == "all":
-            return TUTORIAL_STUDENTS
+        if self.name == "methods" and self.methods:
+            return self.methods
+        if self.name in GROUPS:
+            return GROUPS[self.name]
         if self.name == "teacher":
             return ()
         return (EXPERIMENTS[self.name],)
@@ -68,23 +76,30 @@ class ExperimentConfig:
 
     def settings(self, *, teacher: bool = False) -> Settings:
         epochs = (self.teacher_epochs or self.epochs) if teacher else self.epochs
+        augment = (self.teacher_augment or self.augment) if teacher else self.augment
         return Settings(epochs=epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
-                        save_every_steps=self.save_every_steps, augment=self.augment, devices=self.devices,
-                        member_batching=self.member_batching, members_per_program=self.members_per_program)
+                        save_every_steps=self.save_every_steps, augment=augment, devices=self.devices,
+                        member_batching=self.member_batching, members_per_program=self.members_per_program,
+                        labelled=None if teacher or self.name == "teacher" else self.labelled_size)
 
     def teacher_cache_off_reason(self) -> str | None:
         """Why the teacher-output cache cannot be used with these settings, or None if it can."""
         if not self.cache:
             return "--no-cache"
-        if self.augment:
+        if self.augment != "none":
             return "--augment feeds the teacher a different image of each example every epoch"
         return None
 
     def validate(self) -> "ExperimentConfig":
         """Raise ConfigError on values that cannot work, before anything expensive runs."""
+        unknown = [name for name in self.methods if name not in methods.METHODS]
+        if unknown:  # before the checks below, which look the methods up
+            raise ConfigError(f"--methods: unknown method(s) {', '.join(unknown)}; "
+                              f"choose from {', '.join(methods.METHODS)}")
+        if self.name not in EXPERIMENTS and self.name not in GROUPS:
+            raise ConfigError(f"unknown experiment {self.name!r}; choose from {', '.join([*EXPERIMENTS, *GROUPS])}")
         checks = [
-            (self.name in EXPERIMENTS or self.name == "all",
-             f"unknown experiment {self.name!r}; choose from {', '.join(EXPERIMENTS)}, all"),
+            (len(set(self.methods)) == len(self.methods), f"--methods has a repeated method: {','.join(self.methods)}"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.teacher_epochs is None or self.teacher_epochs >= 1,
              f"--teacher-epochs must be >= 1, got {self.teacher_epochs}"),
@@ -94,11 +109,22 @@ class ExperimentConfig:
             (len(set(self.seeds)) == len(self.seeds), f"--seeds has a repeated seed: {self.seeds}"),
             (self.train_size is None or self.train_size > 0, f"--train-size must be > 0, got {self.train_size}"),
             (self.test_size is None or self.test_size > 0, f"--test-size must be > 0, got {self.test_size}"),
+            (self.validation_size is None or self.validation_size > 0,
+             f"--validation-size must be > 0, got {self.validation_size}"),
+            (self.labelled_size is None or self.labelled_size > 0,
+             f"--labelled-size must be > 0, got {self.labelled_size}"),
+            (not (self.labelled_size and any(methods.get(n).uses_labels for n in self.student_methods)),
+             f"--labelled-size: {', '.join(n for n in self.student_methods if methods.get(n).uses_labels)} reads "
+             "every example's label, which unlabelled examples lack; leave it out of partly labelled runs"),
             (self.save_every_steps >= 0, f"--save-every-steps must be >= 0, got {self.save_every_steps}"),
             (self.data_source in ("auto", "local", "tfds"),
              f"--data-source must be auto, local or tfds, got {self.data_source!r}"),
             (self.devices >= 0, f"--devices must be >= 0 (0: all devices), got {self.devices}"),
             (self.members_per_program >= 0, f"--members-per-program must be >= 0, got {self.members_per_program}"),
+            (self.augment in AUGMENTATIONS,
+             f"--augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}"),
+            (self.teacher_augment in (None, *AUGMENTATIONS),
+             f"--teacher-augment must be one of {', '.join(AUGMENTATIONS)}, got {self.teacher_augment!r}"),
             (self.member_batching in MEMBER_BATCHING,
              f"--member-batching must be one of {', '.join(MEMBER_BATCHING)}, got {self.member_batching!r}"),
         ]
@@ -154,16 +180,24 @@ _HELP = {
     "teacher_epochs": "training epochs of the teacher the students learn from (default: --epochs)",
     "learning_rate": "Adam learning rate",
     "batch_size": "images per step (split over the devices)",
+    "methods": "comma-separated methods to train, CE among them for the comparison (default: every registered one)",
     "seeds": "comma-separated seeds, one member each (initial weights, data order, dropout); same seed = paired",
     "teacher_seed": "seed of the teacher the students learn from",
+    "teacher_augment": "augmentation of the teacher's own training (default: --augment)",
     "data_source": "auto (local if --data-dir/$KDJAX_DATA_DIR is set, else tensorflow-datasets), local or tfds",
     "data_dir": "local CIFAR-10 copy: cifar-10-batches-bin/-py, their .tar.gz, a tfds data dir, or a folder holding one",
     "train_size": "use only the first N training images",
     "test_size": "use only the first N test images",
+    "validation_size": "students train without the last N training images and report their accuracy on them "
+                       "(pick hyperparameters there, not on the test set); the teacher still sees all",
+    "labelled_size": "label transfer: the teacher trains on the first N training images; students take CE on those "
+                     "N and the distillation term on every training image",
     "checkpoint_dir": "where Orbax checkpoints go, one folder per program and identity",
     "output_dir": "where run folders (config, members, summary, plots) go",
     "cache": "precompute the teacher's outputs once (--no-cache: run the teacher in every step)",
-    "augment": "mirror training images left-right at random (not in the tutorial; disables the teacher cache)",
+    "augment": "random augmentation (not in the tutorial; disables the teacher cache): flip mirrors images "
+               "left-right, crop-flip also takes random 32x32 crops of the 4-pixel padded image; "
+               "--augment alone means flip",
     "save_every_steps": "also checkpoint every N steps inside an epoch (0: only at epoch ends)",
     "devices": "train data-parallel on the first N devices, the batch split between them (0: all devices)",
     "members_per_program": "at most N members per compiled program (0: as many as fit in memory)",
@@ -183,6 +217,10 @@ def _seeds(text: str) -> tuple[int, ...]:
     return values
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 def _grid_axis(text: str) -> tuple[str, tuple[float, ...]]:
     name, _, values = text.partition("=")
     try:
@@ -197,17 +235,21 @@ def _grid_axis(text: str) -> tuple[str, tuple[float, ...]]:
 def add_flags(parser: argparse.ArgumentParser, experiment: str) -> None:
     """One flag per config field, plus the hyperparameters of the experiment's methods."""
     defaults = ExperimentConfig()
-    skip = {"name", "hyperparameters", "sweep", "seeds"}
+    skip = {"name", "hyperparameters", "sweep", "seeds", "methods"}
     if experiment == "teacher":
-        skip |= {"teacher_epochs", "teacher_seed", "cache"}
+        skip |= {"teacher_epochs", "teacher_seed", "teacher_augment", "cache", "validation_size"}
     parser.add_argument("--seeds", type=_seeds, default=defaults.seeds, help=f"{_HELP['seeds']} (default: 42)")
+    if experiment == "methods":
+        parser.add_argument("--methods", type=_names, default=(), help=_HELP["methods"])
     for field in dataclasses.fields(ExperimentConfig):
         if field.name in skip:
             continue
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
         help_text = f"{_HELP[field.name]} (default: {default})"
-        if isinstance(default, bool):
+        if field.name == "augment":
+            parser.add_argument(flag, nargs="?", const="flip", default=default, help=help_text)
+        elif isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:
             kind = {"int | None": int, "str | None": str}.get(str(field.type), type(default))
@@ -234,4 +276,4 @@ def from_args(name: str, args: argparse.Namespace) -> ExperimentConfig:
     return ExperimentConfig(name=name, **values)
 
 
-__all__ = ["EXPERIMENTS", "ConfigError", "ExperimentConfig", "add_flags", "from_args"]
+__all__ = ["EXPERIMENTS", "GROUPS", "ConfigError", "ExperimentConfig", "add_flags", "from_args"]

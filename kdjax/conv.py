@@ -31,6 +31,7 @@ from jax import lax
 
 Padding = Sequence[tuple[int, int]]
 _NHWC = ("NHWC", "HWIO", "NHWC")
+ROW_SUM_MIN_CHANNELS = 64  # narrower layers keep XLA's own bias gradient (see add_channel_bias)
 
 
 def _is_nhwc(dimension_numbers) -> bool:
@@ -165,10 +166,15 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
 def add_channel_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
     """`y + bias` for channels-last `y` `[..., w, c]` and `bias` `[c]`.
 
-    The bias gradient sums `dy` over every axis but the last. XLA:CPU emits that as a
-    slow windowed reduction (38 ms for the teacher's `[128, 32, 32, 128]`); on CPU, summing
-    the `[-1, w * c]` view over its rows first takes 4 ms. Other backends use `y + bias`.
+    The bias gradient sums `dy` over every axis but the last. For wide layers XLA:CPU emits
+    that as a slow windowed reduction (38 ms for the teacher's `[128, 32, 32, 128]` on an
+    AVX-512 host); on CPU, summing the `[-1, w * c]` view over its rows first took 4 ms.
+    Below `ROW_SUM_MIN_CHANNELS` channels the plain sum is the faster one: the view splits
+    the fusion that computes `dy`, which cost the student's step 8 ms of its 36
+    (experiments/PERFORMANCE.md). Other backends use `y + bias`.
     """
+    if y.shape[-1] < ROW_SUM_MIN_CHANNELS:
+        return y + bias
     return lax.platform_dependent(y, bias, cpu=_cpu_add_channel_bias, default=jnp.add)
 
 

@@ -44,6 +44,8 @@ from kdjax.parallel import batch_mesh, batch_sharding, check_batch_size, replica
 from kdjax.train import Objective, build_objective, create_train_state, eval_step, teacher_outputs, train_step
 
 PROGRESS_EVERY = 10  # steps between progress-bar refreshes (each one waits for the device)
+AUGMENTATIONS = ("none", "flip", "crop-flip")
+CROP_PADDING = 4  # pixels, as the CIFAR recipes' RandomCrop(32, padding=4)
 MEMBER_BATCHING = ("auto", "unroll", "vmap")
 
 
@@ -103,10 +105,11 @@ class Settings:
     batch_size: int = 128
     learning_rate: float = 1e-3  # Adam, PyTorch's default betas and eps
     save_every_steps: int = 200  # checkpoint cadence inside an epoch, besides every epoch end
-    augment: bool = False  # random left-right flips, drawn per (seed, epoch, batch)
+    augment: str = "none"  # none | flip | crop-flip (4-pixel padded crops, then flips); per (seed, epoch, batch)
     devices: int = 0  # data-parallel over the first N devices (0: all)
     member_batching: str = "auto"  # auto: unroll on CPU, vmap elsewhere
     members_per_program: int = 0  # 0: as many as fit in the device's memory
+    labelled: int | None = None  # only the first N examples' labels count (CE); None: all
 
 
 @dataclasses.dataclass
@@ -119,6 +122,7 @@ class MemberResult:
     train_seconds: float  # the program's training wall time over all epochs, all invocations
     images_per_second: float  # this member's training images / train_seconds
     history: list[dict[str, float]]
+    validation_accuracy: float | None = None  # percent, on a split held out of the training images, if any
 
 
 @dataclasses.dataclass
@@ -169,15 +173,24 @@ class ProgramSpec:
     cached: bool
     batch_size: int
     num_examples: int
-    augment: bool
+    augment: str
     unroll: bool
     mesh: Mesh
+    labelled: int | None = None  # examples at index >= labelled have no label for the CE term
+    # Unrolled programs only: member i's objective when members' methods differ (empty: `objective` for all), and
+    # the first member with member i's seed, whose batch and teacher forward member i shares (empty: none shared).
+    objectives: tuple[Objective, ...] = ()
+    data_groups: tuple[int, ...] = ()
 
 
 def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index: jax.Array, images: jax.Array,
                  labels: jax.Array, teacher: Any, data_keys: jax.Array, dropout_keys: jax.Array,
                  hyperparameters: Mapping[str, jax.Array], *, spec: ProgramSpec) -> tuple[TrainState, dict]:
     """Advance every member by batch `index` of its own epoch order.
+
+    Unrolled members of one data group (`spec.data_groups`: the same seed) gather, augment
+    and run the teacher on their batch once between them; members may then differ in method
+    (`spec.objectives`).
 
     Args:
       states: stacked train states, `[members, ...]` per leaf.
@@ -190,25 +203,52 @@ def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index:
     Returns:
       New states and per-member metrics `[members]` (`loss`, `ce_loss`, `aux_loss`, `correct`).
     """
-    method = spec.objective.method
     gather = functools.partial(gather_batch, batch_size=spec.batch_size, num_examples=spec.num_examples)
     sharded = spec.mesh.devices.size > 1
 
-    def one_member(state, order, data_key, dropout_key, hp):
+    def prepare(order, data_key, reads):
+        """The batch of `order` and, if `reads` names roles, the teacher's outputs for it."""
         batch = gather(images, labels, order, index)
-        if spec.augment:
-            batch = augment_batch(batch, data_key, epoch, index)
+        if spec.augment != "none":
+            batch = augment_batch(batch, data_key, epoch, index, crop=CROP_PADDING * (spec.augment == "crop-flip"))
+        if spec.labelled is not None:
+            batch = batch | {"labelled": batch["index"] < spec.labelled}
         if sharded:
             batch = jax.lax.with_sharding_constraint(batch, batch_sharding(spec.mesh))
         outputs = None
-        if method.needs_teacher:
+        if reads is not None:
             if spec.cached:
                 outputs = {role: rows[batch["index"]] for role, rows in teacher.items()}
             else:
-                outputs = teacher_outputs(spec.teacher, teacher, batch["image"], method.reads)
-        return train_step(state, batch, dropout_key, outputs, hp, objective=spec.objective)
+                outputs = teacher_outputs(spec.teacher, teacher, batch["image"], reads)
+        return batch, outputs
 
-    return map_members(one_member, spec.unroll)(states, orders, data_keys, dropout_keys, hyperparameters)
+    if not spec.unroll:
+        method = spec.objective.method
+
+        def one_member(state, order, data_key, dropout_key, hp):
+            batch, outputs = prepare(order, data_key, method.reads if method.needs_teacher else None)
+            return train_step(state, batch, dropout_key, outputs, hp, objective=spec.objective)
+
+        return jax.vmap(one_member)(states, orders, data_keys, dropout_keys, hyperparameters)
+
+    count = orders.shape[0]
+    objectives = spec.objectives or (spec.objective,) * count
+    groups = spec.data_groups or tuple(range(count))
+    prepared, outs = {}, []
+    for i, objective in enumerate(objectives):
+        args = jax.tree.map(lambda leaf: leaf[i], (states, orders, data_keys, dropout_keys))
+        hp = {name: hyperparameters[name][i] for name in objective.method.hyperparameters}
+        if outs:  # member i starts once member i - 1 is done: one member's working set in cache at a time
+            (args, hp), outs[-1] = jax.lax.optimization_barrier(((args, hp), outs[-1]))
+        state, order, data_key, dropout_key = args
+        if groups[i] not in prepared:
+            sharing = [objectives[j].method for j in range(count) if groups[j] == groups[i]]
+            reads = tuple(dict.fromkeys(r for m in sharing if m.needs_teacher for r in m.reads))
+            prepared[groups[i]] = prepare(order, data_key, reads if any(m.needs_teacher for m in sharing) else None)
+        batch, outputs = prepared[groups[i]]
+        outs.append(train_step(state, batch, dropout_key, outputs, hp, objective=objective))
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *outs)
 
 
 @functools.lru_cache(maxsize=32)
@@ -251,34 +291,56 @@ def evaluate_members(objective: Objective, params: Any, split: Split, batch_size
 
 
 def stack_hyperparameters(members: Sequence[Member]) -> dict[str, jax.Array]:
-    return {name: jnp.asarray([m.hp[name] for m in members], jnp.float32) for name in members[0].hp}
+    """name -> `[members]` float32, over every member's names (NaN where a member's method has no such name)."""
+    names = dict.fromkeys(name for m in members for name in m.hp)
+    return {name: jnp.asarray([m.hp.get(name, np.nan) for m in members], jnp.float32) for name in names}
+
+
+def data_groups(members: Sequence[Member]) -> tuple[int, ...]:
+    """Per member, the index of the first member with its seed: they see the same batches."""
+    first = {}
+    return tuple(first.setdefault(m.seed, i) for i, m in enumerate(members))
+
+
+def program_name(members: Sequence[Member]) -> str:
+    """The methods of a program, in first-seen order, joined by `+`."""
+    return "+".join(dict.fromkeys(m.method for m in members))
 
 
 TeacherSource = Callable[[], tuple[Any, bool]]  # () -> (cache or params, cached); called only if training
 
 
 def train_program(
-    members: Sequence[Member], objective: Objective, train_split: Split, test_split: Split, settings: Settings,
-    checkpoints: RunCheckpoints, *, teacher: Network | None = None, teacher_source: TeacherSource | None = None,
-    log: Callable[[str], None] = print, desc: str = "train",
+    members: Sequence[Member], objectives: Mapping[str, Objective], train_split: Split, test_split: Split,
+    settings: Settings, checkpoints: RunCheckpoints, *, teacher: Network | None = None,
+    teacher_source: TeacherSource | None = None, log: Callable[[str], None] = print, desc: str = "train",
 ) -> ProgramResult:
-    """Train `members` (all of `objective.method`) together for `settings.epochs`, resuming from `checkpoints`.
+    """Train `members` together for `settings.epochs`, resuming from `checkpoints`.
 
-    `teacher_source` supplies the teacher's output cache or params when a step must run
-    (not for a finished program). A NaN/Inf loss in any member stops the program with
-    `TrainingDivergedError`, naming the member and step; the last good checkpoint is kept.
+    `objectives` maps each member's method to its objective. Members of different methods
+    share a program only when it is unrolled and their parameter trees match (no adapter);
+    members with one seed then share each batch and teacher forward. `teacher_source`
+    supplies the teacher's output cache or params when a step must run (not for a finished
+    program). A NaN/Inf loss in any member stops the program with `TrainingDivergedError`,
+    naming the member and step; the last good checkpoint is kept.
     """
-    if {m.method for m in members} != {objective.method.name}:
-        raise ValueError(f"a program trains one method ({objective.method.name}); got "
-                         f"{sorted({m.method for m in members})}")
-    if objective.method.needs_teacher and (teacher is None or teacher_source is None):
-        raise ValueError(f"method {objective.method.name!r} needs the teacher network and its params or cache")
+    missing = sorted({m.method for m in members} - set(objectives))
+    if missing:
+        raise ValueError(f"no objective for method(s) {missing} of the program's members")
+    per_member = tuple(objectives[m.method] for m in members)
+    objective, mixed = per_member[0], len({m.method for m in members}) > 1
+    needs_teacher = any(o.method.needs_teacher for o in per_member)
+    if needs_teacher and (teacher is None or teacher_source is None):
+        raise ValueError(f"{program_name(members)} needs the teacher network and its params or cache")
     mesh = batch_mesh(settings.devices or None)
     check_batch_size(settings.batch_size, mesh)
     n, batch_size = len(train_split), settings.batch_size
     if batch_size > n:
         raise ValueError(f"batch size {batch_size} is larger than the {n} training examples")
     unroll = unrolls(settings, mesh)
+    if mixed and (not unroll or any(o.adapter is not None for o in per_member)):
+        raise ValueError(f"methods {program_name(members)} cannot share a program: that needs unrolled members "
+                         "(--member-batching unroll) and methods without adapters")
     count, batches = len(members), num_batches(n, batch_size)
     keys = [init_keys(m.seed) for m in members]
     data_keys = jnp.stack([k[1] for k in keys])
@@ -301,8 +363,9 @@ def train_program(
 
     trained = 0
     if position < Position(settings.epochs, 0):
-        teacher_arg, cached = teacher_source() if objective.method.needs_teacher else (None, False)
-        spec = ProgramSpec(objective, teacher, cached, batch_size, n, settings.augment, unroll, mesh)
+        teacher_arg, cached = teacher_source() if needs_teacher else (None, False)
+        spec = ProgramSpec(objective, teacher, cached, batch_size, n, settings.augment, unroll, mesh,
+                           settings.labelled, per_member if mixed else (), data_groups(members) if unroll else ())
         states, dropout_keys, trained = _run_epochs(
             spec, members, states, dropout_keys, data_keys, teacher_arg, train_split, test_split, settings,
             checkpoints, position, history, running, partial_seconds, log, desc)
@@ -396,10 +459,14 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
 
 def plan_program_size(objective: Objective, members: Sequence[Member], train_split: Split, settings: Settings,
                       teacher: Network | None, teacher_arg: Any, cached: bool) -> memory.MemoryPlan:
-    """How many of `members` one program holds, from XLA's analysis of one- and two-member compiles."""
+    """How many of `members` one program holds, from XLA's analysis of one- and two-member compiles.
+
+    `objective` is taken as every member's: for a program that mixes methods, the plan is
+    that of its first method.
+    """
     mesh = batch_mesh(settings.devices or None)
     spec = ProgramSpec(objective, teacher, cached, settings.batch_size, len(train_split), settings.augment,
-                       unrolls(settings, mesh), mesh)
+                       unrolls(settings, mesh), mesh, settings.labelled)
     step = jax.jit(functools.partial(program_step, spec=spec))
     images = jax.ShapeDtypeStruct(train_split.images.shape, train_split.images.dtype)
     labels = jax.ShapeDtypeStruct(train_split.labels.shape, train_split.labels.dtype)
@@ -410,7 +477,7 @@ def plan_program_size(objective: Objective, members: Sequence[Member], train_spl
 
     def compiled_bytes(count: int) -> int | None:
         keys = jax.eval_shape(lambda: jnp.stack([jax.random.key(i) for i in range(count)]))
-        hp = {name: jax.ShapeDtypeStruct((count,), jnp.float32) for name in members[0].hp}
+        hp = {name: jax.ShapeDtypeStruct((count,), jnp.float32) for name in objective.method.hyperparameters}
         orders = jax.ShapeDtypeStruct((count, order_length), jnp.int32)
         lowered = step.lower(state_shapes(count), orders, np.int32(0), np.int32(0), images, labels, teacher_arg,
                              keys, keys, hp)
@@ -431,11 +498,15 @@ def plan_program_size(objective: Objective, members: Sequence[Member], train_spl
     return memory.plan_memory(per_member, shared, capacity)
 
 
-def programs(members: Sequence[Member]) -> list[list[Member]]:
-    """`members` grouped by method, in first-seen order: each group can share one program."""
+def programs(members: Sequence[Member], *, share_teacher_forward: bool = False) -> list[list[Member]]:
+    """`members` grouped into programs, in first-seen order: by method, except that with
+    `share_teacher_forward` every method that reads the teacher and has no adapter goes into
+    one program, where members with the same seed share each step's teacher forward."""
     groups: dict[str, list[Member]] = {}
     for member in members:
-        groups.setdefault(member.method, []).append(member)
+        method = methods.get(member.method)
+        shared = share_teacher_forward and method.needs_teacher and method.adapter is None
+        groups.setdefault("" if shared else member.method, []).append(member)
     return list(groups.values())
 
 
@@ -448,28 +519,36 @@ def train_members(
     members: Sequence[Member], student: Network, train_split: Split, test_split: Split, settings: Settings,
     checkpoints_for: Callable[[Sequence[Member]], RunCheckpoints], *, teacher: Network | None = None,
     teacher_source: TeacherSource | None = None, log: Callable[[str], None] = print, desc: str = "train",
+    teacher_in_step: bool = False,
 ) -> list[ProgramResult]:
     """Train every member: one program per method, split into programs that fit the device's memory.
 
     `checkpoints_for(members)` gives each program its checkpoints; `settings.members_per_program`
-    caps a program's size by hand.
+    caps a program's size by hand. With `teacher_in_step` (no output cache) and unrolled
+    members, the methods that read the teacher share one program instead, so that members
+    with one seed pay for one teacher forward per step between them.
     """
     source = _once(teacher_source) if teacher_source is not None else None
+    objectives = {}
+    for name in dict.fromkeys(m.method for m in members):
+        method = methods.get(name)
+        objectives[name] = build_objective(method, student, teacher if method.needs_teacher else None)
+    share = teacher_in_step and unrolls(settings, batch_mesh(settings.devices or None))
     results = []
-    for group in programs(members):
-        method = methods.get(group[0].method)
-        objective = build_objective(method, student, teacher if method.needs_teacher else None)
+    for group in programs(members, share_teacher_forward=share):
+        objective = objectives[group[0].method]
         size = settings.members_per_program or len(group)
         if len(group) > 1 and not settings.members_per_program:
-            teacher_arg, cached = source() if method.needs_teacher else (None, False)
+            needs_teacher = any(objectives[m.method].method.needs_teacher for m in group)
+            teacher_arg, cached = source() if needs_teacher else (None, False)
             plan = plan_program_size(objective, group, train_split, settings, teacher, teacher_arg, cached)
-            log(f"{desc} {method.name}: {plan.describe()}")
+            log(f"{desc} {program_name(group)}: {plan.describe()}")
             size = plan.fits
         for chunk in chunks(group, size):
-            label = desc if len(members) == 1 else f"{desc} {method.name}"
+            label = desc if len(members) == 1 else f"{desc} {program_name(chunk)}"
             checkpoints = checkpoints_for(chunk)
             try:
-                results.append(train_program(chunk, objective, train_split, test_split, settings, checkpoints,
+                results.append(train_program(chunk, objectives, train_split, test_split, settings, checkpoints,
                                              teacher=teacher, teacher_source=source, log=log, desc=label))
             finally:
                 checkpoints.close()

@@ -56,6 +56,8 @@ class Method:
       adapter: builds a trainable module that maps the student's `adapted` role to the
         teacher's shape (FitNets' regressor), or None.
       adapted: the role the adapter applies to.
+      uses_labels: whether `loss` reads the labels (DKD's target class), which rules out
+        training on partly labelled data.
     """
 
     name: str
@@ -65,6 +67,7 @@ class Method:
     hyperparameters: Mapping[str, float] = dataclasses.field(default_factory=dict)
     adapter: AdapterFactory | None = None
     adapted: str | None = None
+    uses_labels: bool = False  # the auxiliary term reads `Context.labels` (so every row needs its label)
 
     def __post_init__(self) -> None:
         if self.loss is not None:
@@ -210,7 +213,7 @@ def _sp(student: Outputs, teacher: Outputs, hp: Hyperparameters, context: Contex
 
 DKD = register(Method(
     "dkd", "Decoupled KD (Zhao et al. 2022): target-class and non-target-class KL, linearly warmed up",
-    reads=("logits",), loss=_dkd,
+    reads=("logits",), loss=_dkd, uses_labels=True,
     # warmup_steps: mdistiller warms up over 1/12 of training (20 of 240 epochs); 1/12 of the tutorial's
     # 10 epochs rounds to one epoch, 391 steps of CIFAR-10 at batch 128.
     hyperparameters={"ce_weight": 1.0, "aux_weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0,

@@ -2,9 +2,12 @@
 
 `write_run(run_dir, config, teacher, students)` writes `config.json`, `members.jsonl` (one
 line per member: its settings, final figures and per-epoch history), `summary.md` (per
-configuration: mean, std and 95 % t-interval of the test accuracy; each configuration
-minus CE over the same seeds, with the paired t-test) and `accuracy.png` / `loss.png`
-(per epoch, mean over seeds with the range as a band, one line per configuration).
+configuration: mean, std and 95 % t-interval of the test accuracy, training wall time; each
+configuration minus CE over the same seeds, with the paired t-test), `accuracy.png` /
+`loss.png` (per epoch, mean over seeds with the range as a band, one line per
+configuration), with more than two configurations `ranking.png` (sorted by mean, CI bars,
+CE's interval as a band), and with paired seeds over several epochs `difference.png` and a
+table of the epochs at which each configuration is ahead of or behind CE beyond the interval.
 """
 
 from __future__ import annotations
@@ -46,15 +49,19 @@ def _interval(low: float, high: float, signed: bool = False) -> str:
 
 
 def summary_table(results: Sequence[MemberResult]) -> str:
-    """Per configuration: seeds, mean, std and 95 % CI of the final test accuracy."""
-    lines = ["| network | method | setting | seeds | mean accuracy | std | 95% CI |",
-             "|---|---|---|---:|---:|---:|---|"]
+    """Per configuration: seeds, mean, std and 95 % CI of the final test accuracy, and training wall time."""
+    validated = all(r.validation_accuracy is not None for r in results)
+    lines = ["| network | method | setting | seeds | mean accuracy | std | 95% CI | "
+             + "mean validation accuracy | " * validated + "training (min) |",
+             "|---|---|---|---:|---:|---:|---|" + "---:|" * validated + "---:|"]
     for (network, method, _), group in group_by_config(results).items():
         s = summarize([r.test_accuracy for r in group])
         many = s.n > 1
         interval = _interval(s.ci_low, s.ci_high) if many else "n/a (one seed)"
+        validation = f"{sum(r.validation_accuracy for r in group) / len(group):.2f}% | " if validated else ""
+        minutes = max(r.train_seconds for r in group) / 60  # members of a program share its wall time
         lines.append(f"| {network} | {title(method)} | {setting_text(group[0])} | {s.n} | {s.mean:.2f}% | "
-                     f"{f'{s.std:.2f}' if many else 'n/a'} | {interval} |")
+                     f"{f'{s.std:.2f}' if many else 'n/a'} | {interval} | {validation}{minutes:.1f} |")
     return "\n".join(lines)
 
 
@@ -78,11 +85,82 @@ def paired_table(results: Sequence[MemberResult]) -> str | None:
     return "\n".join(lines) if len(lines) > 2 else None
 
 
+def epoch_differences(results: Sequence[MemberResult]) -> dict[tuple, list]:
+    """Per distillation configuration, its paired difference to CE at every epoch (`PairedComparison`s)."""
+    baseline = {(r.network, r.member.seed): r for r in results if r.member.method == "ce"}
+    out = {}
+    for key, group in group_by_config(results).items():
+        pairs = [(r, baseline[(r.network, r.member.seed)]) for r in group
+                 if r.member.method != "ce" and (r.network, r.member.seed) in baseline]
+        epochs = min((min(len(a.history), len(b.history)) for a, b in pairs), default=0)
+        if len(pairs) > 1 and epochs > 1:
+            out[key] = [paired_comparison([a.history[e]["test_accuracy"] for a, _ in pairs],
+                                          [b.history[e]["test_accuracy"] for _, b in pairs]) for e in range(epochs)]
+    return out
+
+
+def _epoch_ranges(epochs: Sequence[int]) -> str:
+    """`[1, 2, 3, 7]` -> `1-3, 7`."""
+    ranges: list[list[int]] = []
+    for epoch in epochs:
+        if ranges and epoch == ranges[-1][-1] + 1:
+            ranges[-1].append(epoch)
+        else:
+            ranges.append([epoch])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in ranges)
+
+
+def epoch_table(results: Sequence[MemberResult]) -> str | None:
+    """Per configuration: the epochs at which it is ahead of (behind) CE beyond the 95 % interval."""
+    differences = epoch_differences(results)
+    if not differences:
+        return None
+    lines = ["| method | setting | epochs ahead of CE (CI above 0) | epochs behind CE (CI below 0) | "
+             "last epoch: accuracy − CE |", "|---|---|---|---|---|"]
+    groups = group_by_config(results)
+    for key, comparisons in differences.items():
+        ahead = [e + 1 for e, c in enumerate(comparisons) if c.verdict == "better"]
+        behind = [e + 1 for e, c in enumerate(comparisons) if c.verdict == "worse"]
+        last = comparisons[-1]
+        lines.append(f"| {title(key[1])} | {setting_text(groups[key][0])} | {_epoch_ranges(ahead) or 'none'} | "
+                     f"{_epoch_ranges(behind) or 'none'} | {last.mean_difference:+.2f} "
+                     f"{_interval(last.ci_low, last.ci_high, signed=True)} |")
+    return "\n".join(lines)
+
+
+def plot_differences(results: Sequence[MemberResult], path: pathlib.Path) -> None:
+    """Each configuration's paired difference to CE per epoch: mean line, 95 % CI band, zero line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    groups = group_by_config(results)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, comparisons in epoch_differences(results).items():
+        epochs = range(1, len(comparisons) + 1)
+        line, = ax.plot(epochs, [c.mean_difference for c in comparisons], label=f"{title(key[1])}"
+                        + (f" ({setting_text(groups[key][0])})" if groups[key][0].member.hyperparameters else ""))
+        ax.fill_between(epochs, [c.ci_low for c in comparisons], [c.ci_high for c in comparisons], alpha=0.15,
+                        color=line.get_color())
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("test accuracy − CE's, same seed (points)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def member_row(result: MemberResult) -> dict[str, Any]:
     return {"label": result.member.label, "network": result.network, "method": result.member.method,
             "seed": result.member.seed, "hyperparameters": dict(result.member.hyperparameters),
             "parameters": result.parameters, "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
             "train_seconds": result.train_seconds, "images_per_second": result.images_per_second,
+            **({"validation_accuracy": result.validation_accuracy} if result.validation_accuracy is not None else {}),
             "history": result.history}
 
 
@@ -115,6 +193,36 @@ def plot_curves(results: Sequence[MemberResult], path: pathlib.Path, metric: str
     plt.close(fig)
 
 
+def plot_ranking(results: Sequence[MemberResult], path: pathlib.Path) -> None:
+    """Configurations sorted by mean final test accuracy with 95 % CI bars; CE's interval as a band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for (_, method, _), group in group_by_config(results).items():
+        s = summarize([r.test_accuracy for r in group])
+        label = title(method) + (f" ({setting_text(group[0])})" if len(group_by_config(
+            [r for r in results if r.member.method == method])) > 1 else "")
+        rows.append((s, label, method == "ce"))
+    rows.sort(key=lambda row: row[0].mean)
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(rows) + 1.2))
+    for y, (s, label, is_ce) in enumerate(rows):
+        error = [[s.mean - s.ci_low], [s.ci_high - s.mean]] if s.n > 1 else None
+        ax.errorbar(s.mean, y, xerr=error, fmt="o", color="black" if is_ce else "tab:blue", capsize=3)
+        if is_ce and s.n > 1:
+            ax.axvspan(s.ci_low, s.ci_high, color="gray", alpha=0.2, label="CE's 95% CI")
+    ax.set_yticks(range(len(rows)), [label for _, label, _ in rows], fontsize=8)
+    ax.set_xlabel(f"final test accuracy (%), mean and 95% CI over {max(s.n for s, _, _ in rows)} seeds")
+    ax.grid(axis="x", alpha=0.3)
+    if any(is_ce for _, _, is_ce in rows):
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def summary(config: dict[str, Any], teacher: Sequence[MemberResult], students: Sequence[MemberResult]) -> str:
     """The Markdown summary of a run."""
     sections = [f"# {config['name']}"]
@@ -125,6 +233,11 @@ def summary(config: dict[str, Any], teacher: Sequence[MemberResult], students: S
     paired = paired_table(students)
     if paired:
         sections += ["## Against CE over the same seeds", paired]
+    by_epoch = epoch_table(students)
+    if by_epoch:
+        sections += ["## Against CE, epoch by epoch", by_epoch, "![difference to CE per epoch](difference.png)"]
+    if len(group_by_config(students)) > 2:
+        sections += ["![configurations by mean test accuracy](ranking.png)"]
     sections += ["![test accuracy per epoch](accuracy.png)"]
     return "\n\n".join(sections) + "\n"
 
@@ -140,6 +253,10 @@ def write_run(run_dir: pathlib.Path, config: dict[str, Any], teacher: Sequence[M
     shown = students or teacher
     plot_curves(shown, run_dir / "accuracy.png", "test_accuracy", "test accuracy (%)")
     plot_curves(shown, run_dir / "loss.png", "train_loss", "train loss")
+    if len(group_by_config(students)) > 2:
+        plot_ranking(students, run_dir / "ranking.png")
+    if epoch_differences(students):
+        plot_differences(students, run_dir / "difference.png")
     text = summary(config, teacher, students)
     (run_dir / "summary.md").write_text(text)
     return text

@@ -91,10 +91,11 @@ def objective_loss(
     `teacher` holds the teacher's outputs for `batch["image"]` (None for methods without a
     loss); they are wrapped in `stop_gradient` here, however they were computed.
     """
-    method, where = objective.method, batch.get("mask")
+    method, where, labelled = objective.method, batch.get("mask"), batch.get("labelled")
     logits, outs = objective.student.forward(params["model"], batch["image"], train=True, key=dropout_key,
                                              roles=method.roles)
-    ce = losses.cross_entropy(logits, batch["label"], where=where)
+    ce_where = where if labelled is None else labelled if where is None else jnp.logical_and(where, labelled)
+    ce = losses.cross_entropy(logits, batch["label"], where=ce_where)
     if method.loss is None:
         loss, aux = ce, jnp.zeros_like(ce)
     else:

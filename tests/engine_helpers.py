@@ -39,7 +39,7 @@ def _folder(chunk: Sequence[Member], members: Sequence[Member]) -> str:
 
 def run_members(tmp: pathlib.Path, members: Sequence[Member], *, epochs: int = 1, cached: bool = True,
                 data: Cifar10 | None = None, name: str = "run", programs_out: list | None = None,
-                **settings) -> list[MemberResult]:
+                teacher_in_step: bool = False, **settings) -> list[MemberResult]:
     """Train `members` of the tutorial student on tiny data (batch 32) with a fixed random teacher."""
     data = data or tiny_data()
     params = teacher_params()
@@ -53,7 +53,8 @@ def run_members(tmp: pathlib.Path, members: Sequence[Member], *, epochs: int = 1
     config = Settings(epochs=epochs, batch_size=32, save_every_steps=settings.pop("save_every_steps", 0), **settings)
     programs = train_members(members, tutorial_student(), data.train, data.test, config,
                              lambda chunk: RunCheckpoints(tmp / name / _folder(chunk, members), {"test": name}),
-                             teacher=tutorial_teacher(), teacher_source=source, log=lambda _: None)
+                             teacher=tutorial_teacher(), teacher_source=source, log=lambda _: None,
+                             teacher_in_step=teacher_in_step)
     if programs_out is not None:
         programs_out.extend(programs)
     return [result for program in programs for result in program.results]

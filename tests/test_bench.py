@@ -15,17 +15,23 @@ def _side(rate: float, memory: float, cached: bool) -> dict:
     return figures | {"peak_rss_mb": memory}
 
 
-def test_rounds_merge_to_medians_and_per_round_speed_ups():
+def test_rounds_merge_to_medians_and_speed_ups_over_each_variant_and_the_fastest():
     kdjax = merge_rounds([_side(r, m, True) for r, m in ((100, 900), (300, 1000), (200, 950))])
-    torch = merge_rounds([_side(r, 800, False) for r in (100, 100, 400)])
+    eager = merge_rounds([_side(r, 800, False) for r in (100, 100, 400)])
+    channels_last = merge_rounds([_side(r, 700, False) for r in (150, 250, 250)])
     assert kdjax["teacher_ce"]["images_per_s"] == 200 and kdjax["teacher_ce"]["rounds"] == [100, 300, 200]
     assert kdjax["peak_rss_mb"] == 1000
-    report = table(kdjax, torch)
-    assert "| teacher CE step (images/s) | 200 | 100 | 2.00x | 1.00 / 3.00 / 0.50 |" in report
-    assert "| student KD step, teacher cache (images/s) | 2,000 | 100 | 20.00x | 10.00 / 30.00 / 5.00 |" in report
-    assert "| peak host memory (MB) | 1,000 | 800 | | |" in report
+    report = table(kdjax, {"eager": eager, "channels_last": channels_last})
+    assert "| measurement | kdjax | PyTorch eager | PyTorch channels_last | vs eager | vs channels_last | " \
+           "vs fastest PyTorch |" in report
+    assert "| teacher CE step (images/s) | 200 | 100 | 250 | 2.00x | 0.80x | 0.80x |" in report
+    assert "| student KD step, teacher cache (images/s) | 2,000 | 100 | 250 | 20.00x | 8.00x | 8.00x |" in report
+    assert "teacher CE step eager: 1.00 / 3.00 / 0.50" in report
+    assert "teacher CE step channels_last: 0.67 / 1.20 / 0.80" in report
+    assert "Peak host memory (MB): kdjax 1,000, PyTorch eager 800, PyTorch channels_last 700." in report
 
 
-def test_a_single_round_lists_no_per_round_column_values():
-    report = table(merge_rounds([_side(50, 500, True)]), None)
-    assert "| teacher CE step (images/s) | 50 | n/a | n/a |  |" in report
+def test_without_pytorch_only_kdjax_is_listed():
+    report = table(merge_rounds([_side(50, 500, True)]), {})
+    assert "| teacher CE step (images/s) | 50 |" in report
+    assert "vs" not in report and "per round" not in report

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -86,6 +88,23 @@ def test_augmentation_flips_some_images_reproducibly():
     kept = np.all(np.asarray(flipped["image"]) == np.asarray(batch["image"]), axis=(1, 2, 3))
     assert np.all(mirrored | kept) and 80 < mirrored.sum() < 176
     assert not np.array_equal(flipped["image"], other_epoch["image"])
+
+
+def test_crops_are_windows_of_the_black_padded_image_then_flipped():
+    split = _split(64)
+    (batch,) = _collect(ResidentLoader(split, 64, jax.random.key(4), shuffle=False), 0)
+    out = np.asarray(jax.jit(functools.partial(augment_batch, crop=4))(batch, jax.random.key(9), 0, 0)["image"])
+    black = (0.0 - np.asarray(MEAN, np.float32)) / np.asarray(STD, np.float32)
+    padded = np.broadcast_to(black, (64, 40, 40, 3)).copy()
+    padded[:, 4:36, 4:36] = np.asarray(batch["image"])
+    offsets = []
+    for image, source in zip(out, padded):
+        matches = [(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (False, True)
+                   if np.array_equal(image, (lambda w: w[:, ::-1] if flip else w)(source[dy:dy + 32, dx:dx + 32]))]
+        assert matches, "an output image is no window of the padded image"
+        offsets.append(matches[0][:2])
+    assert len(set(offsets)) > 20  # offsets are drawn per image
+    assert any(dy != 4 or dx != 4 for dy, dx in offsets)
 
 
 def test_unshuffled_loader_is_in_order_for_evaluation():

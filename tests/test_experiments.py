@@ -14,6 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from kdjax import methods
 from kdjax.experiments.common import run
 
 
@@ -50,6 +51,18 @@ def test_all_writes_its_outputs_reuses_the_teacher_and_extends(tmp_path, full_si
     assert run("baseline", _flags(tmp_path, full_size_copy, "--epochs", "2")) == 0
     out = capsys.readouterr().out
     assert "resuming at epoch 2, batch 0" in out, out
+
+
+def test_students_take_their_teacher_from_a_program_of_several_seeds(tmp_path, full_size_copy, capsys):
+    """A member trains bitwise the same alone or in a program (test_loop), so the program's seed 4 is that teacher."""
+    assert run("teacher", _flags(tmp_path, full_size_copy, "--seeds", "3,4", "--train-size", "128")) == 0
+    assert run("kd", _flags(tmp_path, full_size_copy, "--teacher-seed", "4", "--train-size", "128")) == 0
+    assert "teacher: seed 4 from the saved program of seeds 3, 4" in capsys.readouterr().out
+    assert len(list((tmp_path / "ck" / "teacher").iterdir())) == 1  # no teacher trained alone
+    (teacher_run,), (kd_run,) = (tmp_path / "runs").glob("teacher-*"), (tmp_path / "runs").glob("kd-*")
+    teachers = [json.loads(line) for line in (teacher_run / "members.jsonl").read_text().splitlines()]
+    used = json.loads((kd_run / "members.jsonl").read_text().splitlines()[0])
+    assert (used["seed"], used["test_loss"]) == (4, teachers[1]["test_loss"]) != (3, teachers[0]["test_loss"])
 
 
 def test_augmentation_turns_the_teacher_cache_off(tmp_path, full_size_copy, capsys):
@@ -115,6 +128,11 @@ def test_sigkill_mid_epoch_then_rerun_is_bitwise_identical(tmp_path, full_size_c
     ("nope", [], "unknown experiment 'nope'"),
     ("kd", ["--data-dir", "/definitely/not/here"], "--data-dir /definitely/not/here does not exist"),
     ("kd", ["--checkpoint-dir", "/proc/kdjax"], "--checkpoint-dir /proc/kdjax is not writable"),
+    ("kd", ["--augment", "rotate"], "--augment must be one of none, flip, crop-flip"),
+    ("methods", ["--methods", "ce,kd,nope"], "--methods: unknown method(s) nope"),
+    ("dkd", ["--labelled-size", "100"], "--labelled-size: dkd reads every example's label"),
+    ("kd", ["--labelled-size", "99999999"], "--labelled-size 99,999,999 exceeds the 50,000 training images"),
+    ("kd", ["--validation-size", "49900"], "--validation-size 49,900 leaves fewer than --batch-size 128"),
 ])
 def test_bad_input_gets_one_line_and_a_non_zero_exit(name, flags, message, capsys, tmp_path, full_size_copy):
     base = ["--data-dir", str(full_size_copy), "--output-dir", str(tmp_path / "runs"),
@@ -146,3 +164,42 @@ def test_each_library_method_runs_from_its_command(name, shared_dirs, full_size_
     assert [(r["method"], r["seed"]) for r in rows[1:]] == [(name, 0), (name, 1)]
     assert f"| LightNN | CE + {name} |" in (run_dir / "summary.md").read_text()
     assert f"{name}: outputs in {run_dir}" in out
+
+
+def test_label_transfer_teaches_from_the_labelled_images_and_holds_out_validation(tmp_path, full_size_copy, capsys):
+    flags = _flags(tmp_path, full_size_copy, "--labelled-size", "128", "--validation-size", "64", "--seeds", "0,1")
+    assert run("kd", flags) == 0
+    (run_dir,) = (tmp_path / "runs").glob("kd-*")
+    _, *students = [json.loads(line) for line in (run_dir / "members.jsonl").read_text().splitlines()]
+    (teacher_dir,), (student_dir,) = (tmp_path / "ck" / "teacher").iterdir(), (tmp_path / "ck" / "kd").iterdir()
+    assert _steps(teacher_dir) == [2]  # one epoch of the 128 labelled images at batch 64
+    assert _steps(student_dir) == [3]  # one epoch of the 256 images less the 64 held out
+    assert all(0 <= s["validation_accuracy"] <= 100 for s in students)
+    assert "mean validation accuracy" in (run_dir / "summary.md").read_text()
+    # The same teacher serves the label-transfer CE run, and the students' checkpoints are their own.
+    assert run("teacher", _flags(tmp_path, full_size_copy, "--labelled-size", "128")) == 0
+    assert "teacher: already trained" in capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "ck").iterdir()} == {"teacher", "kd"}
+
+
+def _steps(directory) -> list[int]:
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def test_methods_runs_every_registered_method():
+    from kdjax.config import ExperimentConfig
+
+    assert ExperimentConfig(name="methods").student_methods == ("ce", *(m for m in methods.METHODS if m != "ce"))
+    assert ExperimentConfig(name="methods", methods=("ce", "at")).student_methods == ("ce", "at")
+
+
+def test_with_augmentation_the_methods_that_read_the_teacher_share_a_program(tmp_path, full_size_copy, capsys):
+    flags = _flags(tmp_path, full_size_copy, "--methods", "ce,kd,at", "--augment", "crop-flip",
+                   "--teacher-augment", "none", "--train-size", "128")
+    assert run("methods", flags) == 0
+    assert '"augment": "crop-flip"' in capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "ck").iterdir()} == {"teacher", "ce", "kd+at"}
+    (run_dir,) = (tmp_path / "runs").glob("methods-*")
+    rows = [json.loads(line) for line in (run_dir / "members.jsonl").read_text().splitlines()]
+    assert [(r["method"], r["seed"]) for r in rows[1:]] == [("ce", 42), ("kd", 42), ("at", 42)]
+    assert (run_dir / "ranking.png").exists()

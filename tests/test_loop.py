@@ -46,10 +46,53 @@ def test_vmapped_members_agree_with_unrolled_ones_to_float_rounding(tmp_path):
                  _params(unrolled[0], 1), _params(vmapped[0], 1))
 
 
+def test_methods_sharing_a_seed_share_one_teacher_forward_and_train_as_they_would_alone(tmp_path):
+    members = [Member.of("kd", 0), Member.of("at", 0), Member.of("kd", 1)]
+    together = []
+    run_members(tmp_path, members, name="shared", cached=False, teacher_in_step=True, augment="crop-flip",
+                members_per_program=3, programs_out=together)
+    assert [[r.member for r in p.results] for p in together] == [members]
+    for i, member in enumerate(members):
+        alone = []
+        run_members(tmp_path, [member], name=f"alone-{i}", cached=False, augment="crop-flip", programs_out=alone)
+        _same(_params(alone[0], 0), _params(together[0], i))
+
+
+def _teacher_forwards(groups: tuple[int, ...]) -> int:
+    """Teacher first-layer convolutions in the jaxpr of a kd, at, kd program step with these data groups."""
+    data = tiny_data()
+    objectives = tuple(build_objective(methods.get(m), tutorial_student(), tutorial_teacher())
+                       for m in ("kd", "at", "kd"))
+    spec = ProgramSpec(objectives[0], tutorial_teacher(), False, 32, len(data.train), "none", True, batch_mesh(1),
+                       objectives=objectives, data_groups=groups)
+    members = [Member.of("kd", 0), Member.of("at", 0), Member.of("kd", 1)]
+    keys = jax.numpy.stack([jax.random.key(s) for s in (0, 0, 1)])
+    jaxpr = jax.make_jaxpr(lambda *args: loop.program_step(*args, spec=spec))(
+        loop.init_states(objectives[0], [0, 0, 1], 1e-3), jax.numpy.zeros((3, 160), jax.numpy.int32), np.int32(0),
+        np.int32(0), data.train.images, data.train.labels, teacher_params(), keys, keys,
+        loop.stack_hyperparameters(members))
+
+    def count(jaxpr) -> int:
+        found = 0
+        for eqn in jaxpr.eqns:
+            found += eqn.primitive.name == "conv_general_dilated" and eqn.invars[1].aval.shape == (3, 3, 3, 128)
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (list, tuple)) else [value]:
+                    inner = getattr(sub, "jaxpr", sub)
+                    found += count(inner) if hasattr(inner, "eqns") else 0
+        return found
+
+    return count(jaxpr.jaxpr)
+
+
+def test_one_teacher_forward_per_data_group():
+    assert _teacher_forwards((0, 0, 2)) * 3 == _teacher_forwards((0, 1, 2)) * 2 > 0
+
+
 def test_the_program_step_compiles_once_across_epochs_batches_and_hyperparameters():
     data = tiny_data()
     objective = build_objective(methods.get("kd"), tutorial_student(), tutorial_teacher())
-    spec = ProgramSpec(objective, tutorial_teacher(), False, 32, len(data.train), False, True, batch_mesh(1))
+    spec = ProgramSpec(objective, tutorial_teacher(), False, 32, len(data.train), "none", True, batch_mesh(1))
     step = jax.jit(chex.assert_max_traces(lambda *args: loop.program_step(*args, spec=spec), n=1))
     members = [Member.of("kd", 0), Member.of("kd", 1, temperature=8.0)]
     states = loop.init_states(objective, [0, 1], 1e-3)

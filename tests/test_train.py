@@ -144,3 +144,18 @@ def test_step_rejects_missing_teacher_and_bad_batches():
         train_step(state, bad, jax.random.key(0), None, {}, objective=_objective("ce"))
     with pytest.raises(ValueError, match="needs a teacher network"):
         build_objective(methods.get("kd"), tutorial_student())
+
+
+def test_unlabelled_rows_take_the_distillation_term_but_no_cross_entropy(teacher_params):
+    objective = _objective("kd", dropout_rate=0.0)
+    params = create_train_state(objective, jax.random.key(0)).params
+    batch = _batch(3) | {"labelled": jnp.arange(8) < 3}
+    teacher = teacher_outputs(tutorial_teacher(), teacher_params, batch["image"], ("logits",))
+    hp = methods.get("kd").resolve({})
+    loss, _ = objective_loss(params, batch, jax.random.key(1), teacher, hp, objective=objective)
+    logits, _ = objective.student.forward(params["model"], batch["image"], train=False)
+    expected = (0.75 * losses.cross_entropy(logits[:3], batch["label"][:3])
+                + 0.25 * losses.kd_loss(logits, teacher["logits"], temperature=2.0))
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    relabelled = batch | {"label": batch["label"].at[3:].set((batch["label"][3:] + 1) % 10)}
+    assert objective_loss(params, relabelled, jax.random.key(1), teacher, hp, objective=objective)[0] == loss

@@ -6,8 +6,8 @@ calls inside its train step; `ResidentLoader` for evaluation), so a step costs n
 beyond passing its index.
 
 A batch is `{"image": [b, 32, 32, 3] float32, "label": [b] int32, "mask": [b] bool,
-"index": [b] int32}`, `index` being each example's position in the split. `augment_batch` mirrors
-each image left-right with probability 1/2, drawn from (key, epoch, batch). The
+"index": [b] int32}`, `index` being each example's position in the split. `augment_batch` crops
+(optionally) and mirrors each image at random, drawn from (key, epoch, batch). The
 last batch of an epoch is padded to the full batch size and `mask` marks the real examples
 (50,000 = 390 * 128 + 80, so the tutorial's last 80 images are trained on without a
 second compilation); the losses give padding rows exactly zero weight.
@@ -32,6 +32,7 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 Batch = dict[str, jax.Array]
 _FLIP_STREAM = 0x666C6970  # folded into the loader key so flips never reuse the permutation's keys
+_CROP_STREAM = 0x63726F70
 
 
 def normalize(images: jax.Array) -> jax.Array:
@@ -82,15 +83,27 @@ def _batch_gatherer(batch_size: int, num_examples: int, sharding: jax.sharding.S
                    out_shardings=sharding)
 
 
-def augment_batch(batch: Batch, key: jax.Array, epoch: jax.Array, index: jax.Array) -> Batch:
-    """Mirror each image left-right with probability 1/2, drawn from (key, epoch, batch index).
+def augment_batch(batch: Batch, key: jax.Array, epoch: jax.Array, index: jax.Array, *, crop: int = 0) -> Batch:
+    """Random crops (with `crop` > 0) then left-right mirrors, drawn from (key, epoch, batch index).
 
-    Pure and jittable: the engine calls it inside the train step, so members that share a
-    seed see the same augmented batch.
+    A crop takes a random 32x32 window of the image zero-padded by `crop` pixels on every
+    side (torchvision's `RandomCrop(32, padding=crop)`; zero is black before normalisation);
+    each image is then mirrored with probability 1/2. Pure and jittable: the engine calls it
+    inside the train step, so members that share a seed see the same augmented batch.
     """
+    images = batch["image"]
+    if crop:
+        crop_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, _CROP_STREAM), epoch), index)
+        offsets = jax.random.randint(crop_key, (images.shape[0], 2), 0, 2 * crop + 1)
+        black = normalize(jnp.zeros((3,), jnp.uint8))
+        n, height, width, channels = images.shape
+        padded = jnp.broadcast_to(black, (n, height + 2 * crop, width + 2 * crop, channels))
+        padded = padded.at[:, crop:crop + height, crop:crop + width].set(images)
+        size = images.shape[1:]
+        images = jax.vmap(lambda image, at: jax.lax.dynamic_slice(image, (at[0], at[1], 0), size))(padded, offsets)
     flip_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, _FLIP_STREAM), epoch), index)
-    flip = jax.random.bernoulli(flip_key, 0.5, batch["image"].shape[:1])
-    flipped = jnp.where(flip[:, None, None, None], batch["image"][:, :, ::-1, :], batch["image"])
+    flip = jax.random.bernoulli(flip_key, 0.5, images.shape[:1])
+    flipped = jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
     return batch | {"image": flipped}
 
 

@@ -2,11 +2,11 @@
 
 import sys
 
-from kdjax.config import EXPERIMENTS
+from kdjax.config import EXPERIMENTS, GROUPS
 from kdjax.experiments.common import run
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
-        print(f"usage: python -m kdjax.experiments {{{','.join([*EXPERIMENTS, 'all'])}}} [flags]", file=sys.stderr)
+        print(f"usage: python -m kdjax.experiments {{{','.join([*EXPERIMENTS, *GROUPS])}}} [flags]", file=sys.stderr)
         sys.exit(2)
     sys.exit(run(sys.argv[1], sys.argv[2:]))

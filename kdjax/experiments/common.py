@@ -14,19 +14,27 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from kdjax import methods
-from kdjax.checkpoint import CheckpointMismatchError, RunCheckpoints
-from kdjax.config import EXPERIMENTS, ConfigError, ExperimentConfig, add_flags, from_args
-from kdjax.data import Cifar10, DataNotFoundError, load_cifar10
-from kdjax.loop import Member, MemberResult, TrainingDivergedError, train_members
+from kdjax.checkpoint import CheckpointMismatchError, RunCheckpoints, saved_identity
+from kdjax.config import EXPERIMENTS, GROUPS, ConfigError, ExperimentConfig, add_flags, from_args
+from kdjax.data import Cifar10, DataNotFoundError, Split, load_cifar10
+from kdjax.loop import (Member, MemberResult, TrainingDivergedError, evaluate_members, program_name, train_members,
+                        unrolls)
 from kdjax.memory import ProgramMemoryError
 from kdjax.network import Network, tutorial_student, tutorial_teacher
+from kdjax.parallel import batch_mesh
 from kdjax.report import write_run
 from kdjax.teacher_cache import compute_teacher_cache
+from kdjax.train import build_objective
 
 FORMAT = 2  # checkpoint layout: params {"model", "adapter"}, stacked [members, ...]
+
+
+def _member_key(member: Member) -> list:
+    return [member.method, member.seed, [list(pair) for pair in member.hyperparameters]]
 
 
 def log(message: str) -> None:
@@ -54,6 +62,11 @@ def load_data(config: ExperimentConfig) -> Cifar10:
     data = data.subset(config.train_size, config.test_size)
     if config.batch_size > len(data.train):
         raise ConfigError(f"--batch-size {config.batch_size} exceeds the {len(data.train):,} training images")
+    if config.labelled_size is not None and config.labelled_size > len(data.train):
+        raise ConfigError(f"--labelled-size {config.labelled_size:,} exceeds the {len(data.train):,} training images")
+    if config.validation_size is not None and config.validation_size > len(data.train) - config.batch_size:
+        raise ConfigError(f"--validation-size {config.validation_size:,} leaves fewer than --batch-size "
+                          f"{config.batch_size} of the {len(data.train):,} training images to train on")
     log(f"data: {data.origin}; train {len(data.train):,}, test {len(data.test):,} "
         f"(loaded in {data.load_seconds:.1f} s)")
     return data
@@ -67,16 +80,19 @@ class Checkpoints:
     epochs and one teacher serves every student that matches it.
     """
 
-    def __init__(self, config: ExperimentConfig, data: Cifar10):
+    def __init__(self, config: ExperimentConfig, data: Cifar10, *, teacher: bool, labelled: int | None = None):
         self.root = pathlib.Path(config.checkpoint_dir)
         self.restart = config.restart
+        augment = config.settings(teacher=teacher).augment
         self.shared = {"format": FORMAT, "learning_rate": config.learning_rate, "batch_size": config.batch_size,
-                       "augment": config.augment, "data": data.fingerprint}
+                       "augment": {"none": False, "flip": True}.get(augment, augment),
+                       "data": data.fingerprint}  # augment: the bool of identities written before crops existed
+        if labelled:  # recorded only when set, so that identities written before the option stay valid
+            self.shared["labelled"] = labelled
 
     def for_members(self, kind: str, network: Network, teacher: str | None = None):
         def make(members: Sequence[Member]) -> RunCheckpoints:
-            identity = {**self.shared, "network": network.name, "teacher": teacher,
-                        "members": [[m.method, m.seed, list(m.hyperparameters)] for m in members]}
+            identity = {**self._identity(network, teacher), "members": [_member_key(m) for m in members]}
             directory = self._folder(kind) / fingerprint(identity)
             if self.restart and directory.exists() and jax.process_index() == 0:
                 aside = directory.with_name(f"{directory.name}.restarted-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -85,6 +101,28 @@ class Checkpoints:
             return RunCheckpoints(directory, identity)
 
         return make
+
+    def _identity(self, network: Network, teacher: str | None) -> dict[str, Any]:
+        return {**self.shared, "network": network.name, "teacher": teacher}
+
+    def program_holding(self, kind: str, network: Network, member: Member) -> list[Member] | None:
+        """The members of a saved program that trains `member` among others with these settings, if any.
+
+        On CPU a member's trajectory is the same alone or in a program (`kdjax.loop`), so a
+        teacher trained with `teacher --seeds 42,1,2` serves the students of `--teacher-seed 42`.
+        """
+        folder = self._folder(kind)
+        expected = json.loads(json.dumps(self._identity(network, None)))
+        for directory in sorted(folder.iterdir()) if folder.exists() else []:
+            if "." in directory.name:  # set aside: restarted or corrupt
+                continue
+            identity = saved_identity(directory)
+            if not identity or {k: v for k, v in identity.items() if k != "members"} != expected:
+                continue
+            saved = [Member(m[0], m[1], tuple((name, value) for name, value in m[2])) for m in identity["members"]]
+            if member in saved and len(saved) > 1:
+                return saved
+        return None
 
     def _folder(self, kind: str) -> pathlib.Path:
         folder = self.root / kind
@@ -98,17 +136,46 @@ class Checkpoints:
 
 def train_teacher(config: ExperimentConfig, data: Cifar10, checkpoints: Checkpoints,
                   seeds: Sequence[int] | None = None) -> tuple[list[MemberResult], Any]:
-    """The teacher members (default: `--teacher-seed`), trained or restored; returns (results, stacked states)."""
+    """The teacher members (default: `--teacher-seed`), trained or restored; returns (results, stacked states).
+
+    The default teacher comes from a saved program that holds it among other seeds, when
+    there is one (`Checkpoints.program_holding`); otherwise it trains alone.
+    """
     teacher = tutorial_teacher()
     members = [Member.of("ce", seed) for seed in (seeds or [config.teacher_seed])]
+    wanted = members[0]
+    if seeds is None and jax.default_backend() == "cpu":
+        members = checkpoints.program_holding("teacher", teacher, wanted) or members
+        if len(members) > 1:
+            log(f"teacher: seed {wanted.seed} from the saved program of seeds "
+                f"{', '.join(str(m.seed) for m in members)}")
     programs = train_members(members, teacher, data.train, data.test, config.settings(teacher=True),
                              checkpoints.for_members("teacher", teacher), log=log, desc="teacher")
-    (program,) = programs
-    return program.results, program.states
+    results = [result for program in programs for result in program.results]
+    states = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *(program.states for program in programs))
+    if seeds is None and len(members) > 1:
+        index = members.index(wanted)
+        return [results[index]], jax.tree.map(lambda leaf: leaf[index:index + 1], states)
+    return results, states
+
+
+def teacher_data(config: ExperimentConfig, data: Cifar10) -> Cifar10:
+    """What the teacher learns from: the labelled images alone under `--labelled-size`."""
+    return data.subset(config.labelled_size) if config.labelled_size else data
+
+
+def student_data(config: ExperimentConfig, data: Cifar10) -> tuple[Cifar10, Split | None]:
+    """The students' training data and the split `--validation-size` holds out of it (or None)."""
+    if not config.validation_size:
+        return data, None
+    keep = len(data.train) - config.validation_size
+    images, labels = data.train.images, data.train.labels
+    return dataclasses.replace(data, train=Split(images[:keep], labels[:keep])), Split(images[keep:], labels[keep:])
 
 
 def train_students(config: ExperimentConfig, data: Cifar10, checkpoints: Checkpoints,
-                   teacher_params: Any) -> list[MemberResult]:
+                   teacher_params: Any, validation: Split | None = None) -> list[MemberResult]:
+    """The students of `config`, trained or restored; with `validation`, each result carries its accuracy there."""
     members = config.members()
     teacher, student = tutorial_teacher(), tutorial_student()
     teacher_id = fingerprint(teacher_params) if teacher_params is not None else None
@@ -125,13 +192,24 @@ def train_students(config: ExperimentConfig, data: Cifar10, checkpoints: Checkpo
             f"{time.perf_counter() - start:.1f} s")
         return cache, True
 
-    programs = train_members(members, student, data.train, data.test, config.settings(),
-                             lambda chunk: checkpoints.for_members(
-                                 chunk[0].method, student,
-                                 teacher_id if methods.get(chunk[0].method).needs_teacher else None)(chunk),
+    def checkpoints_for(chunk: Sequence[Member]) -> RunCheckpoints:
+        needs_teacher = any(methods.get(m.method).needs_teacher for m in chunk)
+        return checkpoints.for_members(program_name(chunk), student, teacher_id if needs_teacher else None)(chunk)
+
+    programs = train_members(members, student, data.train, data.test, config.settings(), checkpoints_for,
                              teacher=teacher, teacher_source=teacher_source if teacher_params is not None else None,
-                             log=log, desc="student")
-    return [result for program in programs for result in program.results]
+                             log=log, desc="student", teacher_in_step=config.teacher_cache_off_reason() is not None)
+    if validation is None:
+        return [result for program in programs for result in program.results]
+    settings = config.settings()
+    mesh = batch_mesh(settings.devices or None)
+    results = []
+    for program in programs:
+        accuracy, _ = evaluate_members(build_objective(methods.get("ce"), student),
+                                       program.states.params, validation, settings.batch_size,
+                                       unrolls(settings, mesh), mesh)
+        results += [dataclasses.replace(r, validation_accuracy=float(a)) for r, a in zip(program.results, accuracy)]
+    return results
 
 
 def machine_line() -> str:
@@ -142,6 +220,7 @@ def machine_line() -> str:
 
 def parse_config(name: str, argv: list[str] | None) -> ExperimentConfig:
     what = {"teacher": "The teacher (DeepNN, CE)", "all": "The whole tutorial: the teacher, then the four students",
+            "methods": "Every registered method's student from one teacher, seeds paired across methods",
             "baseline": "The student (LightNN) with CE alone"}
     parser = argparse.ArgumentParser(
         prog=f"python -m kdjax.experiments.{name}",
@@ -156,8 +235,8 @@ def run(name: str, argv: list[str] | None = None) -> int:
     from kdjax.cpu import use_fast_cpu_kernels
 
     try:
-        if name not in EXPERIMENTS and name != "all":
-            raise ConfigError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}, all")
+        if name not in EXPERIMENTS and name not in GROUPS:
+            raise ConfigError(f"unknown experiment {name!r}; choose from {', '.join([*EXPERIMENTS, *GROUPS])}")
         config = parse_config(name, argv)
         if config.distributed:
             jax.distributed.initialize()  # coordinator, process count and id from the launcher's environment
@@ -174,16 +253,19 @@ def run(name: str, argv: list[str] | None = None) -> int:
                 raise
             raise DataNotFoundError(str(error)) from error
         start = time.perf_counter()
-        checkpoints = Checkpoints(config, data)
+        taught, (learners, validation) = teacher_data(config, data), student_data(config, data)
+        teacher_checkpoints = Checkpoints(config, taught, teacher=True)
+        student_checkpoints = Checkpoints(config, learners, teacher=False, labelled=config.labelled_size)
         if name == "teacher":
-            teacher_results, _ = train_teacher(config, data, checkpoints, config.seeds)
+            teacher_results, _ = train_teacher(config, taught, teacher_checkpoints, config.seeds)
             students = []
         elif config.needs_teacher:
-            teacher_results, states = train_teacher(config, data, checkpoints)
-            students = train_students(config, data, checkpoints, jax.tree.map(lambda a: a[0], states.params["model"]))
+            teacher_results, states = train_teacher(config, taught, teacher_checkpoints)
+            students = train_students(config, learners, student_checkpoints,
+                                      jax.tree.map(lambda a: a[0], states.params["model"]), validation)
         else:
             teacher_results = []
-            students = train_students(config, data, checkpoints, None)
+            students = train_students(config, learners, student_checkpoints, None, validation)
         outputs = {**dataclasses.asdict(config), "machine": machine_line(),
                    "seconds_this_invocation": time.perf_counter() - start}
         run_dir = pathlib.Path(config.output_dir) / f"{name}-{fingerprint(run_identity(config))}"

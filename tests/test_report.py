@@ -1,0 +1,59 @@
+"""The run report: per-configuration statistics, the paired comparison with CE, and the ranking plot."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from scipy import stats
+
+from kdjax.loop import Member, MemberResult
+from kdjax.report import write_run
+
+ACCURACIES = {"ce": [60.0, 61.0, 59.5], "kd": [61.0, 62.5, 60.0], "at": [55.0, 54.0, 57.0]}
+
+
+def _result(method: str, seed: int, accuracy: float, validation: float | None = None) -> MemberResult:
+    history = [{"epoch": 1, "train_loss": 1.0, "test_accuracy": accuracy, "test_loss": 1.0, "seconds": 60.0,
+                "images_per_second": 100.0}]
+    return MemberResult(Member(method, seed), "LightNN", 1, accuracy, 1.0, 120.0, 100.0, history, validation)
+
+
+def test_summary_states_means_intervals_and_paired_differences(tmp_path):
+    students = [_result(m, seed, a, validation=a - 1) for m, values in ACCURACIES.items()
+                for seed, a in enumerate(values)]
+    text = write_run(tmp_path, {"name": "methods"}, [], students)
+    for method, values in ACCURACIES.items():
+        mean, sem = np.mean(values), stats.sem(values)
+        half = stats.t.ppf(0.975, len(values) - 1) * sem
+        assert f"| {mean:.2f}% | {np.std(values, ddof=1):.2f} | [{mean - half:.2f}, {mean + half:.2f}] | " \
+               f"{mean - 1:.2f}% | 2.0 |" in text, method
+    differences = np.subtract(ACCURACIES["kd"], ACCURACIES["ce"])
+    p = stats.ttest_rel(ACCURACIES["kd"], ACCURACIES["ce"]).pvalue
+    assert f"| CE + KD | — | 3 | {differences.mean():+.2f} |" in text and f"| {p:.3f} |" in text
+    assert (tmp_path / "ranking.png").stat().st_size > 0
+    rows = [json.loads(line) for line in (tmp_path / "members.jsonl").read_text().splitlines()]
+    assert rows[0]["validation_accuracy"] == 59.0
+
+
+def test_two_configurations_get_no_ranking_plot(tmp_path):
+    write_run(tmp_path, {"name": "kd"}, [], [_result(m, 0, 50.0) for m in ("ce", "kd")])
+    assert not (tmp_path / "ranking.png").exists()
+
+
+def _curve(method: str, seed: int, accuracies: list[float]) -> MemberResult:
+    history = [{"epoch": e + 1, "train_loss": 1.0, "test_accuracy": a, "test_loss": 1.0, "seconds": 1.0,
+                "images_per_second": 1.0} for e, a in enumerate(accuracies)]
+    return MemberResult(Member(method, seed), "LightNN", 1, accuracies[-1], 1.0, 4.0, 1.0, history)
+
+
+def test_epochs_ahead_of_ce_are_those_whose_paired_interval_excludes_zero(tmp_path):
+    ce = [[50, 60, 62, 63], [51, 59, 61, 64], [49, 61, 63, 62]]
+    kd = [[50.5, 59.5, 64, 66], [50.5, 60, 63.5, 66.5], [49.5, 61, 65, 65]]  # ahead at epochs 3 and 4 only
+    students = [_curve("ce", s, a) for s, a in enumerate(ce)] + [_curve("kd", s, a) for s, a in enumerate(kd)]
+    text = write_run(tmp_path, {"name": "patient"}, [], students)
+    diff = np.subtract(kd, ce)[:, 3]
+    half = stats.t.ppf(0.975, 2) * stats.sem(diff)
+    assert (f"| CE + KD | — | 3-4 | none | {diff.mean():+.2f} [{diff.mean() - half:+.2f}, {diff.mean() + half:+.2f}] |"
+            in text)
+    assert (tmp_path / "difference.png").stat().st_size > 0
