@@ -29,7 +29,7 @@ from kdjax.train import eval_step as eval_step_fn
 OBJECTIVE = {"teacher_ce": "ce", "student_ce": "ce", "kd": "kd", "cosine": "cosine", "hint": "hint"}
 
 
-def _program(case: str, split: Split, teacher_params, cached: bool, members: int = 1):
+def engine_program(case: str, split: Split, teacher_params, cached: bool, members: int = 1):
     """The engine's jitted step for `members` members of `case`, its initial states and its other arguments."""
     teacher = tutorial_teacher()
     network = teacher if case == "teacher_ce" else tutorial_student()
@@ -77,10 +77,10 @@ def measure_steps(split: Split, args) -> dict:
     results = {}
     cases = [(case, False) for case in STEP_CASES] + [(case, True) for case in CACHED_CASES]
     for case, cached in cases:
-        step, states, rest = _program(case, split, teacher_params, cached)
+        step, states, rest = engine_program(case, split, teacher_params, cached)
         name = f"{case}_cached" if cached else case
         results[name] = _time_case(step, states, rest, steps_per_window(case), BATCH, windows)
-    step, states, rest = _program("kd", split, teacher_params, True, members=MEMBERS)
+    step, states, rest = engine_program("kd", split, teacher_params, True, members=MEMBERS)
     results[f"kd_cached_x{MEMBERS}"] = _time_case(step, states, rest, steps_per_window("kd") // 2,
                                                   MEMBERS * BATCH, windows)
     return results

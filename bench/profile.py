@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import glob
 import gzip
 import json
@@ -38,12 +37,9 @@ import numpy as np
 
 from bench.__main__ import cpu_model
 from bench.common import BATCH, synthetic_split
-from kdjax import methods
-from kdjax.data import Split, epoch_order
-from kdjax.loop import Member, ProgramSpec, init_states, program_step, stack_hyperparameters
+from bench.kdjax_side import engine_program
+from kdjax.data import Split
 from kdjax.network import Network, tutorial_student, tutorial_teacher
-from kdjax.parallel import batch_mesh
-from kdjax.train import build_objective
 
 NETWORKS: dict[str, Callable[[], Network]] = {"teacher": tutorial_teacher, "student": tutorial_student}
 
@@ -123,16 +119,9 @@ def bandwidth_gbs(repeats: int) -> float:
 
 def _compiled_step(name: str):
     """The engine's compiled one-member CE step for `name` and arguments that run it, on the device."""
-    network = NETWORKS[name]()
-    objective = build_objective(methods.get("ce"), network)
     split = Split(*synthetic_split(2048, 0))
-    spec = ProgramSpec(objective, None, False, BATCH, len(split), "none", True, batch_mesh(1))
-    step = jax.jit(functools.partial(program_step, spec=spec), donate_argnums=(0,))
-    keys = jnp.stack([jax.random.key(0)])
-    orders = jnp.stack([epoch_order(keys[0], 0, len(split), BATCH)])
-    args = jax.device_put((orders, np.int32(0), np.int32(0), split.images, split.labels, None, keys, keys,
-                           stack_hyperparameters([Member.of("ce", 0)])))
-    states = init_states(objective, [0], 1e-3)
+    step, states, (orders, epoch, *rest) = engine_program(f"{name}_ce", split, None, False)
+    args = (orders, epoch, jax.device_put(np.int32(0)), *rest)
     return step.lower(states, *args).compile(), states, args
 
 

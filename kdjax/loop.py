@@ -138,9 +138,14 @@ def init_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
 
 
-def map_members(fn: Callable, unroll: bool) -> Callable:
-    """`fn` over a leading member axis of every argument: `jax.vmap`, or one call per member, stacked."""
+def map_members(fn: Callable, unroll: bool, *, indexed: bool = False) -> Callable:
+    """`fn` over a leading member axis of every argument: `jax.vmap`, or one call per member, stacked.
+
+    With `indexed` (unrolled only), `fn` also gets the member's position first: `fn(i, *args)`.
+    """
     if not unroll:
+        if indexed:
+            raise ValueError("map_members: indexed calls need unroll=True")
         return jax.vmap(fn)
 
     def one_by_one(*stacked):
@@ -150,7 +155,7 @@ def map_members(fn: Callable, unroll: bool) -> Callable:
             args = jax.tree.map(lambda leaf: leaf[i], stacked)
             if outs:  # member i starts once member i - 1 is done: one member's working set in cache at a time
                 args, outs[-1] = jax.lax.optimization_barrier((args, outs[-1]))
-            outs.append(fn(*args))
+            outs.append(fn(i, *args) if indexed else fn(*args))
         return jax.tree.map(lambda *leaves: jnp.stack(leaves), *outs)
 
     return one_by_one
@@ -235,20 +240,19 @@ def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index:
     count = orders.shape[0]
     objectives = spec.objectives or (spec.objective,) * count
     groups = spec.data_groups or tuple(range(count))
-    prepared, outs = {}, []
-    for i, objective in enumerate(objectives):
-        args = jax.tree.map(lambda leaf: leaf[i], (states, orders, data_keys, dropout_keys))
-        hp = {name: hyperparameters[name][i] for name in objective.method.hyperparameters}
-        if outs:  # member i starts once member i - 1 is done: one member's working set in cache at a time
-            (args, hp), outs[-1] = jax.lax.optimization_barrier(((args, hp), outs[-1]))
-        state, order, data_key, dropout_key = args
+    prepared = {}  # data group -> (batch, teacher outputs), made by the group's first member
+
+    def member_step(i, state, order, data_key, dropout_key, hp):
+        method = objectives[i].method
         if groups[i] not in prepared:
             sharing = [objectives[j].method for j in range(count) if groups[j] == groups[i]]
             reads = tuple(dict.fromkeys(r for m in sharing if m.needs_teacher for r in m.reads))
             prepared[groups[i]] = prepare(order, data_key, reads if any(m.needs_teacher for m in sharing) else None)
         batch, outputs = prepared[groups[i]]
-        outs.append(train_step(state, batch, dropout_key, outputs, hp, objective=objective))
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *outs)
+        own = {name: hp[name] for name in method.hyperparameters}  # others' names hold NaN for this member
+        return train_step(state, batch, dropout_key, outputs, own, objective=objectives[i])
+
+    return map_members(member_step, True, indexed=True)(states, orders, data_keys, dropout_keys, hyperparameters)
 
 
 @functools.lru_cache(maxsize=32)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -200,11 +200,12 @@ def plot_ranking(results: Sequence[MemberResult], path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    groups = group_by_config(results)
+    settings_per_method = Counter(method for _, method, _ in groups)
     rows = []
-    for (_, method, _), group in group_by_config(results).items():
+    for (_, method, _), group in groups.items():
         s = summarize([r.test_accuracy for r in group])
-        label = title(method) + (f" ({setting_text(group[0])})" if len(group_by_config(
-            [r for r in results if r.member.method == method])) > 1 else "")
+        label = title(method) + (f" ({setting_text(group[0])})" if settings_per_method[method] > 1 else "")
         rows.append((s, label, method == "ce"))
     rows.sort(key=lambda row: row[0].mean)
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(rows) + 1.2))
