@@ -276,8 +276,10 @@ def first_nonfinite(first_bad: jax.Array, loss: jax.Array, step: jax.Array) -> j
 
 def init_states(objective: Objective, seeds: Sequence[int], learning_rate: float) -> TrainState:
     """Train states `[members, ...]`, member i initialised exactly as a one-member run with `seeds[i]`."""
-    keys = jnp.stack([init_keys(seed)[0] for seed in seeds])
-    return jax.vmap(lambda key: create_train_state(objective, key, learning_rate=learning_rate))(keys)
+    states = [create_train_state(objective, init_keys(seed)[0], learning_rate=learning_rate) for seed in seeds]
+    leaves, treedef = jax.tree.flatten(states[0])
+    stacked = [jnp.stack(member_leaves) for member_leaves in zip(leaves, *(jax.tree.leaves(s) for s in states[1:]))]
+    return jax.tree.unflatten(treedef, stacked)
 
 
 def evaluate_members(objective: Objective, params: Any, split: Split, batch_size: int, unroll: bool,

@@ -217,7 +217,7 @@ def plot_ranking(results: Sequence[MemberResult], path: pathlib.Path) -> None:
     ax.set_yticks(range(len(rows)), [label for _, label, _ in rows], fontsize=8)
     ax.set_xlabel(f"final test accuracy (%), mean and 95% CI over {max(s.n for s, _, _ in rows)} seeds")
     ax.grid(axis="x", alpha=0.3)
-    if any(is_ce for _, _, is_ce in rows):
+    if any(is_ce and s.n > 1 for s, _, is_ce in rows):
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

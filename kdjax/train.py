@@ -54,8 +54,12 @@ def build_objective(method: Method, student: Network, teacher: Network | None = 
 
 
 def init_params(objective: Objective, key: jax.Array) -> dict[str, Any]:
-    """`{"model": ..., ["adapter": ...]}` from `key`; the same key gives the same model params for every method."""
-    params = {"model": objective.student.init(key)}
+    """`{"model": ..., ["adapter": ...]}` from `key`; the same key gives the same model params for every method.
+
+    The network's initialiser is jitted (one compiled program per network, values as run eagerly):
+    eagerly, every parameter's random draw would be compiled on its own.
+    """
+    params = {"model": jax.jit(objective.student.init)(key)}
     if objective.adapter is not None:
         shape = objective.student.output_shapes([objective.method.adapted], batch=1)[objective.method.adapted]
         params["adapter"] = objective.adapter.init(key, jnp.zeros(shape, jnp.float32))["params"]

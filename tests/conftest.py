@@ -1,5 +1,8 @@
+import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -9,6 +12,19 @@ sys.path.insert(0, str(REFERENCE_DIR))
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    # Many tests compile the same programs at the same tiny shapes, in this process and in the experiment
+    # commands they start: one persistent compilation cache for the session serves them all.
+    cache = pathlib.Path(tempfile.mkdtemp(prefix="kdjax-test-xla-cache-"))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+    import jax
+
+    from kdjax.cpu import use_fast_cpu_kernels
+
+    use_fast_cpu_kernels()  # as the experiment commands do, before any test starts JAX's backends
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
 
 
 @pytest.fixture(scope="session")

@@ -55,7 +55,10 @@ def test_methods_sharing_a_seed_share_one_teacher_forward_and_train_as_they_woul
     for i, member in enumerate(members):
         alone = []
         run_members(tmp_path, [member], name=f"alone-{i}", cached=False, augment="crop-flip", programs_out=alone)
-        _same(_params(alone[0], 0), _params(together[0], i))
+        # Float rounding, not bitwise: XLA:CPU's YNNPACK dot fusion may group a mixed program's ops differently
+        # from a solo run's (under Eigen, KDJAX_XLA_CPU_DEFAULTS=0, they are bitwise equal).
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                     _params(alone[0], 0), _params(together[0], i))
 
 
 def _teacher_forwards(groups: tuple[int, ...]) -> int:
