@@ -96,8 +96,7 @@ class ExperimentConfig:
         if unknown:  # before the checks below, which look the methods up
             raise ConfigError(f"--methods: unknown method(s) {', '.join(unknown)}; "
                               f"choose from {', '.join(methods.METHODS)}")
-        if self.name not in EXPERIMENTS and self.name not in GROUPS:
-            raise ConfigError(f"unknown experiment {self.name!r}; choose from {', '.join([*EXPERIMENTS, *GROUPS])}")
+        check_experiment(self.name)
         checks = [
             (len(set(self.methods)) == len(self.methods), f"--methods has a repeated method: {','.join(self.methods)}"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
@@ -207,6 +206,12 @@ _HELP = {
 }
 
 
+def check_experiment(name: str) -> None:
+    """Raise ConfigError unless `name` is an experiment."""
+    if name not in EXPERIMENTS and name not in GROUPS:
+        raise ConfigError(f"unknown experiment {name!r}; choose from {', '.join([*EXPERIMENTS, *GROUPS])}")
+
+
 def _seeds(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(item) for item in text.split(",") if item.strip())
@@ -276,4 +281,4 @@ def from_args(name: str, args: argparse.Namespace) -> ExperimentConfig:
     return ExperimentConfig(name=name, **values)
 
 
-__all__ = ["EXPERIMENTS", "GROUPS", "ConfigError", "ExperimentConfig", "add_flags", "from_args"]
+__all__ = ["EXPERIMENTS", "GROUPS", "ConfigError", "ExperimentConfig", "add_flags", "check_experiment", "from_args"]

@@ -277,9 +277,8 @@ def first_nonfinite(first_bad: jax.Array, loss: jax.Array, step: jax.Array) -> j
 def init_states(objective: Objective, seeds: Sequence[int], learning_rate: float) -> TrainState:
     """Train states `[members, ...]`, member i initialised exactly as a one-member run with `seeds[i]`."""
     states = [create_train_state(objective, init_keys(seed)[0], learning_rate=learning_rate) for seed in seeds]
-    leaves, treedef = jax.tree.flatten(states[0])
-    stacked = [jnp.stack(member_leaves) for member_leaves in zip(leaves, *(jax.tree.leaves(s) for s in states[1:]))]
-    return jax.tree.unflatten(treedef, stacked)
+    per_leaf = zip(*(jax.tree.leaves(state) for state in states))  # each state holds its own (equal) optimiser
+    return jax.tree.unflatten(jax.tree.structure(states[0]), [jnp.stack(leaves) for leaves in per_leaf])
 
 
 def evaluate_members(objective: Objective, params: Any, split: Split, batch_size: int, unroll: bool,
@@ -306,6 +305,11 @@ def data_groups(members: Sequence[Member]) -> tuple[int, ...]:
     """Per member, the index of the first member with its seed: they see the same batches."""
     first = {}
     return tuple(first.setdefault(m.seed, i) for i, m in enumerate(members))
+
+
+def reads_teacher(members: Sequence[Member]) -> bool:
+    """Whether any member's method reads the teacher."""
+    return any(methods.get(m.method).needs_teacher for m in members)
 
 
 def program_name(members: Sequence[Member]) -> str:
@@ -347,7 +351,7 @@ def train_program(
     if mixed and (not unroll or any(o.adapter is not None for o in per_member)):
         raise ValueError(f"methods {program_name(members)} cannot share a program: that needs unrolled members "
                          "(--member-batching unroll) and methods without adapters")
-    count, batches = len(members), num_batches(n, batch_size)
+    count = len(members)
     keys = [init_keys(m.seed) for m in members]
     data_keys = jnp.stack([k[1] for k in keys])
     dropout_keys = jnp.stack([k[2] for k in keys])
@@ -545,8 +549,7 @@ def train_members(
         objective = objectives[group[0].method]
         size = settings.members_per_program or len(group)
         if len(group) > 1 and not settings.members_per_program:
-            needs_teacher = any(objectives[m.method].method.needs_teacher for m in group)
-            teacher_arg, cached = source() if needs_teacher else (None, False)
+            teacher_arg, cached = source() if reads_teacher(group) else (None, False)
             plan = plan_program_size(objective, group, train_split, settings, teacher, teacher_arg, cached)
             log(f"{desc} {program_name(group)}: {plan.describe()}")
             size = plan.fits

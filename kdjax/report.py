@@ -65,20 +65,27 @@ def summary_table(results: Sequence[MemberResult]) -> str:
     return "\n".join(lines)
 
 
+def pairs_with_ce(results: Sequence[MemberResult]) -> dict[tuple, list[tuple[MemberResult, MemberResult]]]:
+    """Per distillation configuration, its results paired with CE's on the same network and seed (if any)."""
+    baseline = {(r.network, r.member.seed): r for r in results if r.member.method == "ce"}
+    out = {}
+    for key, group in group_by_config(results).items():
+        pairs = [(r, baseline[(r.network, r.member.seed)]) for r in group
+                 if r.member.method != "ce" and (r.network, r.member.seed) in baseline]
+        if pairs:
+            out[key] = pairs
+    return out
+
+
 def paired_table(results: Sequence[MemberResult]) -> str | None:
     """Each distillation configuration minus CE on the same network, seed by seed; None without such pairs."""
-    baseline = {(r.network, r.member.seed): r.test_accuracy for r in results if r.member.method == "ce"}
     lines = ["| method | setting | paired seeds | accuracy − CE (points) | 95% CI | p (paired t) | verdict |",
              "|---|---|---:|---:|---|---:|---|"]
-    for (network, method, _), group in group_by_config(results).items():
-        pairs = [(r.test_accuracy, baseline[(network, r.member.seed)]) for r in group
-                 if method != "ce" and (network, r.member.seed) in baseline]
-        if not pairs:
-            continue
-        c = paired_comparison([a for a, _ in pairs], [b for _, b in pairs])
+    for (_, method, _), pairs in pairs_with_ce(results).items():
+        c = paired_comparison([a.test_accuracy for a, _ in pairs], [b.test_accuracy for _, b in pairs])
         many = c.n > 1
         verdict = {"better": "beats CE", "worse": "worse than CE"}.get(c.verdict, "no clear difference")
-        lines.append(f"| {title(method)} | {setting_text(group[0])} | {c.n} | {c.mean_difference:+.2f} | "
+        lines.append(f"| {title(method)} | {setting_text(pairs[0][0])} | {c.n} | {c.mean_difference:+.2f} | "
                      f"{_interval(c.ci_low, c.ci_high, signed=True) if many else 'n/a'} | "
                      f"{f'{c.p_value:.3f}' if many and c.p_value == c.p_value else 'n/a'} | "
                      f"{verdict if many else 'n/a (one seed)'} |")
@@ -87,12 +94,9 @@ def paired_table(results: Sequence[MemberResult]) -> str | None:
 
 def epoch_differences(results: Sequence[MemberResult]) -> dict[tuple, list]:
     """Per distillation configuration, its paired difference to CE at every epoch (`PairedComparison`s)."""
-    baseline = {(r.network, r.member.seed): r for r in results if r.member.method == "ce"}
     out = {}
-    for key, group in group_by_config(results).items():
-        pairs = [(r, baseline[(r.network, r.member.seed)]) for r in group
-                 if r.member.method != "ce" and (r.network, r.member.seed) in baseline]
-        epochs = min((min(len(a.history), len(b.history)) for a, b in pairs), default=0)
+    for key, pairs in pairs_with_ce(results).items():
+        epochs = min(min(len(a.history), len(b.history)) for a, b in pairs)
         if len(pairs) > 1 and epochs > 1:
             out[key] = [paired_comparison([a.history[e]["test_accuracy"] for a, _ in pairs],
                                           [b.history[e]["test_accuracy"] for _, b in pairs]) for e in range(epochs)]

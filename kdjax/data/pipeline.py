@@ -99,8 +99,8 @@ def augment_batch(batch: Batch, key: jax.Array, epoch: jax.Array, index: jax.Arr
         n, height, width, channels = images.shape
         padded = jnp.broadcast_to(black, (n, height + 2 * crop, width + 2 * crop, channels))
         padded = padded.at[:, crop:crop + height, crop:crop + width].set(images)
-        size = images.shape[1:]
-        images = jax.vmap(lambda image, at: jax.lax.dynamic_slice(image, (at[0], at[1], 0), size))(padded, offsets)
+        images = jax.vmap(lambda image, at: jax.lax.dynamic_slice(image, (at[0], at[1], 0), (height, width, channels)))(
+            padded, offsets)
     flip_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, _FLIP_STREAM), epoch), index)
     flip = jax.random.bernoulli(flip_key, 0.5, images.shape[:1])
     flipped = jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)

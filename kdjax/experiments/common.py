@@ -19,10 +19,10 @@ import numpy as np
 
 from kdjax import methods
 from kdjax.checkpoint import CheckpointMismatchError, RunCheckpoints, saved_identity
-from kdjax.config import EXPERIMENTS, GROUPS, ConfigError, ExperimentConfig, add_flags, from_args
+from kdjax.config import ConfigError, ExperimentConfig, add_flags, check_experiment, from_args
 from kdjax.data import Cifar10, DataNotFoundError, Split, load_cifar10
-from kdjax.loop import (Member, MemberResult, TrainingDivergedError, evaluate_members, program_name, train_members,
-                        unrolls)
+from kdjax.loop import (Member, MemberResult, TrainingDivergedError, evaluate_members, program_name, reads_teacher,
+                        train_members, unrolls)
 from kdjax.memory import ProgramMemoryError
 from kdjax.network import Network, tutorial_student, tutorial_teacher
 from kdjax.parallel import batch_mesh
@@ -193,8 +193,7 @@ def train_students(config: ExperimentConfig, data: Cifar10, checkpoints: Checkpo
         return cache, True
 
     def checkpoints_for(chunk: Sequence[Member]) -> RunCheckpoints:
-        needs_teacher = any(methods.get(m.method).needs_teacher for m in chunk)
-        return checkpoints.for_members(program_name(chunk), student, teacher_id if needs_teacher else None)(chunk)
+        return checkpoints.for_members(program_name(chunk), student, teacher_id if reads_teacher(chunk) else None)(chunk)
 
     programs = train_members(members, student, data.train, data.test, config.settings(), checkpoints_for,
                              teacher=teacher, teacher_source=teacher_source if teacher_params is not None else None,
@@ -235,8 +234,7 @@ def run(name: str, argv: list[str] | None = None) -> int:
     from kdjax.cpu import use_fast_cpu_kernels
 
     try:
-        if name not in EXPERIMENTS and name not in GROUPS:
-            raise ConfigError(f"unknown experiment {name!r}; choose from {', '.join([*EXPERIMENTS, *GROUPS])}")
+        check_experiment(name)
         config = parse_config(name, argv)
         if config.distributed:
             jax.distributed.initialize()  # coordinator, process count and id from the launcher's environment
