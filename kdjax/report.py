@@ -1,13 +1,15 @@
 """A run's outputs: config, per-member metrics, the Markdown summary with statistics, and plots.
 
 `write_run(run_dir, config, teacher, students)` writes `config.json`, `members.jsonl` (one
-line per member: its settings, final figures and per-epoch history), `summary.md` (per
+line per member: its role, settings, final figures and per-epoch history), `summary.md` (per
 configuration: mean, std and 95 % t-interval of the test accuracy, training wall time; each
 configuration minus CE over the same seeds, with the paired t-test), `accuracy.png` /
 `loss.png` (per epoch, mean over seeds with the range as a band, one line per
 configuration), with more than two configurations `ranking.png` (sorted by mean, CI bars,
 CE's interval as a band), and with paired seeds over several epochs `difference.png` and a
 table of the epochs at which each configuration is ahead of or behind CE beyond the interval.
+`read_run` loads a run folder back and `compare_runs` reports the students of several runs as
+one, paired by seed (e.g. a sweep with the CE baseline that another command trained).
 """
 
 from __future__ import annotations
@@ -18,10 +20,15 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from kdjax.loop import MemberResult
+from kdjax.loop import Member, MemberResult
 from kdjax.stats import paired_comparison, summarize
 
 TITLES = {"ce": "CE", "kd": "CE + KD", "cosine": "CE + cosine", "hint": "CE + hint"}
+PER_INVOCATION = {"machine", "seconds_this_invocation", "output_dir", "checkpoint_dir", "restart", "save_every_steps"}
+
+
+class RunFolderError(ValueError):
+    """A folder that does not hold a run kdjax wrote, or a comparison that cannot be made; the message says which."""
 
 
 def title(method: str) -> str:
@@ -159,8 +166,8 @@ def plot_differences(results: Sequence[MemberResult], path: pathlib.Path) -> Non
     plt.close(fig)
 
 
-def member_row(result: MemberResult) -> dict[str, Any]:
-    return {"label": result.member.label, "network": result.network, "method": result.member.method,
+def member_row(result: MemberResult, role: str) -> dict[str, Any]:
+    return {"role": role, "label": result.member.label, "network": result.network, "method": result.member.method,
             "seed": result.member.seed, "hyperparameters": dict(result.member.hyperparameters),
             "parameters": result.parameters, "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
             "train_seconds": result.train_seconds, "images_per_second": result.images_per_second,
@@ -228,9 +235,25 @@ def plot_ranking(results: Sequence[MemberResult], path: pathlib.Path) -> None:
     plt.close(fig)
 
 
+def sources_table(sources: Sequence[dict[str, Any]]) -> str:
+    """The runs a comparison draws on, with the settings in which they differ."""
+    settings = [source["config"] for source in sources]
+    differing = sorted(key for key in set().union(*settings) if key not in {"name", *PER_INVOCATION}
+                       and len({json.dumps(s.get(key), sort_keys=True) for s in settings}) > 1)
+    lines = ["| run | experiment | methods taken | settings that differ between the runs |", "|---|---|---|---|"]
+    for source in sources:
+        config = source["config"]
+        differences = ", ".join(f"{key} {json.dumps(config.get(key))}" for key in differing) or "—"
+        lines.append(f"| `{source['run']}` | {config.get('name', '?')} | {', '.join(source['methods'])} | "
+                     f"{differences} |")
+    return "\n".join(lines)
+
+
 def summary(config: dict[str, Any], teacher: Sequence[MemberResult], students: Sequence[MemberResult]) -> str:
     """The Markdown summary of a run."""
     sections = [f"# {config['name']}"]
+    if config.get("sources"):
+        sections += ["Students of several runs, paired by seed.", sources_table(config["sources"])]
     if teacher and students:
         accuracies = ", ".join(f"{r.test_accuracy:.2f}% (seed {r.member.seed})" for r in teacher)
         sections.append(f"Teacher: {teacher[0].network}, {accuracies} after {len(teacher[0].history)} epochs.")
@@ -252,9 +275,9 @@ def write_run(run_dir: pathlib.Path, config: dict[str, Any], teacher: Sequence[M
     """Write every output of a run into `run_dir`; returns the summary's Markdown."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    everything = [*teacher, *students]
     with open(run_dir / "members.jsonl", "w") as f:
-        f.writelines(json.dumps(member_row(r)) + "\n" for r in everything)
+        f.writelines(json.dumps(member_row(r, role)) + "\n"
+                     for role, group in (("teacher", teacher), ("student", students)) for r in group)
     shown = students or teacher
     plot_curves(shown, run_dir / "accuracy.png", "test_accuracy", "test accuracy (%)")
     plot_curves(shown, run_dir / "loss.png", "train_loss", "train loss")
@@ -265,3 +288,55 @@ def write_run(run_dir: pathlib.Path, config: dict[str, Any], teacher: Sequence[M
     text = summary(config, teacher, students)
     (run_dir / "summary.md").write_text(text)
     return text
+
+
+def read_run(run_dir: pathlib.Path) -> tuple[dict[str, Any], list[MemberResult], list[MemberResult]]:
+    """A run folder written by `write_run`: (config, teacher results, student results)."""
+    run_dir = pathlib.Path(run_dir)
+    if not (run_dir / "members.jsonl").is_file() or not (run_dir / "config.json").is_file():
+        raise RunFolderError(f"{run_dir} holds no config.json and members.jsonl: pass a run folder that a kdjax "
+                             "experiment wrote (experiments/runs/<name>-<hash>/)")
+    config = json.loads((run_dir / "config.json").read_text())
+    teacher: list[MemberResult] = []
+    students: list[MemberResult] = []
+    for line in (run_dir / "members.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "role" not in row:
+            raise RunFolderError(f"{run_dir}/members.jsonl was written by an earlier kdjax: rerun its command, which "
+                                 "restores the trained members and rewrites the folder")
+        member = Member(row["method"], row["seed"], tuple(sorted((k, float(v)) for k, v in
+                                                                 row["hyperparameters"].items())))
+        result = MemberResult(member, row["network"], row["parameters"], row["test_accuracy"], row["test_loss"],
+                              row["train_seconds"], row["images_per_second"], row["history"],
+                              row.get("validation_accuracy"))
+        (teacher if row["role"] == "teacher" else students).append(result)
+    return config, teacher, students
+
+
+def compare_runs(sources: Sequence[tuple[pathlib.Path, Sequence[str] | None]], output: pathlib.Path) -> str:
+    """Write one report of the students of several runs into `output`; returns its Markdown.
+
+    Each source is (run folder, the methods to take from it, or None for all). A member that
+    two sources hold, or a method a source lacks, is an error: which CE is the baseline
+    must be a choice, not an accident of order.
+    """
+    students: list[MemberResult] = []
+    taken: dict[tuple, pathlib.Path] = {}
+    described = []
+    for run_dir, wanted in sources:
+        config, _, results = read_run(run_dir)
+        present = list(dict.fromkeys(r.member.method for r in results))
+        missing = [name for name in (wanted or []) if name not in present]
+        if missing:
+            raise RunFolderError(f"{run_dir} has no {', '.join(missing)} students; it has {', '.join(present)}")
+        chosen = [r for r in results if wanted is None or r.member.method in wanted]
+        for result in chosen:
+            key = (result.network, result.member)
+            if key in taken:
+                raise RunFolderError(f"{result.member.label} is in both {taken[key]} and {run_dir}: take it from one "
+                                     "of them (RUN_DIR:method,...)")
+            taken[key] = run_dir
+        students += chosen
+        described.append({"run": str(run_dir), "methods": list(dict.fromkeys(r.member.method for r in chosen)),
+                          "config": config})
+    return write_run(pathlib.Path(output), {"name": "comparison", "sources": described}, [], students)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from scipy import stats
 
+from kdjax.experiments import compare
 from kdjax.loop import Member, MemberResult
-from kdjax.report import write_run
+from kdjax.report import RunFolderError, compare_runs, read_run, write_run
 
 ACCURACIES = {"ce": [60.0, 61.0, 59.5], "kd": [61.0, 62.5, 60.0], "at": [55.0, 54.0, 57.0]}
 
@@ -57,3 +59,52 @@ def test_epochs_ahead_of_ce_are_those_whose_paired_interval_excludes_zero(tmp_pa
     assert (f"| CE + KD | — | 3-4 | none | {diff.mean():+.2f} [{diff.mean() - half:+.2f}, {diff.mean() + half:+.2f}] |"
             in text)
     assert (tmp_path / "difference.png").stat().st_size > 0
+
+
+def _write(folder, name, results, teacher=(), **settings):
+    write_run(folder, {"name": name, "epochs": 10, **settings}, list(teacher), results)
+    return folder
+
+
+def test_a_run_folder_reads_back_as_written(tmp_path):
+    teacher = [_curve("ce", 42, [70.0, 72.5])]
+    students = [_curve("kd", s, [50.0 + s, 55.25]) for s in range(2)] + [_result("at", 3, 40.0, validation=39.5)]
+    config, read_teacher, read_students = read_run(_write(tmp_path / "run", "methods", students, teacher))
+    assert config["name"] == "methods" and read_teacher == teacher and read_students == students
+
+
+def test_comparison_pairs_students_of_separate_runs_by_seed(tmp_path):
+    ce = {0: 60.0, 1: 61.0, 2: 59.5}
+    kd = {0: 61.0, 1: 62.5, 2: 60.0}
+    baseline = _write(tmp_path / "baseline", "baseline", [_result("ce", s, a) for s, a in ce.items()], train_size=5000)
+    # The distillation run holds its own CE too; the comparison takes only its KD students.
+    distilled = _write(tmp_path / "kd", "kd", [_result(m, s, a + 5 * (m == "ce")) for m, values in
+                                               (("ce", ce), ("kd", kd)) for s, a in values.items()],
+                       labelled_size=5000)
+    text = compare_runs([(baseline, None), (distilled, ["kd"])], tmp_path / "out")
+    differences = np.subtract(list(kd.values()), list(ce.values()))
+    p = stats.ttest_rel(list(kd.values()), list(ce.values())).pvalue
+    assert f"| CE + KD | — | 3 | {differences.mean():+.2f} |" in text and f"| {p:.3f} |" in text
+    assert 'labelled_size 5000, train_size null |' in text and 'labelled_size null, train_size 5000 |' in text
+    assert "epochs" not in text.split("## Test accuracy")[0]  # equal in both runs, so not listed
+    assert read_run(tmp_path / "out")[2] == [_result("ce", s, a) for s, a in ce.items()] + \
+        [_result("kd", s, a) for s, a in kd.items()]
+
+
+def test_comparison_refuses_ambiguous_or_missing_members(tmp_path):
+    one = _write(tmp_path / "one", "baseline", [_result("ce", 0, 60.0)])
+    two = _write(tmp_path / "two", "kd", [_result("ce", 0, 61.0), _result("kd", 0, 62.0)])
+    with pytest.raises(RunFolderError, match=r"ce\[seed=0\] is in both .*one and .*two: take it from one"):
+        compare_runs([(one, None), (two, None)], tmp_path / "out")
+    with pytest.raises(RunFolderError, match=r"has no dkd students; it has ce, kd"):
+        compare_runs([(two, ["dkd"])], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_command_reports_a_non_run_folder_in_one_line(tmp_path, capsys):
+    assert compare.main([str(tmp_path), "--output-dir", str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"{tmp_path} holds no config.json and members.jsonl" in error
+    folder = _write(tmp_path / "run", "kd", [_result("ce", 0, 60.0), _result("kd", 0, 62.0)])
+    assert compare.main([f"{folder}:kd", f"{folder}:ce", "--output-dir", str(tmp_path / "out")]) == 0
+    assert "| CE + KD | — | 1 | +2.00 |" in capsys.readouterr().out
