@@ -3,7 +3,8 @@
 `write_run(run_dir, config, teacher, students)` writes `config.json`, `members.jsonl` (one
 line per member: its role, settings, final figures and per-epoch history), `summary.md` (per
 configuration: mean, std and 95 % t-interval of the test accuracy, training wall time; each
-configuration minus CE over the same seeds, with the paired t-test), `accuracy.png` /
+configuration minus CE over the same seeds, with the paired t-test and Holm's adjustment for
+the number of configurations compared), `accuracy.png` /
 `loss.png` (per epoch, mean over seeds with the range as a band, one line per
 configuration), with more than two configurations `ranking.png` (sorted by mean, CI bars,
 CE's interval as a band), and with paired seeds over several epochs `difference.png` and a
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kdjax.loop import Member, MemberResult
-from kdjax.stats import paired_comparison, summarize
+from kdjax.stats import holm_adjusted, paired_comparison, summarize
 
 TITLES = {"ce": "CE", "kd": "CE + KD", "cosine": "CE + cosine", "hint": "CE + hint"}
 PER_INVOCATION = {"machine", "seconds_this_invocation", "output_dir", "checkpoint_dir", "restart", "save_every_steps"}
@@ -86,17 +87,23 @@ def pairs_with_ce(results: Sequence[MemberResult]) -> dict[tuple, list[tuple[Mem
 
 def paired_table(results: Sequence[MemberResult]) -> str | None:
     """Each distillation configuration minus CE on the same network, seed by seed; None without such pairs."""
-    lines = ["| method | setting | paired seeds | accuracy − CE (points) | 95% CI | p (paired t) | verdict |",
-             "|---|---|---:|---:|---|---:|---|"]
-    for (_, method, _), pairs in pairs_with_ce(results).items():
-        c = paired_comparison([a.test_accuracy for a, _ in pairs], [b.test_accuracy for _, b in pairs])
+    compared = [((method, pairs[0][0]), paired_comparison([a.test_accuracy for a, _ in pairs],
+                                                          [b.test_accuracy for _, b in pairs]))
+                for (_, method, _), pairs in pairs_with_ce(results).items()]
+    if not compared:
+        return None
+    adjusted = holm_adjusted([c.p_value for _, c in compared])
+    tested = sum(p == p for p in adjusted)
+    lines = ["| method | setting | paired seeds | accuracy − CE (points) | 95% CI | p (paired t) | "
+             f"p, Holm over {tested} comparisons | verdict |", "|---|---|---:|---:|---|---:|---:|---|"]
+    for ((method, example), c), holm in zip(compared, adjusted):
         many = c.n > 1
         verdict = {"better": "beats CE", "worse": "worse than CE"}.get(c.verdict, "no clear difference")
-        lines.append(f"| {title(method)} | {setting_text(pairs[0][0])} | {c.n} | {c.mean_difference:+.2f} | "
+        lines.append(f"| {title(method)} | {setting_text(example)} | {c.n} | {c.mean_difference:+.2f} | "
                      f"{_interval(c.ci_low, c.ci_high, signed=True) if many else 'n/a'} | "
-                     f"{f'{c.p_value:.3f}' if many and c.p_value == c.p_value else 'n/a'} | "
-                     f"{verdict if many else 'n/a (one seed)'} |")
-    return "\n".join(lines) if len(lines) > 2 else None
+                     f"{f'{c.p_value:.3f}' if c.p_value == c.p_value else 'n/a'} | "
+                     f"{f'{holm:.3f}' if holm == holm else 'n/a'} | {verdict if many else 'n/a (one seed)'} |")
+    return "\n".join(lines)
 
 
 def epoch_differences(results: Sequence[MemberResult]) -> dict[tuple, list]:

@@ -33,6 +33,9 @@ def test_summary_states_means_intervals_and_paired_differences(tmp_path):
     differences = np.subtract(ACCURACIES["kd"], ACCURACIES["ce"])
     p = stats.ttest_rel(ACCURACIES["kd"], ACCURACIES["ce"]).pvalue
     assert f"| CE + KD | — | 3 | {differences.mean():+.2f} |" in text and f"| {p:.3f} |" in text
+    p_at = stats.ttest_rel(ACCURACIES["at"], ACCURACIES["ce"]).pvalue
+    holm_kd = min(1, max(2 * min(p, p_at), p if p > p_at else 0))  # Holm over the two comparisons
+    assert f"| {p:.3f} | {holm_kd:.3f} |" in text and "p, Holm over 2 comparisons" in text
     assert (tmp_path / "ranking.png").stat().st_size > 0
     rows = [json.loads(line) for line in (tmp_path / "members.jsonl").read_text().splitlines()]
     assert rows[0]["validation_accuracy"] == 59.0
