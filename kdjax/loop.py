@@ -467,14 +467,10 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
     return states, dropout_keys, trained
 
 
-def plan_program_size(objective: Objective, members: Sequence[Member], train_split: Split, settings: Settings,
-                      teacher: Network | None, teacher_arg: Any, cached: bool) -> memory.MemoryPlan:
-    """How many of `members` one program holds, from XLA's analysis of one- and two-member compiles.
-
-    `objective` is taken as every member's: for a program that mixes methods, the plan is
-    that of its first method.
-    """
-    mesh = batch_mesh(settings.devices or None)
+def member_bytes(objective: Objective, train_split: Split, settings: Settings, teacher: Network | None,
+                 teacher_arg: Any, cached: bool, mesh: Mesh) -> tuple[int, int]:
+    """(bytes per member, shared bytes) of `objective`'s program step, from XLA's analysis of one- and two-member
+    compiles (`memory.measure`)."""
     spec = ProgramSpec(objective, teacher, cached, settings.batch_size, len(train_split), settings.augment,
                        unrolls(settings, mesh), mesh, settings.labelled)
     step = jax.jit(functools.partial(program_step, spec=spec))
@@ -496,8 +492,21 @@ def plan_program_size(objective: Objective, members: Sequence[Member], train_spl
             return None
         return analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
 
-    per_member, shared = memory.measure(compiled_bytes, (images, labels, teacher_arg),
-                                        memory.nbytes(state_shapes(1)))
+    return memory.measure(compiled_bytes, (images, labels, teacher_arg), memory.nbytes(state_shapes(1)))
+
+
+def plan_program_size(objectives: Mapping[str, Objective], members: Sequence[Member], train_split: Split,
+                      settings: Settings, teacher: Network | None, teacher_arg: Any,
+                      cached: bool) -> memory.MemoryPlan:
+    """How many of `members` one program holds on this device.
+
+    A program that mixes methods is planned by the most demanding of them (the largest
+    per-member and shared bytes), each measured with its own teacher forward per member, so
+    the plan errs on the side of smaller programs.
+    """
+    mesh = batch_mesh(settings.devices or None)
+    measured = [member_bytes(objectives[name], train_split, settings, teacher, teacher_arg, cached, mesh)
+                for name in dict.fromkeys(member.method for member in members)]
     local = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
     capacity = memory.device_capacity_bytes(local)
     if jax.process_count() > 1:  # every process must cut the members into the same programs
@@ -505,7 +514,7 @@ def plan_program_size(objective: Objective, members: Sequence[Member], train_spl
 
         mib = multihost_utils.process_allgather(np.int32(capacity // 2**20))  # int32: JAX's default width
         capacity = int(np.min(mib)) * 2**20
-    return memory.plan_memory(per_member, shared, capacity)
+    return memory.plan_memory(max(p for p, _ in measured), max(s for _, s in measured), capacity)
 
 
 def programs(members: Sequence[Member], *, share_teacher_forward: bool = False) -> list[list[Member]]:
@@ -546,11 +555,10 @@ def train_members(
     share = teacher_in_step and unrolls(settings, batch_mesh(settings.devices or None))
     results = []
     for group in programs(members, share_teacher_forward=share):
-        objective = objectives[group[0].method]
         size = settings.members_per_program or len(group)
         if len(group) > 1 and not settings.members_per_program:
             teacher_arg, cached = source() if reads_teacher(group) else (None, False)
-            plan = plan_program_size(objective, group, train_split, settings, teacher, teacher_arg, cached)
+            plan = plan_program_size(objectives, group, train_split, settings, teacher, teacher_arg, cached)
             log(f"{desc} {program_name(group)}: {plan.describe()}")
             size = plan.fits
         for chunk in chunks(group, size):

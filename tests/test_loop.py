@@ -183,7 +183,8 @@ def test_members_split_into_programs_that_fit_and_get_the_same_results(tmp_path,
     run_members(tmp_path, members, name="whole", programs_out=whole, members_per_program=3)
     data = tiny_data()
     objective = build_objective(methods.get("ce"), tutorial_student())
-    plan = loop.plan_program_size(objective, members, data.train, loop.Settings(batch_size=32), None, None, False)
+    plan = loop.plan_program_size({"ce": objective}, members, data.train, loop.Settings(batch_size=32), None, None,
+                                  False)
     # Capacity for one member and a half: the three members run as three programs.
     monkeypatch.setattr(memory, "device_capacity_bytes",
                         lambda device=None: int((plan.shared_bytes + 1.5 * plan.per_member_bytes) / 0.8))
@@ -194,3 +195,18 @@ def test_members_split_into_programs_that_fit_and_get_the_same_results(tmp_path,
     monkeypatch.setattr(memory, "device_capacity_bytes", lambda device=None: 2**16)
     with pytest.raises(memory.ProgramMemoryError, match="one member needs about .* MiB"):
         run_members(tmp_path, members, name="none")
+
+
+def test_a_program_of_several_methods_is_planned_by_the_most_demanding(monkeypatch):
+    from kdjax import memory
+
+    measured = {"kd": (10 * 2**20, 50 * 2**20), "at": (30 * 2**20, 20 * 2**20)}  # (per member, shared)
+    monkeypatch.setattr(loop, "member_bytes", lambda objective, *args: measured[objective.method.name])
+    monkeypatch.setattr(memory, "device_capacity_bytes", lambda device=None: int(200 * 2**20 / 0.8))
+    teacher, student = tutorial_teacher(), tutorial_student()
+    objectives = {name: build_objective(methods.get(name), student, teacher) for name in measured}
+    members = [Member.of("kd", 0), Member.of("at", 0), Member.of("kd", 1)]
+    args = (tiny_data().train, loop.Settings(batch_size=32), teacher, None, False)
+    mixed = loop.plan_program_size(objectives, members, *args)
+    assert (mixed.per_member_bytes, mixed.shared_bytes, mixed.fits) == (30 * 2**20, 50 * 2**20, 5)  # (200-50)//30
+    assert loop.plan_program_size(objectives, members[::2], *args).fits == 15  # kd alone: (200-50)//10
