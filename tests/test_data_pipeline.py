@@ -6,10 +6,8 @@ import functools
 
 import jax
 import numpy as np
-import pytest
 
 from kdjax.data import MEAN, STD, ResidentLoader, Split, augment_batch, epoch_order, normalize
-from kdjax.data import pipeline
 
 
 def _split(n: int, seed: int = 0) -> Split:
