@@ -303,20 +303,26 @@ def read_run(run_dir: pathlib.Path) -> tuple[dict[str, Any], list[MemberResult],
     if not (run_dir / "members.jsonl").is_file() or not (run_dir / "config.json").is_file():
         raise RunFolderError(f"{run_dir} holds no config.json and members.jsonl: pass a run folder that a kdjax "
                              "experiment wrote (experiments/runs/<name>-<hash>/)")
-    config = json.loads((run_dir / "config.json").read_text())
     teacher: list[MemberResult] = []
     students: list[MemberResult] = []
-    for line in (run_dir / "members.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if "role" not in row:
-            raise RunFolderError(f"{run_dir}/members.jsonl was written by an earlier kdjax: rerun its command, which "
-                                 "restores the trained members and rewrites the folder")
-        member = Member(row["method"], row["seed"], tuple(sorted((k, float(v)) for k, v in
-                                                                 row["hyperparameters"].items())))
-        result = MemberResult(member, row["network"], row["parameters"], row["test_accuracy"], row["test_loss"],
-                              row["train_seconds"], row["images_per_second"], row["history"],
-                              row.get("validation_accuracy"))
-        (teacher if row["role"] == "teacher" else students).append(result)
+    number = 0  # the members.jsonl line being read; 0 while reading config.json
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+        for number, line in enumerate((run_dir / "members.jsonl").read_text().splitlines(), start=1):
+            row = json.loads(line)
+            if "role" not in row:
+                raise RunFolderError(f"{run_dir}/members.jsonl was written by an earlier kdjax: rerun its command, "
+                                     "which restores the trained members and rewrites the folder")
+            member = Member(row["method"], row["seed"], tuple(sorted((k, float(v)) for k, v in
+                                                                     row["hyperparameters"].items())))
+            result = MemberResult(member, row["network"], row["parameters"], row["test_accuracy"], row["test_loss"],
+                                  row["train_seconds"], row["images_per_second"], row["history"],
+                                  row.get("validation_accuracy"))
+            (teacher if row["role"] == "teacher" else students).append(result)
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        where = f"members.jsonl line {number}" if number else "config.json"
+        raise RunFolderError(f"{run_dir}: {where} is not what kdjax writes ({type(error).__name__}: {error}); "
+                             "rerun the command that made the folder to rewrite it") from error
     return config, teacher, students
 
 

@@ -102,6 +102,9 @@ def test_comparison_refuses_ambiguous_or_missing_members(tmp_path):
     with pytest.raises(RunFolderError, match=r"has no dkd students; it has ce, kd"):
         compare_runs([(two, ["dkd"])], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    (two / "members.jsonl").write_text((two / "members.jsonl").read_text() + '{"role": "student"}\n')
+    with pytest.raises(RunFolderError, match=r"two: members.jsonl line 3 is not what kdjax writes \(KeyError"):
+        read_run(two)
 
 
 def test_compare_command_reports_a_non_run_folder_in_one_line(tmp_path, capsys):
