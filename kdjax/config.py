@@ -16,6 +16,9 @@ from kdjax.loop import AUGMENTATIONS, MEMBER_BATCHING, Settings
 TUTORIAL_STUDENTS = ("ce", "kd", "cosine", "hint")
 # Experiments that train several methods' students from one teacher: name -> the methods, CE first.
 GROUPS = {"all": TUTORIAL_STUDENTS, "methods": ("ce", *(name for name in methods.METHODS if name != "ce"))}
+# Flags that decide where a run writes or how its members are laid out, not its results.
+LAYOUT_SETTINGS = frozenset({"checkpoint_dir", "output_dir", "restart", "distributed", "devices",
+                             "members_per_program", "member_batching", "cache", "save_every_steps"})
 # Experiment name -> method trained; `teacher` trains DeepNN, the others LightNN.
 EXPERIMENTS = {"teacher": "ce", "baseline": "ce", **{name: name for name in methods.METHODS if name != "ce"}}
 
@@ -281,4 +284,5 @@ def from_args(name: str, args: argparse.Namespace) -> ExperimentConfig:
     return ExperimentConfig(name=name, **values)
 
 
-__all__ = ["EXPERIMENTS", "GROUPS", "ConfigError", "ExperimentConfig", "add_flags", "check_experiment", "from_args"]
+__all__ = ["EXPERIMENTS", "GROUPS", "LAYOUT_SETTINGS", "ConfigError", "ExperimentConfig", "add_flags",
+           "check_experiment", "from_args"]

@@ -16,16 +16,17 @@ one, paired by seed (e.g. a sweep with the CE baseline that another command trai
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from kdjax.config import LAYOUT_SETTINGS
 from kdjax.loop import Member, MemberResult
 from kdjax.stats import holm_adjusted, paired_comparison, summarize
 
 TITLES = {"ce": "CE", "kd": "CE + KD", "cosine": "CE + cosine", "hint": "CE + hint"}
-PER_INVOCATION = {"machine", "seconds_this_invocation", "output_dir", "checkpoint_dir", "restart", "save_every_steps"}
 
 
 class RunFolderError(ValueError):
@@ -73,6 +74,10 @@ def summary_table(results: Sequence[MemberResult]) -> str:
     return "\n".join(lines)
 
 
+def _p_text(p: float) -> str:
+    return "n/a" if math.isnan(p) else f"{p:.3f}"
+
+
 def pairs_with_ce(results: Sequence[MemberResult]) -> dict[tuple, list[tuple[MemberResult, MemberResult]]]:
     """Per distillation configuration, its results paired with CE's on the same network and seed (if any)."""
     baseline = {(r.network, r.member.seed): r for r in results if r.member.method == "ce"}
@@ -93,16 +98,15 @@ def paired_table(results: Sequence[MemberResult]) -> str | None:
     if not compared:
         return None
     adjusted = holm_adjusted([c.p_value for _, c in compared])
-    tested = sum(p == p for p in adjusted)
-    lines = ["| method | setting | paired seeds | accuracy − CE (points) | 95% CI | p (paired t) | "
-             f"p, Holm over {tested} comparisons | verdict |", "|---|---|---:|---:|---|---:|---:|---|"]
+    tested = sum(not math.isnan(p) for p in adjusted)
+    lines = [(f"| method | setting | paired seeds | accuracy − CE (points) | 95% CI | p (paired t) | "
+              f"p, Holm over {tested} comparisons | verdict |"), "|---|---|---:|---:|---|---:|---:|---|"]
     for ((method, example), c), holm in zip(compared, adjusted):
         many = c.n > 1
         verdict = {"better": "beats CE", "worse": "worse than CE"}.get(c.verdict, "no clear difference")
         lines.append(f"| {title(method)} | {setting_text(example)} | {c.n} | {c.mean_difference:+.2f} | "
                      f"{_interval(c.ci_low, c.ci_high, signed=True) if many else 'n/a'} | "
-                     f"{f'{c.p_value:.3f}' if c.p_value == c.p_value else 'n/a'} | "
-                     f"{f'{holm:.3f}' if holm == holm else 'n/a'} | {verdict if many else 'n/a (one seed)'} |")
+                     f"{_p_text(c.p_value)} | {_p_text(holm)} | {verdict if many else 'n/a (one seed)'} |")
     return "\n".join(lines)
 
 
@@ -245,7 +249,8 @@ def plot_ranking(results: Sequence[MemberResult], path: pathlib.Path) -> None:
 def sources_table(sources: Sequence[dict[str, Any]]) -> str:
     """The runs a comparison draws on, with the settings in which they differ."""
     settings = [source["config"] for source in sources]
-    differing = sorted(key for key in set().union(*settings) if key not in {"name", *PER_INVOCATION}
+    skip = {"name", "seconds_this_invocation", *LAYOUT_SETTINGS}
+    differing = sorted(key for key in set().union(*settings) if key not in skip
                        and len({json.dumps(s.get(key), sort_keys=True) for s in settings}) > 1)
     lines = ["| run | experiment | methods taken | settings that differ between the runs |", "|---|---|---|---|"]
     for source in sources:

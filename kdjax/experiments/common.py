@@ -19,7 +19,7 @@ import numpy as np
 
 from kdjax import methods
 from kdjax.checkpoint import CheckpointMismatchError, RunCheckpoints, saved_identity
-from kdjax.config import ConfigError, ExperimentConfig, add_flags, check_experiment, from_args
+from kdjax.config import LAYOUT_SETTINGS, ConfigError, ExperimentConfig, add_flags, check_experiment, from_args
 from kdjax.data import Cifar10, DataNotFoundError, Split, load_cifar10
 from kdjax.loop import (Member, MemberResult, TrainingDivergedError, evaluate_members, program_name, reads_teacher,
                         train_members, unrolls)
@@ -283,6 +283,4 @@ def run(name: str, argv: list[str] | None = None) -> int:
 
 def run_identity(config: ExperimentConfig) -> dict[str, Any]:
     """The settings that decide a run's results (not where it writes, nor how it is laid out)."""
-    skip = {"checkpoint_dir", "output_dir", "restart", "distributed", "devices", "members_per_program",
-            "member_batching", "cache", "save_every_steps"}
-    return {key: value for key, value in dataclasses.asdict(config).items() if key not in skip}
+    return {key: value for key, value in dataclasses.asdict(config).items() if key not in LAYOUT_SETTINGS}
