@@ -492,13 +492,36 @@ def rkd_distance_loss(student: ArrayLike, teacher: ArrayLike, *, where: ArrayLik
     return jnp.sum(jnp.where(pairs, loss, 0.0)) / jnp.maximum(jnp.sum(pairs), 1)
 
 
+def _difference_cosines(x: jax.Array) -> jax.Array:
+    """`[i, j, k]`: normalize(x_j - x_i) · normalize(x_k - x_i) for rows x `[batch, features]`.
+
+    Everything comes from the Gram matrix of the centred rows (centring leaves the
+    differences unchanged and keeps the cancellation small): |x_j - x_i|² = G_ii + G_jj - 2 G_ij
+    and (x_j - x_i)·(x_k - x_i) = G_jk - G_ij - G_ik + G_ii.
+    """
+    x = x - jnp.mean(x, axis=0)
+    gram = x @ x.T
+    squared_norms = jnp.diagonal(gram)
+    same = jax.lax.stop_gradient(jnp.all(x[:, None, :] == x[None, :, :], axis=-1))  # zero difference vectors
+    squared = squared_norms[:, None] + squared_norms[None, :] - 2 * gram
+    scale = jnp.sqrt(jnp.maximum(squared, TORCH_NORMALIZE_EPSILON**2))  # max(|x_j - x_i|, eps), as F.normalize
+    dots = gram[None, :, :] - gram[:, :, None] - gram[:, None, :] + squared_norms[:, None, None]
+    zero = same[:, :, None] | same[:, None, :]
+    cosines = dots / jnp.where(zero, 1.0, scale[:, :, None] * scale[:, None, :])  # no inf/NaN under `where`
+    return jnp.where(zero, 0.0, jnp.clip(cosines, -1.0, 1.0))
+
+
 def rkd_angle_loss(student: ArrayLike, teacher: ArrayLike, *, where: ArrayLike | None = None) -> jax.Array:
     """RKD angle (Park et al., CVPR 2019), as lenscloth/RKD and mdistiller compute it.
 
     For every triple (i, j, k), the cosine of the angle between the normalised difference
     vectors e_j - e_i and e_k - e_i; smooth-L1 between student and teacher averaged over
-    all B³ triples. A zero difference vector (duplicate rows, or i = j) normalises to 0 with
-    finite gradients, as `F.normalize` gives it.
+    all B³ triples. A zero difference vector (duplicate rows, or i = j) normalises to 0, as
+    `F.normalize` gives it, and passes no gradient (the reference's is scaled by 1/eps = 1e12).
+
+    The reference forms the `[B, B, features]` differences and a `B³·features` product; here
+    the lengths and dot products come from the rows' Gram matrix, `B²·features + B³` work,
+    and agree with the reference to float32 rounding.
 
     Args:
       student, teacher: `[batch, ...]` (flattened per row).
@@ -506,12 +529,7 @@ def rkd_angle_loss(student: ArrayLike, teacher: ArrayLike, *, where: ArrayLike |
     """
     student, teacher, keep = _relational_pair("rkd_angle_loss", student, teacher, where)
     triples = keep[:, None, None] & keep[None, :, None] & keep[None, None, :]
-
-    def angles(x):
-        differences = _normalize(x[None, :, :] - x[:, None, :])  # [i, j, features]: e_j - e_i
-        return jnp.einsum("ijf,ikf->ijk", differences, differences)
-
-    loss = _smooth_l1(angles(student), angles(teacher))
+    loss = _smooth_l1(_difference_cosines(student), _difference_cosines(teacher))
     return jnp.sum(jnp.where(triples, loss, 0.0)) / jnp.maximum(jnp.sum(triples), 1)
 
 

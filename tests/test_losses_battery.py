@@ -173,6 +173,34 @@ def test_rkd_angle_with_duplicate_rows_and_batch_of_two():
     assert abs(float(pair[0])) < 1e-12 and np.all(np.isfinite(pair[1]))  # two points: every angle is 0 or 1 for both
 
 
+def test_rkd_angle_agrees_with_the_explicit_differences_on_offset_relu_features():
+    """The Gram-matrix form against the reference's `[B, B, features]` form, where cancellation would show."""
+    def explicit(student, teacher):
+        def angles(x):
+            d = x[None] - x[:, None]
+            squared = jnp.sum(d * d, -1, keepdims=True)
+            norm = jnp.where(squared > 0, jnp.sqrt(jnp.where(squared > 0, squared, 1.0)), 0.0)
+            d = d / jnp.maximum(norm, 1e-12)
+            return jnp.einsum("ijf,ikf->ijk", d, d)
+        diff = jnp.abs(angles(student) - angles(teacher))
+        return jnp.mean(jnp.where(diff < 1.0, 0.5 * diff**2, diff - 0.5))
+
+    s = np.maximum(_x(1, (32, 256)), 0) + 20.0  # large common offset: |x|² far above the distances
+    t = np.maximum(_x(2, (32, 512)), 0) + 20.0
+    value, grad = jax.value_and_grad(losses.rkd_angle_loss)(jnp.asarray(s), jnp.asarray(t))
+    with jax.enable_x64(True):
+        expected, expected_grad = jax.value_and_grad(explicit)(jnp.asarray(s, jnp.float64), jnp.asarray(t, jnp.float64))
+    np.testing.assert_allclose(value, expected, rtol=1e-4)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-3, atol=1e-3 * np.abs(expected_grad).max())
+
+    s[5] = s[9]  # F.normalize's clamp gives the reference a 1e12-scaled gradient here; kdjax gives none
+    value, grad = jax.value_and_grad(losses.rkd_angle_loss)(jnp.asarray(s), jnp.asarray(t))
+    with jax.enable_x64(True):
+        expected = explicit(jnp.asarray(s, jnp.float64), jnp.asarray(t, jnp.float64))
+    np.testing.assert_allclose(value, expected, rtol=1e-4)
+    assert np.abs(grad).max() < 10 * np.abs(expected_grad).max()
+
+
 @pytest.mark.parametrize("name", ["pkt_loss", "similarity_preserving_loss", "attention_transfer_loss",
                                   "rkd_distance_loss", "cosine_loss"])
 def test_all_zero_rows_give_finite_values_and_gradients(name):
