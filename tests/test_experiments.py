@@ -72,6 +72,7 @@ def test_augmentation_turns_the_teacher_cache_off(tmp_path, full_size_copy, caps
 
 def test_checkpoints_of_an_earlier_layout_get_a_clear_message(tmp_path, full_size_copy, capsys):
     (tmp_path / "ck" / "teacher" / "3910").mkdir(parents=True)
+    (tmp_path / "ck" / "teacher" / "9287152830145495").mkdir()  # a run's fingerprint that happens to be all digits
     assert run("kd", _flags(tmp_path, full_size_copy)) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "earlier kdjax version (steps 3910)" in err[0] and "mv " in err[0]

@@ -42,6 +42,9 @@ def log(message: str) -> None:
         print(message, flush=True)
 
 
+FINGERPRINT_CHARS = 16
+
+
 def fingerprint(value: Any) -> str:
     """A short stable hash of JSON-able settings, or of an array tree's bytes."""
     digest = hashlib.sha256()
@@ -50,7 +53,7 @@ def fingerprint(value: Any) -> str:
     else:
         for leaf in jax.tree.leaves(value):
             digest.update(np.asarray(leaf).tobytes())
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()[:FINGERPRINT_CHARS]
 
 
 def load_data(config: ExperimentConfig) -> Cifar10:
@@ -126,7 +129,8 @@ class Checkpoints:
 
     def _folder(self, kind: str) -> pathlib.Path:
         folder = self.root / kind
-        old = sorted(p.name for p in folder.glob("[0-9]*") if p.is_dir() and p.name.isdigit()) if folder.exists() else []
+        old = sorted(p.name for p in folder.glob("[0-9]*")  # step folders; a fingerprint may be all digits too
+                     if p.is_dir() and p.name.isdigit() and len(p.name) != FINGERPRINT_CHARS) if folder.exists() else []
         if old:
             raise CheckpointMismatchError(
                 f"{folder} holds checkpoints of an earlier kdjax version (steps {', '.join(old)}), which this version "
