@@ -99,8 +99,9 @@ def paired_table(results: Sequence[MemberResult]) -> str | None:
         return None
     adjusted = holm_adjusted([c.p_value for _, c in compared])
     tested = sum(not math.isnan(p) for p in adjusted)
-    lines = [(f"| method | setting | paired seeds | accuracy − CE (points) | 95% CI | p (paired t) | "
-              f"p, Holm over {tested} comparisons | verdict |"), "|---|---|---:|---:|---|---:|---:|---|"]
+    holm = f"p, Holm over {tested} comparisons" if tested else "p, Holm"
+    lines = [(f"| method | setting | paired seeds | accuracy − CE (points) | 95% CI | p (paired t) | {holm} | verdict |"),
+             "|---|---|---:|---:|---|---:|---:|---|"]
     for ((method, example), c), holm in zip(compared, adjusted):
         many = c.n > 1
         verdict = {"better": "beats CE", "worse": "worse than CE"}.get(c.verdict, "no clear difference")

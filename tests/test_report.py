@@ -10,7 +10,7 @@ from scipy import stats
 
 from kdjax.experiments import compare
 from kdjax.loop import Member, MemberResult
-from kdjax.report import RunFolderError, compare_runs, read_run, write_run
+from kdjax.report import RunFolderError, compare_runs, paired_table, read_run, write_run
 
 ACCURACIES = {"ce": [60.0, 61.0, 59.5], "kd": [61.0, 62.5, 60.0], "at": [55.0, 54.0, 57.0]}
 
@@ -39,6 +39,11 @@ def test_summary_states_means_intervals_and_paired_differences(tmp_path):
     assert (tmp_path / "ranking.png").stat().st_size > 0
     rows = [json.loads(line) for line in (tmp_path / "members.jsonl").read_text().splitlines()]
     assert rows[0]["validation_accuracy"] == 59.0
+
+
+def test_one_seed_has_no_p_values_and_says_so():
+    text = paired_table([_result("ce", 42, 60.0), _result("kd", 42, 61.0)])
+    assert "| p, Holm | verdict |" in text and "| +1.00 | n/a | n/a | n/a | n/a (one seed) |" in text
 
 
 def test_two_configurations_get_no_ranking_plot(tmp_path):
