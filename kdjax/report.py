@@ -250,7 +250,7 @@ def plot_ranking(results: Sequence[MemberResult], path: pathlib.Path) -> None:
 def sources_table(sources: Sequence[dict[str, Any]]) -> str:
     """The runs a comparison draws on, with the settings in which they differ."""
     settings = [source["config"] for source in sources]
-    skip = {"name", "seconds_this_invocation", *LAYOUT_SETTINGS}
+    skip = {"name", "machine", "seconds_this_invocation", *LAYOUT_SETTINGS}  # per invocation, not per result
     differing = sorted(key for key in set().union(*settings) if key not in skip
                        and len({json.dumps(s.get(key), sort_keys=True) for s in settings}) > 1)
     lines = ["| run | experiment | methods taken | settings that differ between the runs |", "|---|---|---|---|"]

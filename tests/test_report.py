@@ -84,17 +84,19 @@ def test_a_run_folder_reads_back_as_written(tmp_path):
 def test_comparison_pairs_students_of_separate_runs_by_seed(tmp_path):
     ce = {0: 60.0, 1: 61.0, 2: 59.5}
     kd = {0: 61.0, 1: 62.5, 2: 60.0}
-    baseline = _write(tmp_path / "baseline", "baseline", [_result("ce", s, a) for s, a in ce.items()], train_size=5000)
+    baseline = _write(tmp_path / "baseline", "baseline", [_result("ce", s, a) for s, a in ce.items()], train_size=5000,
+                      machine="host-a")
     # The distillation run holds its own CE too; the comparison takes only its KD students.
     distilled = _write(tmp_path / "kd", "kd", [_result(m, s, a + 5 * (m == "ce")) for m, values in
                                                (("ce", ce), ("kd", kd)) for s, a in values.items()],
-                       labelled_size=5000)
+                       labelled_size=5000, machine="host-b")
     text = compare_runs([(baseline, None), (distilled, ["kd"])], tmp_path / "out")
     differences = np.subtract(list(kd.values()), list(ce.values()))
     p = stats.ttest_rel(list(kd.values()), list(ce.values())).pvalue
     assert f"| CE + KD | — | 3 | {differences.mean():+.2f} |" in text and f"| {p:.3f} |" in text
     assert 'labelled_size 5000, train_size null |' in text and 'labelled_size null, train_size 5000 |' in text
     assert "epochs" not in text.split("## Test accuracy")[0]  # equal in both runs, so not listed
+    assert "machine" not in text.split("## Test accuracy")[0]  # where a run ran is not a setting
     assert read_run(tmp_path / "out")[2] == [_result("ce", s, a) for s, a in ce.items()] + \
         [_result("kd", s, a) for s, a in kd.items()]
 
