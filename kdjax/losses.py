@@ -462,10 +462,14 @@ def _smooth_l1(a: jax.Array, b: jax.Array) -> jax.Array:
 RKD_EPSILON = 1e-12  # lenscloth/RKD's pdist clamps squared distances to at least this
 
 
+def _squared_distances(squared_norms: jax.Array, gram: jax.Array) -> jax.Array:
+    """`[i, j]`: |xi|² + |xj|² - 2 xi.xj, from the rows' squared norms `[B]` and Gram matrix `[B, B]`."""
+    return squared_norms[:, None] + squared_norms[None, :] - 2 * gram
+
+
 def _pairwise_distances(x: jax.Array) -> jax.Array:
     """lenscloth/RKD's `pdist`: sqrt(max(|xi|² + |xj|² - 2 xi.xj, 1e-12)), 0 on the diagonal."""
-    squared_norms = jnp.sum(x * x, axis=-1)
-    squared = jnp.maximum(squared_norms[:, None] + squared_norms[None, :] - 2 * x @ x.T, RKD_EPSILON)
+    squared = jnp.maximum(_squared_distances(jnp.sum(x * x, axis=-1), x @ x.T), RKD_EPSILON)
     return jnp.where(jnp.eye(x.shape[0], dtype=bool), 0.0, jnp.sqrt(squared))
 
 
@@ -503,7 +507,7 @@ def _difference_cosines(x: jax.Array) -> jax.Array:
     gram = x @ x.T
     squared_norms = jnp.diagonal(gram)
     same = jax.lax.stop_gradient(jnp.all(x[:, None, :] == x[None, :, :], axis=-1))  # zero difference vectors
-    squared = squared_norms[:, None] + squared_norms[None, :] - 2 * gram
+    squared = _squared_distances(squared_norms, gram)
     scale = jnp.sqrt(jnp.maximum(squared, TORCH_NORMALIZE_EPSILON**2))  # max(|x_j - x_i|, eps), as F.normalize
     dots = gram[None, :, :] - gram[:, :, None] - gram[:, None, :] + squared_norms[:, None, None]
     zero = same[:, :, None] | same[:, None, :]
