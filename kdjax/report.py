@@ -26,7 +26,9 @@ from kdjax.config import LAYOUT_SETTINGS
 from kdjax.loop import Member, MemberResult
 from kdjax.stats import holm_adjusted, paired_comparison, summarize
 
-TITLES = {"ce": "CE", "kd": "CE + KD", "cosine": "CE + cosine", "hint": "CE + hint"}
+TITLES = {"ce": "CE", "kd": "CE + KD", "cosine": "CE + cosine", "hint": "CE + hint", "dkd": "CE + DKD",
+          "lskd": "CE + LS-KD", "dist": "CE + DIST", "at": "CE + AT", "rkd": "CE + RKD", "pkt": "CE + PKT",
+          "sp": "CE + SP"}
 
 
 class RunFolderError(ValueError):
