@@ -16,6 +16,7 @@ import pytest
 
 from kdjax import methods
 from kdjax.experiments.common import run
+from kdjax.report import title
 
 
 def _cli(name: str, *flags: str) -> list[str]:
@@ -163,7 +164,7 @@ def test_each_library_method_runs_from_its_command(name, shared_dirs, full_size_
     (run_dir,) = (shared_dirs / "runs").glob(f"{name}-*")
     rows = [json.loads(line) for line in (run_dir / "members.jsonl").read_text().splitlines()]
     assert [(r["method"], r["seed"]) for r in rows[1:]] == [(name, 0), (name, 1)]
-    assert f"| LightNN | CE + {name} |" in (run_dir / "summary.md").read_text()
+    assert f"| LightNN | {title(name)} |" in (run_dir / "summary.md").read_text()
     assert f"{name}: outputs in {run_dir}" in out
 
 

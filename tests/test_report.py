@@ -10,7 +10,8 @@ from scipy import stats
 
 from kdjax.experiments import compare
 from kdjax.loop import Member, MemberResult
-from kdjax.report import RunFolderError, compare_runs, paired_table, read_run, write_run
+from kdjax import methods
+from kdjax.report import TITLES, RunFolderError, compare_runs, paired_table, read_run, write_run
 
 ACCURACIES = {"ce": [60.0, 61.0, 59.5], "kd": [61.0, 62.5, 60.0], "at": [55.0, 54.0, 57.0]}
 
@@ -121,3 +122,9 @@ def test_compare_command_reports_a_non_run_folder_in_one_line(tmp_path, capsys):
     folder = _write(tmp_path / "run", "kd", [_result("ce", 0, 60.0), _result("kd", 0, 62.0)])
     assert compare.main([f"{folder}:kd", f"{folder}:ce", "--output-dir", str(tmp_path / "out")]) == 0
     assert "| CE + KD | — | 1 | +2.00 |" in capsys.readouterr().out
+
+
+def test_every_registered_method_has_a_title():
+    """Reports name methods as their papers do; a newly registered method needs its title too."""
+    assert set(TITLES) == set(methods.METHODS)
+    assert all(TITLES[name] == "CE" or TITLES[name].startswith("CE + ") for name in methods.METHODS)
