@@ -58,6 +58,7 @@ class Method:
       adapted: the role the adapter applies to.
       uses_labels: whether `loss` reads the labels (DKD's target class), which rules out
         training on partly labelled data.
+      title: the name reports give the student ("CE + DIST"); "CE + <name>" when left empty.
     """
 
     name: str
@@ -68,8 +69,11 @@ class Method:
     adapter: AdapterFactory | None = None
     adapted: str | None = None
     uses_labels: bool = False  # the auxiliary term reads `Context.labels` (so every row needs its label)
+    title: str = ""
 
     def __post_init__(self) -> None:
+        if not self.title:
+            object.__setattr__(self, "title", f"CE + {self.name}")
         if self.loss is not None:
             object.__setattr__(self, "hyperparameters", {**DISTILLATION_WEIGHTS, **self.hyperparameters})
         if (self.adapter is None) != (self.adapted is None):
@@ -161,9 +165,9 @@ class HintAdapter(nn.Module):
         return Regressor(features=self.features, name="regressor")(feature_map)
 
 
-CE = register(Method("ce", "cross-entropy on the labels only"))
+CE = register(Method("ce", "cross-entropy on the labels only", title="CE"))
 KD = register(Method("kd", "Hinton et al. 2015: KL divergence of temperature-softened logits, x T^2",
-                     reads=("logits",), loss=_kd, hyperparameters={"temperature": 2.0}))
+                     reads=("logits",), loss=_kd, hyperparameters={"temperature": 2.0}, title="CE + KD"))
 COSINE = register(Method("cosine", "cosine embedding of the flattened last feature maps (teacher's "
                          "average-pooled in pairs to the student's width)", reads=("feature_map",), loss=_cosine))
 HINT = register(Method("hint", "FitNets (Romero et al. 2015): MSE between the teacher's last feature map and a "
@@ -213,29 +217,33 @@ def _sp(student: Outputs, teacher: Outputs, hp: Hyperparameters, context: Contex
 
 DKD = register(Method(
     "dkd", "Decoupled KD (Zhao et al. 2022): target-class and non-target-class KL, linearly warmed up",
-    reads=("logits",), loss=_dkd, uses_labels=True,
+    reads=("logits",), loss=_dkd, uses_labels=True, title="CE + DKD",
     # warmup_steps: mdistiller warms up over 1/12 of training (20 of 240 epochs); 1/12 of the tutorial's
     # 10 epochs rounds to one epoch, 391 steps of CIFAR-10 at batch 128.
     hyperparameters={"ce_weight": 1.0, "aux_weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0,
                      "warmup_steps": 391.0}))
 LSKD = register(Method(
     "lskd", "KD on standardised logits (Sun et al. 2024), the authors' CIFAR-100 weight 9 and T = 2",
-    reads=("logits",), loss=_lskd, hyperparameters={"ce_weight": 1.0, "aux_weight": 9.0, "temperature": 2.0}))
+    reads=("logits",), loss=_lskd, title="CE + LS-KD",
+    hyperparameters={"ce_weight": 1.0, "aux_weight": 9.0, "temperature": 2.0}))
 DIST = register(Method(
     "dist", "DIST (Huang et al. 2022): inter- and intra-class Pearson correlation of the softmaxes "
     "(the official CIFAR setting beta = gamma = 2, T = 4)",
-    reads=("logits",), loss=_dist,
+    reads=("logits",), loss=_dist, title="CE + DIST",
     hyperparameters={"ce_weight": 1.0, "aux_weight": 1.0, "beta": 2.0, "gamma": 2.0, "temperature": 4.0}))
 AT = register(Method(
     "at", "attention transfer (Zagoruyko & Komodakis 2017) on the last feature maps, p = 2",
-    reads=("feature_map",), loss=_at, hyperparameters={"ce_weight": 1.0, "aux_weight": 1000.0}))
+    reads=("feature_map",), loss=_at, title="CE + AT",
+    hyperparameters={"ce_weight": 1.0, "aux_weight": 1000.0}))
 RKD = register(Method(
     "rkd", "relational KD (Park et al. 2019): distance and angle terms on the flattened last feature maps",
-    reads=("feature_map",), loss=_rkd,
+    reads=("feature_map",), loss=_rkd, title="CE + RKD",
     hyperparameters={"ce_weight": 1.0, "aux_weight": 1.0, "distance_weight": 25.0, "angle_weight": 50.0}))
 PKT = register(Method(
     "pkt", "probabilistic knowledge transfer (Passalis & Tefas 2018) on the flattened last feature maps",
-    reads=("feature_map",), loss=_pkt, hyperparameters={"ce_weight": 1.0, "aux_weight": 30000.0}))
+    reads=("feature_map",), loss=_pkt, title="CE + PKT",
+    hyperparameters={"ce_weight": 1.0, "aux_weight": 30000.0}))
 SP = register(Method(
     "sp", "similarity-preserving KD (Tung & Mori 2019) on the last feature maps",
-    reads=("feature_map",), loss=_sp, hyperparameters={"ce_weight": 1.0, "aux_weight": 3000.0}))
+    reads=("feature_map",), loss=_sp, title="CE + SP",
+    hyperparameters={"ce_weight": 1.0, "aux_weight": 3000.0}))

@@ -22,13 +22,11 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from kdjax import methods
 from kdjax.config import LAYOUT_SETTINGS
 from kdjax.loop import Member, MemberResult
 from kdjax.stats import holm_adjusted, paired_comparison, summarize
 
-TITLES = {"ce": "CE", "kd": "CE + KD", "cosine": "CE + cosine", "hint": "CE + hint", "dkd": "CE + DKD",
-          "lskd": "CE + LS-KD", "dist": "CE + DIST", "at": "CE + AT", "rkd": "CE + RKD", "pkt": "CE + PKT",
-          "sp": "CE + SP"}
 
 
 class RunFolderError(ValueError):
@@ -36,7 +34,8 @@ class RunFolderError(ValueError):
 
 
 def title(method: str) -> str:
-    return TITLES.get(method, f"CE + {method}")
+    """The registered method's title; a run folder may name one this process has not registered."""
+    return methods.METHODS[method].title if method in methods.METHODS else f"CE + {method}"
 
 
 def setting_text(result: MemberResult) -> str:
