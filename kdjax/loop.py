@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from kdjax import memory, methods
 from kdjax.checkpoint import Position, RunCheckpoints
 from kdjax.data import ResidentLoader, Split
-from kdjax.data.pipeline import augment_batch, epoch_order, gather_batch, num_batches
+from kdjax.data.pipeline import Batch, augment_batch, epoch_order, gather_batch, num_batches
 from kdjax.network import Network
 from kdjax.parallel import batch_mesh, batch_sharding, check_batch_size, replicate
 from kdjax.train import Objective, build_objective, create_train_state, eval_step, teacher_outputs, train_step
@@ -123,6 +123,7 @@ class MemberResult:
     images_per_second: float  # this member's training images / train_seconds
     history: list[dict[str, float]]
     validation_accuracy: float | None = None  # percent, on a split held out of the training images, if any
+    view_accuracy: float | None = None  # percent, a teacher's on its students' augmented test views
 
 
 @dataclasses.dataclass
@@ -213,9 +214,7 @@ def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index:
 
     def prepare(order, data_key, reads):
         """The batch of `order` and, if `reads` names roles, the teacher's outputs for it."""
-        batch = gather(images, labels, order, index)
-        if spec.augment != "none":
-            batch = augment_batch(batch, data_key, epoch, index, crop=CROP_PADDING * (spec.augment == "crop-flip"))
+        batch = augment_views(gather(images, labels, order, index), spec.augment, data_key, epoch, index)
         if spec.labelled is not None:
             batch = batch | {"labelled": batch["index"] < spec.labelled}
         if sharded:
@@ -260,9 +259,18 @@ def _jitted_step(spec: ProgramSpec) -> Callable:
     return jax.jit(functools.partial(program_step, spec=spec), donate_argnums=(0,))
 
 
+def augment_views(batch: Batch, augment: str, key: jax.Array, epoch: jax.Array | int, index: jax.Array | int
+                  ) -> Batch:
+    """`batch` as `augment` (one of `AUGMENTATIONS`) shows it at (epoch, batch index) under data key `key`."""
+    if augment == "none":
+        return batch
+    return augment_batch(batch, key, epoch, index, crop=CROP_PADDING * (augment == "crop-flip"))
+
+
 @functools.lru_cache(maxsize=32)
-def _jitted_eval(network: Network, unroll: bool) -> Callable:
-    def evaluate(params, batch):
+def _jitted_eval(network: Network, unroll: bool, augment: str) -> Callable:
+    def evaluate(params, batch, key, index):
+        batch = augment_views(batch, augment, key, 0, index)
         return map_members(lambda p: eval_step(p, batch, network=network), unroll)(params)
 
     return jax.jit(evaluate)
@@ -282,13 +290,21 @@ def init_states(objective: Objective, seeds: Sequence[int], learning_rate: float
 
 
 def evaluate_members(objective: Objective, params: Any, split: Split, batch_size: int, unroll: bool,
-                     mesh: Mesh | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-member (accuracy in percent, mean cross-entropy), each `[members]`, on all of `split`."""
-    evaluate = _jitted_eval(objective.student, unroll)
+                     mesh: Mesh | None = None, *, augment: str = "none", key: jax.Array | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-member (accuracy in percent, mean cross-entropy), each `[members]`, on all of `split`.
+
+    With `augment`, on one augmented view of each image, drawn from `key` (default `key(0)`)
+    as a training epoch 0 would draw it.
+    """
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
+    evaluate = _jitted_eval(objective.student, unroll, augment)
+    key = jax.random.key(0) if key is None else key
     loader = ResidentLoader(split, batch_size, jax.random.key(0), shuffle=False, mesh=mesh)
     totals = None
-    for batch in loader.epoch(0):
-        result = evaluate(params["model"], batch)
+    for index, batch in enumerate(loader.epoch(0)):
+        result = evaluate(params["model"], batch, key, jnp.int32(index))
         totals = result if totals is None else jax.tree.map(jnp.add, totals, result)
     totals = jax.device_get(totals)
     count = np.maximum(totals["count"], 1)

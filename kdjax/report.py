@@ -185,6 +185,7 @@ def member_row(result: MemberResult, role: str) -> dict[str, Any]:
             "parameters": result.parameters, "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
             "train_seconds": result.train_seconds, "images_per_second": result.images_per_second,
             **({"validation_accuracy": result.validation_accuracy} if result.validation_accuracy is not None else {}),
+            **({"view_accuracy": result.view_accuracy} if result.view_accuracy is not None else {}),
             "history": result.history}
 
 
@@ -270,7 +271,11 @@ def summary(config: dict[str, Any], teacher: Sequence[MemberResult], students: S
         sections += ["Students of several runs, paired by seed.", sources_table(config["sources"])]
     if teacher and students:
         accuracies = ", ".join(f"{r.test_accuracy:.2f}% (seed {r.member.seed})" for r in teacher)
-        sections.append(f"Teacher: {teacher[0].network}, {accuracies} after {len(teacher[0].history)} epochs.")
+        line = f"Teacher: {teacher[0].network}, {accuracies} after {len(teacher[0].history)} epochs"
+        if teacher[0].view_accuracy is not None:
+            augment = config.get("augment", "augmented")
+            line += f"; {teacher[0].view_accuracy:.2f}% on one {augment} view of each test image"
+        sections.append(line + ".")
     sections += ["## Test accuracy per configuration", summary_table(students or teacher)]
     paired = paired_table(students)
     if paired:
@@ -324,7 +329,7 @@ def read_run(run_dir: pathlib.Path) -> tuple[dict[str, Any], list[MemberResult],
                                                                      row["hyperparameters"].items())))
             result = MemberResult(member, row["network"], row["parameters"], row["test_accuracy"], row["test_loss"],
                                   row["train_seconds"], row["images_per_second"], row["history"],
-                                  row.get("validation_accuracy"))
+                                  row.get("validation_accuracy"), row.get("view_accuracy"))
             (teacher if row["role"] == "teacher" else students).append(result)
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         where = f"members.jsonl line {number}" if number else "config.json"

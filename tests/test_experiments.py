@@ -16,7 +16,7 @@ import pytest
 
 from kdjax import methods
 from kdjax.experiments.common import run
-from kdjax.report import title
+from kdjax.report import read_run, title
 
 
 def _cli(name: str, *flags: str) -> list[str]:
@@ -39,7 +39,7 @@ def test_all_writes_its_outputs_reuses_the_teacher_and_extends(tmp_path, full_si
     rows = [json.loads(line) for line in (run_dir / "members.jsonl").read_text().splitlines()]
     assert [(r["network"], r["method"]) for r in rows] == [("DeepNN", "ce"), ("LightNN", "ce"), ("LightNN", "kd"),
                                                             ("LightNN", "cosine"), ("LightNN", "hint")]
-    assert "Teacher: DeepNN" in (run_dir / "summary.md").read_text()
+    assert "Teacher: DeepNN" in (run_dir / "summary.md").read_text() and "view_accuracy" not in rows[0]
     # A rerun trains nothing and computes no teacher outputs.
     assert run("all", _flags(tmp_path, full_size_copy)) == 0
     out = capsys.readouterr().out
@@ -199,9 +199,16 @@ def test_with_augmentation_the_methods_that_read_the_teacher_share_a_program(tmp
     flags = _flags(tmp_path, full_size_copy, "--methods", "ce,kd,at", "--augment", "crop-flip",
                    "--teacher-augment", "none", "--train-size", "128")
     assert run("methods", flags) == 0
-    assert '"augment": "crop-flip"' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert '"augment": "crop-flip"' in out
     assert {p.name for p in (tmp_path / "ck").iterdir()} == {"teacher", "ce", "kd+at"}
     (run_dir,) = (tmp_path / "runs").glob("methods-*")
     rows = [json.loads(line) for line in (run_dir / "members.jsonl").read_text().splitlines()]
     assert [(r["method"], r["seed"]) for r in rows[1:]] == [("ce", 42), ("kd", 42), ("at", 42)]
+    # The teacher is scored on the students' views too; the students are not.
+    views = rows[0]["view_accuracy"]
+    assert 0 <= views <= 100 and all("view_accuracy" not in r for r in rows[1:])
+    assert f"teacher: {views:.2f}% on one crop-flip view of each test image" in out
+    assert f"{views:.2f}% on one crop-flip view of each test image." in (run_dir / "summary.md").read_text()
+    assert read_run(run_dir)[1][0].view_accuracy == views
     assert (run_dir / "ranking.png").exists()

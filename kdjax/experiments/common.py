@@ -204,15 +204,35 @@ def train_students(config: ExperimentConfig, data: Cifar10, checkpoints: Checkpo
                              log=log, desc="student", teacher_in_step=config.teacher_cache_off_reason() is not None)
     if validation is None:
         return [result for program in programs for result in program.results]
-    settings = config.settings()
-    mesh = batch_mesh(settings.devices or None)
     results = []
     for program in programs:
-        accuracy, _ = evaluate_members(build_objective(methods.get("ce"), student),
-                                       program.states.params, validation, settings.batch_size,
-                                       unrolls(settings, mesh), mesh)
+        accuracy = accuracies(config, student, program.states.params, validation)
         results += [dataclasses.replace(r, validation_accuracy=float(a)) for r, a in zip(program.results, accuracy)]
     return results
+
+
+def accuracies(config: ExperimentConfig, network: Network, params: Any, split: Split, augment: str = "none"
+               ) -> np.ndarray:
+    """`[members]` accuracy (percent) of stacked `params` on `split`, or on one `augment` view of each."""
+    settings = config.settings()
+    mesh = batch_mesh(settings.devices or None)
+    objective = build_objective(methods.get("ce"), network)
+    accuracy, _ = evaluate_members(objective, params, split, settings.batch_size, unrolls(settings, mesh),
+                                   mesh, augment=augment)
+    return accuracy
+
+
+def with_view_accuracy(config: ExperimentConfig, data: Cifar10, teacher: Sequence[MemberResult], states: Any
+                       ) -> list[MemberResult]:
+    """The teacher's results with its accuracy on the students' augmented views of the test images, logged.
+
+    A teacher that never saw such views can be far worse on them than on clean images, and
+    it is on those views that it teaches.
+    """
+    accuracy = accuracies(config, tutorial_teacher(), states.params, data.test, config.augment)
+    log(f"teacher: {accuracy[0]:.2f}% on one {config.augment} view of each test image "
+        f"({teacher[0].test_accuracy:.2f}% on the images themselves)")
+    return [dataclasses.replace(r, view_accuracy=float(a)) for r, a in zip(teacher, accuracy)]
 
 
 def machine_line() -> str:
@@ -263,6 +283,8 @@ def run(name: str, argv: list[str] | None = None) -> int:
             students = []
         elif config.needs_teacher:
             teacher_results, states = train_teacher(config, taught, teacher_checkpoints)
+            if config.augment != "none":
+                teacher_results = with_view_accuracy(config, data, teacher_results, states)
             students = train_students(config, learners, student_checkpoints,
                                       jax.tree.map(lambda a: a[0], states.params["model"]), validation)
         else:
