@@ -73,7 +73,7 @@ class Method:
 
     def __post_init__(self) -> None:
         if not self.title:
-            object.__setattr__(self, "title", f"CE + {self.name}")
+            object.__setattr__(self, "title", default_title(self.name))
         if self.loss is not None:
             object.__setattr__(self, "hyperparameters", {**DISTILLATION_WEIGHTS, **self.hyperparameters})
         if (self.adapter is None) != (self.adapted is None):
@@ -114,6 +114,11 @@ def check_hyperparameter(name: str, value: float) -> None:
 
 
 METHODS: dict[str, Method] = {}
+
+
+def default_title(name: str) -> str:
+    """The title of a method registered without one, or of one this process has not registered."""
+    return f"CE + {name}"
 
 
 def register(method: Method) -> Method:

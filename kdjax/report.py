@@ -28,14 +28,13 @@ from kdjax.loop import Member, MemberResult
 from kdjax.stats import holm_adjusted, paired_comparison, summarize
 
 
-
 class RunFolderError(ValueError):
     """A folder that does not hold a run kdjax wrote, or a comparison that cannot be made; the message says which."""
 
 
 def title(method: str) -> str:
     """The registered method's title; a run folder may name one this process has not registered."""
-    return methods.METHODS[method].title if method in methods.METHODS else f"CE + {method}"
+    return methods.METHODS[method].title if method in methods.METHODS else methods.default_title(method)
 
 
 def setting_text(result: MemberResult) -> str:
