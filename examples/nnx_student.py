@@ -4,7 +4,8 @@
     python examples/nnx_student.py --synthetic --epochs 1 --train-size 256
 
 The NNX model is built by a factory from `nnx.Rngs(key)`, so each seed gets its own initial
-weights; its intermediates are read by module path exactly as for linen models.
+weights; its intermediates are read by module path exactly as for linen models, and its
+`nnx.BatchStat`s are carried as its state (updated in training, read in evaluation).
 """
 
 from __future__ import annotations
@@ -21,16 +22,17 @@ from kdjax.network import Network, nnx_network  # noqa: E402
 
 
 class NnxCNN(nnx.Module):
-    """conv 16 -> pool -> conv 16 (`block2`) -> global average -> dropout -> linear."""
+    """conv 16 -> BatchNorm -> pool -> conv 16 (`block2`) -> global average -> dropout -> linear."""
 
     def __init__(self, rngs: nnx.Rngs):
-        self.block1 = nnx.Conv(3, 16, (3, 3), rngs=rngs)
+        self.block1 = nnx.Conv(3, 16, (3, 3), use_bias=False, rngs=rngs)
+        self.norm1 = nnx.BatchNorm(16, rngs=rngs)
         self.block2 = nnx.Conv(16, 16, (3, 3), rngs=rngs)
         self.dropout = nnx.Dropout(0.1, rngs=rngs)
         self.head = nnx.Linear(16, 10, rngs=rngs)
 
     def __call__(self, x):
-        x = nnx.max_pool(nnx.relu(self.block1(x)), (2, 2), (2, 2))
+        x = nnx.max_pool(nnx.relu(self.norm1(self.block1(x))), (2, 2), (2, 2))
         x = nnx.relu(self.block2(x))
         return self.head(self.dropout(x.mean(axis=(1, 2))))
 

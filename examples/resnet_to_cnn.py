@@ -1,4 +1,4 @@
-"""Distil a small linen ResNet into a small CNN, neither of them kdjax's, through kdjax's engine.
+"""Distil a small linen ResNet with BatchNorm into a small CNN, neither of them kdjax's, through kdjax's engine.
 
     python examples/resnet_to_cnn.py --data-dir DIR [--epochs 5] [--train-size N]
     python examples/resnet_to_cnn.py --synthetic --epochs 1 --train-size 256   # a smoke run, no data needed
@@ -6,7 +6,8 @@
 The teacher trains with cross-entropy; then the CNN trains twice from the same seeds, with CE
 alone and with CE + a FitNets hint from the ResNet's second stage, the hint's 3x3-conv
 regressor built by the method from the two feature shapes. Features are read by module path
-(`kdjax.features`): neither model was edited for distillation.
+(`kdjax.features`): neither model was edited for distillation. The BatchNorm statistics are the
+networks' state: updated in the students' training steps, frozen in the teacher.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from flax import linen as nn
 
 from kdjax.checkpoint import RunCheckpoints
 from kdjax.data import Cifar10, Split, load_cifar10
-from kdjax.loop import Member, Settings, train_members
+from kdjax.loop import Member, Settings, model_variables, train_members
 from kdjax.network import Network, linen_network
 
 
@@ -29,22 +30,23 @@ class ResidualBlock(nn.Module):
     features: int
 
     @nn.compact
-    def __call__(self, x):
-        y = nn.relu(nn.Conv(self.features, (3, 3), name="conv1")(x))
-        y = nn.Conv(self.features, (3, 3), name="conv2")(y)
+    def __call__(self, x, train: bool):
+        norm = lambda name: nn.BatchNorm(use_running_average=not train, name=name)  # noqa: E731
+        y = nn.relu(norm("bn1")(nn.Conv(self.features, (3, 3), use_bias=False, name="conv1")(x)))
+        y = norm("bn2")(nn.Conv(self.features, (3, 3), use_bias=False, name="conv2")(y))
         skip = x if x.shape[-1] == self.features else nn.Conv(self.features, (1, 1), name="project")(x)
         return nn.relu(y + skip)
 
 
 class SmallResNet(nn.Module):
-    """Two stages of residual blocks: 32x32x16, then 16x16x32 (`stage2`), then a linear head."""
+    """Two stages of BatchNorm residual blocks: 32x32x16, then 16x16x32 (`stage2`), then a linear head."""
 
     @nn.compact
-    def __call__(self, x):
-        x = nn.relu(nn.Conv(16, (3, 3), name="stem")(x))
-        x = ResidualBlock(16, name="stage1")(x)
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(nn.BatchNorm(use_running_average=not train, name="bn")(nn.Conv(16, (3, 3), name="stem")(x)))
+        x = ResidualBlock(16, name="stage1")(x, train)
         x = nn.max_pool(x, (2, 2), (2, 2))
-        x = ResidualBlock(32, name="stage2")(x)
+        x = ResidualBlock(32, name="stage2")(x, train)
         return nn.Dense(10, name="head")(x.mean(axis=(1, 2)))
 
 
@@ -59,8 +61,7 @@ class SmallCNN(nn.Module):
 
 
 def teacher_network() -> Network:
-    return linen_network(SmallResNet(), input_shape=(32, 32, 3), roles={"feature_map": "stage2"},
-                         train_argument=None)
+    return linen_network(SmallResNet(), input_shape=(32, 32, 3), roles={"feature_map": "stage2"})
 
 
 def student_network() -> Network:
@@ -109,11 +110,11 @@ def distil(student: Network, argv=None) -> dict[str, float]:
         (program,) = train_members([Member.of("ce", 0)], teacher, data.train, data.test, settings,
                                    checkpoints(f"teacher-{teacher.name}"), desc="teacher")
         print(f"teacher {teacher.name}: {program.results[0].test_accuracy:.2f}%")
-        teacher_params = jax.tree.map(lambda leaf: leaf[0], program.states.params["model"])
+        teacher_variables = model_variables(program.states)
         members = [Member.of(method, seed) for method in ("ce", "hint") for seed in seeds]
         programs = train_members(members, student, data.train, data.test, settings,
                                  checkpoints(f"student-{student.name}"), teacher=teacher,
-                                 teacher_source=lambda: (teacher_params, False), desc="student")
+                                 teacher_source=lambda: (teacher_variables, False), desc="student")
     accuracy = {}
     for program in programs:
         values = [r.test_accuracy for r in program.results]

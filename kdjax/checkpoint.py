@@ -1,7 +1,8 @@
 """Orbax checkpoints of a training program: its members' stacked states, position and identity.
 
-Each checkpoint step holds `state` (params, optimizer state, step counter and the base PRNG
-keys' data, `[members, ...]` per leaf) and `meta` (JSON: the program's identity, epoch and
+Each checkpoint step holds `state` (params, the model's other state such as BatchNorm
+statistics, optimizer state, step counter and the base PRNG keys' data, `[members, ...]`
+per leaf) and `meta` (JSON: the program's identity, epoch and
 batch position, history). Every epoch end is kept, so a finished run can be extended or
 read back at any epoch; of the mid-epoch saves only the newest is kept. Orbax writes a step
 to a temporary directory and renames it when complete, so a crash mid-save leaves nothing
@@ -21,7 +22,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from flax.training.train_state import TrainState
+
+from kdjax.train import TrainState
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -37,12 +39,15 @@ class Position:
 
 
 def _state_tree(state: TrainState, key: jax.Array) -> dict[str, Any]:
-    return {
+    tree = {
         "params": state.params,
         "opt_state": state.opt_state,
         "step": state.step,
         "key": jax.random.key_data(key),
     }
+    if jax.tree.leaves(state.model_state):  # stateless models keep the layout written before model state existed
+        tree["model_state"] = state.model_state
+    return tree
 
 
 def identity_mismatch(saved: dict[str, Any], expected: dict[str, Any]) -> list[str]:
@@ -113,7 +118,8 @@ class RunCheckpoints:
             except Exception as error:  # noqa: BLE001
                 self._move_aside(step, f"corrupt ({error})")
                 continue
-            state = template.replace(params=tree["params"], opt_state=tree["opt_state"], step=tree["step"])
+            state = template.replace(params=tree["params"], opt_state=tree["opt_state"], step=tree["step"],
+                                     model_state=tree.get("model_state", template.model_state))
             restored_key = jax.random.wrap_key_data(tree["key"])
             return state, restored_key, Position(meta["epoch"], meta["batch"]), meta
         return None
@@ -148,7 +154,7 @@ def saved_identity(directory: str | pathlib.Path) -> dict[str, Any] | None:
 
 
 def _check_finite(tree: dict[str, Any], step: int) -> None:
-    for leaf in jax.tree.leaves(tree["params"]):
+    for leaf in jax.tree.leaves((tree["params"], tree.get("model_state"))):
         local = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf  # replicated: any shard is whole
         if not np.all(np.isfinite(np.asarray(local))):
-            raise ValueError(f"non-finite parameters at step {step}")
+            raise ValueError(f"non-finite parameters or model state at step {step}")

@@ -31,7 +31,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.training.train_state import TrainState
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
@@ -41,7 +40,8 @@ from kdjax.data import ResidentLoader, Split
 from kdjax.data.pipeline import Batch, augment_batch, epoch_order, gather_batch, num_batches
 from kdjax.network import Network
 from kdjax.parallel import batch_mesh, batch_sharding, check_batch_size, replicate
-from kdjax.train import Objective, build_objective, create_train_state, eval_step, teacher_outputs, train_step
+from kdjax.train import (Objective, TrainState, build_objective, create_train_state, eval_step, teacher_outputs,
+                         train_step)
 
 PROGRESS_EVERY = 10  # steps between progress-bar refreshes (each one waits for the device)
 AUGMENTATIONS = ("none", "flip", "crop-flip")
@@ -203,11 +203,11 @@ def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index:
       orders: `[members, num_batches * batch_size]` int32, each member's epoch order.
       epoch, index: int32 scalars, the epoch and the batch within it.
       images, labels: the whole split, `[n, ...]` uint8 or float32 and `[n]`; shared.
-      teacher: `{role: [n, ...]}` output cache (`spec.cached`), the teacher's params, or None.
+      teacher: `{role: [n, ...]}` output cache (`spec.cached`), the teacher's `(params, state)`, or None.
       data_keys, dropout_keys: `[members]` keys; hyperparameters: name -> `[members]` float32.
 
     Returns:
-      New states and per-member metrics `[members]` (`loss`, `ce_loss`, `aux_loss`, `correct`).
+      New states and per-member metrics `[members]` (`loss`, `ce_loss`, `aux_loss`, `correct`, `finite`).
     """
     gather = functools.partial(gather_batch, batch_size=spec.batch_size, num_examples=spec.num_examples)
     sharded = spec.mesh.devices.size > 1
@@ -269,17 +269,17 @@ def augment_views(batch: Batch, augment: str, key: jax.Array, epoch: jax.Array |
 
 @functools.lru_cache(maxsize=32)
 def _jitted_eval(network: Network, unroll: bool, augment: str) -> Callable:
-    def evaluate(params, batch, key, index):
+    def evaluate(params, model_state, batch, key, index):
         batch = augment_views(batch, augment, key, 0, index)
-        return map_members(lambda p: eval_step(p, batch, network=network), unroll)(params)
+        return map_members(lambda p, s: eval_step(p, s, batch, network=network), unroll)(params, model_state)
 
     return jax.jit(evaluate)
 
 
 @jax.jit
-def first_nonfinite(first_bad: jax.Array, loss: jax.Array, step: jax.Array) -> jax.Array:
-    """Per member, the first step whose loss was not finite (-1: none yet)."""
-    return jnp.where((first_bad < 0) & ~jnp.isfinite(loss), step, first_bad)
+def first_nonfinite(first_bad: jax.Array, finite: jax.Array, step: jax.Array) -> jax.Array:
+    """Per member, the first step whose loss or model state was not finite (-1: none yet)."""
+    return jnp.where((first_bad < 0) & ~finite, step, first_bad)
 
 
 def init_states(objective: Objective, seeds: Sequence[int], learning_rate: float) -> TrainState:
@@ -289,10 +289,12 @@ def init_states(objective: Objective, seeds: Sequence[int], learning_rate: float
     return jax.tree.unflatten(jax.tree.structure(states[0]), [jnp.stack(leaves) for leaves in per_leaf])
 
 
-def evaluate_members(objective: Objective, params: Any, split: Split, batch_size: int, unroll: bool,
+def evaluate_members(objective: Objective, states: TrainState, split: Split, batch_size: int, unroll: bool,
                      mesh: Mesh | None = None, *, augment: str = "none", key: jax.Array | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Per-member (accuracy in percent, mean cross-entropy), each `[members]`, on all of `split`.
+
+    `states` are stacked; the model runs in inference mode on its running averages.
 
     With `augment`, on one augmented view of each image, drawn from `key` (default `key(0)`)
     as a training epoch 0 would draw it.
@@ -304,11 +306,16 @@ def evaluate_members(objective: Objective, params: Any, split: Split, batch_size
     loader = ResidentLoader(split, batch_size, jax.random.key(0), shuffle=False, mesh=mesh)
     totals = None
     for index, batch in enumerate(loader.epoch(0)):
-        result = evaluate(params["model"], batch, key, jnp.int32(index))
+        result = evaluate(states.params["model"], states.model_state["model"], batch, key, jnp.int32(index))
         totals = result if totals is None else jax.tree.map(jnp.add, totals, result)
     totals = jax.device_get(totals)
     count = np.maximum(totals["count"], 1)
     return 100.0 * totals["correct"] / count, totals["loss_sum"] / count
+
+
+def model_variables(states: TrainState, member: int = 0) -> tuple[Any, Any]:
+    """Member `member`'s model `(params, state)` out of stacked train states: what a teacher runs on."""
+    return jax.tree.map(lambda leaf: leaf[member], (states.params["model"], states.model_state["model"]))
 
 
 def stack_hyperparameters(members: Sequence[Member]) -> dict[str, jax.Array]:
@@ -425,7 +432,7 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
             bar.close()
             names = "; ".join(f"{members[i].label} at step {bad[i] + 1}" for i in np.flatnonzero(bad >= 0))
             raise TrainingDivergedError(
-                f"{desc}: loss became NaN/Inf for {names}; stopped, keeping the last good checkpoint in "
+                f"{desc}: loss or model state became NaN/Inf for {names}; stopped, keeping the last good checkpoint in "
                 f"{checkpoints.directory}. Lower --learning-rate or drop that setting.")
 
     def save(pos: Position, loss_sums, bar) -> None:
@@ -446,7 +453,7 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
             states, metrics = step(states, orders, np.int32(epoch), np.int32(index), images, labels, teacher_arg,
                                    data_keys, dropout_keys, hyperparameters)
             loss_sums = loss_sums + metrics["loss"]
-            first_bad = first_nonfinite(first_bad, metrics["loss"], states.step - 1)
+            first_bad = first_nonfinite(first_bad, metrics["finite"], states.step - 1)
             images_done += min(spec.batch_size, n - index * spec.batch_size)
             trained += 1
             done = index + 1
@@ -463,7 +470,7 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
         elapsed = time.perf_counter() - epoch_start
         bar.close()
         check_finite(bar)
-        accuracy, test_loss = evaluate_members(spec.objective, states.params, test_split, spec.batch_size,
+        accuracy, test_loss = evaluate_members(spec.objective, states, test_split, spec.batch_size,
                                                spec.unroll, mesh)
         train_loss = np.asarray(loss_sums) / batches
         for i in range(count):
@@ -490,6 +497,9 @@ def member_bytes(objective: Objective, train_split: Split, settings: Settings, t
     spec = ProgramSpec(objective, teacher, cached, settings.batch_size, len(train_split), settings.augment,
                        unrolls(settings, mesh), mesh, settings.labelled)
     step = jax.jit(functools.partial(program_step, spec=spec))
+    # Shapes only: a restored teacher's arrays live on one device, which a program over a wider mesh cannot take
+    # as they are (the step itself gets them replicated onto its mesh).
+    teacher_arg = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), teacher_arg)
     images = jax.ShapeDtypeStruct(train_split.images.shape, train_split.images.dtype)
     labels = jax.ShapeDtypeStruct(train_split.labels.shape, train_split.labels.dtype)
     order_length = num_batches(len(train_split), settings.batch_size) * settings.batch_size

@@ -1,14 +1,18 @@
 """A Flax model as the engine sees it: initialise from a key, run, read named outputs.
 
 A `Network` wraps a `flax.linen` module (`linen_network`) or an `flax.nnx` model factory
-(`nnx_network`) behind two pure functions, `init(key) -> params` and
-`forward(params, images, *, train, key, roles) -> (logits, {role: array})`. A role is a
-name a distillation method reads (`"feature_map"`); the network maps it to a module path
-of its model, read with `kdjax.features.capture`, so any model can be distilled without
-editing it. The tutorial's networks are `tutorial_teacher()` and `tutorial_student()`.
+(`nnx_network`) behind two pure functions, `init(key) -> (params, state)` and
+`forward(params, state, images, *, train, key, roles) -> (logits, {role: array}, state)`.
+`params` are trained; `state` holds everything else the model keeps between calls
+(BatchNorm's running statistics: linen's collections besides `params`, NNX's variables
+besides `nnx.Param` and RNG streams), `{}` for a stateless model. In training mode the
+forward pass returns the updated state; in inference mode it reads the state and returns
+it unchanged. A model that updates its state in inference mode is refused when wrapped.
 
-The engine trains the `params` collection only: models whose forward pass updates other
-state (BatchNorm's running statistics) are not supported yet.
+A role is a name a distillation method reads (`"feature_map"`); the network maps it to a
+module path of its model, read with `kdjax.features.capture`, so any model can be
+distilled without editing it. The tutorial's networks are `tutorial_teacher()` and
+`tutorial_student()`; the field's CIFAR networks are in `kdjax.zoo`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from kdjax import features as features_lib
 from kdjax.models import IMAGE_SHAPE, DeepNN, LightNN
 
 Params = Any
-Forward = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+State = Any  # {collection or variable path: array}; `{}` when the model keeps none
+Apply = Callable[..., tuple[Any, dict[str, jax.Array], State]]
+NOT_STATE_COLLECTIONS = ("params", "intermediates")  # linen collections that are not model state
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -37,37 +43,70 @@ class Network:
       name: shown in logs and checkpoints (e.g. `"DeepNN"`).
       input_shape: one example's shape, e.g. `(32, 32, 3)`.
       roles: role name -> module path whose output that role reads.
-      init: `key -> params`, the trainable parameters.
-      apply: `(params, images, train, key, paths) -> (model output, {path: array})`.
+      init: `key -> (params, state)`: the trainable parameters and the model's other state.
+      apply: `(params, state, images, train, key, paths) -> (model output, {path: array}, state)`.
       logits: model output -> logits `[batch, classes]`.
     """
 
     name: str
     input_shape: tuple[int, ...]
     roles: Mapping[str, str]
-    init: Callable[[jax.Array], Params]
-    apply: Callable[..., tuple[Any, dict[str, jax.Array]]]
+    init: Callable[[jax.Array], tuple[Params, State]]
+    apply: Apply
     logits: Callable[[Any], jax.Array]
 
-    def forward(self, params: Params, images: jax.Array, *, train: bool, key: jax.Array | None = None,
-                roles: Sequence[str] = ()) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """`(logits, {role: output})` for `images` `[batch, *input_shape]`; `key` drives dropout when `train`."""
+    def __post_init__(self) -> None:
+        check_inference_keeps_state(self)
+
+    def forward(self, params: Params, state: State, images: jax.Array, *, train: bool, key: jax.Array | None = None,
+                roles: Sequence[str] = ()) -> tuple[jax.Array, dict[str, jax.Array], State]:
+        """`(logits, {role: output}, state)` for `images` `[batch, *input_shape]`.
+
+        With `train`, BatchNorm normalises by the batch's statistics and the returned state
+        holds the updated running averages; `key` drives dropout. Otherwise the model runs
+        on its running averages and `state` comes back as it went in.
+        """
         missing = [role for role in roles if role not in self.roles]
         if missing:
             raise ValueError(f"{self.name} has no output for {missing}: give the network roles={{{missing[0]!r}: "
                              f"'<module path>'}} (it has {dict(self.roles) or 'none'})")
         paths = [self.roles[role] for role in roles]
-        output, captured = self.apply(params, images, train, key, paths)
-        return self.logits(output), {role: captured[self.roles[role]] for role in roles}
+        output, captured, new_state = self.apply(params, state, images, train, key, paths)
+        return self.logits(output), {role: captured[self.roles[role]] for role in roles}, new_state
 
     def output_shapes(self, roles: Sequence[str], batch: int = 2) -> dict[str, tuple[int, ...]]:
         """Shapes of `forward`'s logits (under `"logits"`) and `roles` for a batch of `batch`, abstractly."""
         def run(key):
-            logits, outs = self.forward(self.init(key), jnp.zeros((batch, *self.input_shape)), train=False,
-                                        roles=roles)
+            params, state = self.init(key)
+            logits, outs, _ = self.forward(params, state, jnp.zeros((batch, *self.input_shape)), train=False,
+                                           roles=roles)
             return {"logits": logits, **outs}
 
         return {name: tuple(a.shape) for name, a in jax.eval_shape(run, jax.random.key(0)).items()}
+
+
+def check_inference_keeps_state(network: Network) -> None:
+    """Raise ValueError naming the state `network` writes in inference mode (abstractly: no FLOPs).
+
+    A teacher and every evaluation run in inference mode and must read the running averages
+    as they are; a model that updates them there (BatchNorm with `use_running_average=False`
+    always) would be evaluated on statistics that move under it.
+    """
+    written = []
+
+    def probe(key):
+        params, state = network.init(key)
+        before = jax.tree.leaves_with_path(state)
+        values = [leaf for _, leaf in before]  # NNX shares variables with the state it merges: keep the values
+        _, _, after = network.apply(params, state, jnp.zeros((2, *network.input_shape)), False, None, [])
+        written.extend(jax.tree_util.keystr(path) for (path, _), old, new in
+                       zip(before, values, jax.tree.leaves(after)) if old is not new)
+
+    jax.eval_shape(probe, jax.random.key(0))
+    if written:
+        raise ValueError(f"{network.name} updates its state {written[0]} in inference mode; the engine runs teachers "
+                         "and evaluations on frozen running averages: make it read them when not training "
+                         "(e.g. nn.BatchNorm(use_running_average=not train))")
 
 
 def linen_network(module: nn.Module, *, input_shape: Sequence[int], roles: Mapping[str, str] | None = None,
@@ -76,24 +115,38 @@ def linen_network(module: nn.Module, *, input_shape: Sequence[int], roles: Mappi
     """A `flax.linen` module as a `Network`.
 
     Args:
-      module: called as `module.apply({"params": p}, images, train=..., rngs={"dropout": key})`.
+      module: called as `module.apply({"params": p, **state}, images, train=..., rngs={"dropout": key})`.
+        Its state is every collection `init` creates besides `params` (e.g. `batch_stats`);
+        in training mode those collections are mutable and their new values are returned.
       input_shape: one example's shape.
       roles: role -> submodule path (see `kdjax.features`).
       logits: picks the logits out of the module's output (default: the output itself).
-      train_argument: the keyword that switches training mode (dropout), or None if there is none.
+      train_argument: the keyword that switches training mode (dropout, BatchNorm), or None if there is none.
     """
-    def init(key: jax.Array) -> Params:
+    def init(key: jax.Array) -> tuple[Params, State]:
         kwargs = {train_argument: False} if train_argument else {}
-        return module.init(key, jnp.zeros((1, *input_shape), jnp.float32), **kwargs)["params"]
+        variables = dict(module.init(key, jnp.zeros((1, *input_shape), jnp.float32), **kwargs))
+        state = {name: value for name, value in variables.items() if name not in NOT_STATE_COLLECTIONS}
+        return variables.get("params", {}), state
 
-    def apply(params, images, train, key, paths):
+    def apply(params, state, images, train, key, paths):
         kwargs = {train_argument: train} if train_argument else {}
         if train and key is not None:
             kwargs["rngs"] = {"dropout": key}
-        return features_lib.capture(module, {"params": params}, images, paths=paths, **kwargs)
+        if not state:
+            output, captured = features_lib.capture(module, {"params": params}, images, paths=paths, **kwargs)
+            return output, captured, state
+        (output, new_state), captured = features_lib.capture(module, {"params": params, **state}, images,
+                                                             paths=paths, mutable=list(state), **kwargs)
+        return output, captured, {name: new_state.get(name, value) for name, value in state.items()}
 
     return Network(name or type(module).__name__, tuple(input_shape), dict(roles or {}), init, apply,
                    logits or (lambda output: output))
+
+
+# NNX state the engine carries: every variable but the trained params, the RNG streams (rebuilt from the
+# step's key) and captured intermediates.
+_NNX_STATE = nnx.Not(nnx.Any(nnx.Param, nnx.RngState, nnx.Intermediate))
 
 
 def nnx_network(factory: Callable[[nnx.Rngs], nnx.Module], *, input_shape: Sequence[int],
@@ -101,26 +154,29 @@ def nnx_network(factory: Callable[[nnx.Rngs], nnx.Module], *, input_shape: Seque
                 name: str | None = None) -> Network:
     """An `flax.nnx` model as a `Network`: `factory(nnx.Rngs(key))` builds it.
 
-    Its `nnx.Param`s are trained; the rest of its state (RNG streams) is rebuilt from the key
-    on every call. Training mode is `model.train()` with the `dropout` stream reseeded from
-    the step's key; inference is `model.eval()`.
+    Its `nnx.Param`s are trained; its other variables (`nnx.BatchStat`, ...) are its state,
+    carried between steps; its RNG streams are rebuilt from the key on every call.
+    Training mode is `model.train()` with the `dropout` stream reseeded from the step's key;
+    inference is `model.eval()`.
     """
-    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: factory(nnx.Rngs(0))), nnx.Param, ...)
+    abstract = nnx.eval_shape(lambda: factory(nnx.Rngs(0)))
+    graphdef = nnx.split(abstract, nnx.Param, nnx.RngState, _NNX_STATE)[0]
 
-    def init(key: jax.Array) -> Params:
-        return nnx.state(factory(nnx.Rngs(key)), nnx.Param)
+    def init(key: jax.Array) -> tuple[Params, State]:
+        model = factory(nnx.Rngs(key))
+        return nnx.state(model, nnx.Param), nnx.state(model, _NNX_STATE)
 
-    def apply(params, images, train, key, paths):
-        rest = nnx.split(factory(nnx.Rngs(0 if key is None else key)), nnx.Param, ...)[2]
-        model = nnx.merge(graphdef, params, rest)
+    def apply(params, state, images, train, key, paths):
+        rngs = nnx.state(factory(nnx.Rngs(0 if key is None else key)), nnx.RngState)
+        model = nnx.merge(graphdef, params, rngs, state, copy=True)
         if train:
             model.train()
         else:
             model.eval()
-        return features_lib.capture(model, images, paths=paths)
+        output, captured = features_lib.capture(model, images, paths=paths)
+        return output, captured, nnx.state(model, _NNX_STATE)
 
-    built_name = name or type(nnx.eval_shape(lambda: factory(nnx.Rngs(0)))).__name__
-    return Network(built_name, tuple(input_shape), dict(roles or {}), init, apply,
+    return Network(name or type(abstract).__name__, tuple(input_shape), dict(roles or {}), init, apply,
                    logits or (lambda output: output))
 
 

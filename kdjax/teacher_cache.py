@@ -19,16 +19,17 @@ from kdjax.network import Network
 from kdjax.train import teacher_outputs
 
 
-def compute_teacher_cache(teacher: Network, params: Any, split: Split, reads: Iterable[str], *,
+def compute_teacher_cache(teacher: Network, variables: tuple[Any, Any], split: Split, reads: Iterable[str], *,
                           batch_size: int = 500) -> dict[str, jax.Array]:
-    """`{"logits" or role: [n, ...]}` for every example of `split`, in split order."""
+    """`{"logits" or role: [n, ...]}` for every example of `split`, in split order, from the teacher's
+    `(params, state)` in inference mode."""
     reads = tuple(sorted(set(reads)))
 
     @jax.jit
-    def forward(params, batch):
-        return teacher_outputs(teacher, params, batch["image"], reads)
+    def forward(variables, batch):
+        return teacher_outputs(teacher, variables, batch["image"], reads)
 
     loader = ResidentLoader(split, batch_size, jax.random.key(0), shuffle=False)
-    chunks = [forward(params, batch) for batch in loader.epoch(0)]
+    chunks = [forward(variables, batch) for batch in loader.epoch(0)]
     n = len(split)
     return {name: jnp.concatenate([chunk[name] for chunk in chunks])[:n] for name in reads}

@@ -2,7 +2,8 @@
 
 A member trains a student `Network` on a `Method` (`kdjax.methods`). Its params are
 `{"model": student params, "adapter": adapter params}` (the adapter only for methods that
-declare one). A batch is a dict: `image` `[batch, *input_shape]` float32, `label` `[batch]`
+declare one); its `model_state` has the same keys and holds what each keeps besides params
+(BatchNorm's running statistics), updated by every train step and never differentiated. A batch is a dict: `image` `[batch, *input_shape]` float32, `label` `[batch]`
 int32, and optionally `mask` `[batch]` bool marking real (non-padding) examples. Nothing
 here reads files or prints; `kdjax.loop` runs these steps for N members on a device mesh.
 """
@@ -17,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import linen as nn
-from flax.training.train_state import TrainState
+from flax import struct
+from flax.training import train_state
 
 from kdjax import losses
 from kdjax.methods import Context, Method
@@ -26,6 +28,12 @@ from kdjax.network import Network
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 TeacherOutputs = Mapping[str, jax.Array]
+
+
+class TrainState(train_state.TrainState):
+    """Flax's train state plus the model's non-trainable state (`{"model": ..., ["adapter": ...]}`)."""
+
+    model_state: Any = struct.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -53,22 +61,27 @@ def build_objective(method: Method, student: Network, teacher: Network | None = 
     return Objective(method, student, adapter)
 
 
-def init_params(objective: Objective, key: jax.Array) -> dict[str, Any]:
-    """`{"model": ..., ["adapter": ...]}` from `key`; the same key gives the same model params for every method.
+def init_params(objective: Objective, key: jax.Array) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(params, model state), each `{"model": ..., ["adapter": ...]}`, from `key`; the same key gives the same
+    model params for every method.
 
     The network's initialiser is jitted (one compiled program per network, values as run eagerly):
     eagerly, every parameter's random draw would be compiled on its own.
     """
-    params = {"model": jax.jit(objective.student.init)(key)}
+    model_params, model_state = jax.jit(objective.student.init)(key)
+    params, state = {"model": model_params}, {"model": model_state}
     if objective.adapter is not None:
         shape = objective.student.output_shapes([objective.method.adapted], batch=1)[objective.method.adapted]
-        params["adapter"] = objective.adapter.init(key, jnp.zeros(shape, jnp.float32))["params"]
-    return params
+        variables = dict(objective.adapter.init(key, jnp.zeros(shape, jnp.float32)))
+        params["adapter"] = variables.pop("params")
+        state["adapter"] = variables
+    return params, state
 
 
 def create_train_state(objective: Objective, key: jax.Array, *, learning_rate: float = 1e-3) -> TrainState:
-    """Params from `key` paired with Adam(`learning_rate`) (PyTorch's default betas and eps)."""
-    state = TrainState.create(apply_fn=None, params=init_params(objective, key), tx=optax.adam(learning_rate))
+    """Params and model state from `key` paired with Adam(`learning_rate`) (PyTorch's default betas and eps)."""
+    params, model_state = init_params(objective, key)
+    state = TrainState.create(apply_fn=None, params=params, tx=optax.adam(learning_rate), model_state=model_state)
     return state.replace(step=jnp.zeros((), jnp.int32))  # a concrete int32: the first jitted call compiles once
 
 
@@ -79,67 +92,85 @@ def check_batch(network: Network, batch: Batch) -> None:
                          f"label [batch], got {tuple(image.shape)} and {tuple(label.shape)}")
 
 
-def teacher_outputs(teacher: Network, params: Any, images: jax.Array, method_reads: tuple[str, ...]) -> dict:
-    """The teacher's inference-mode `{"logits": ..., role: ...}` for what a method reads."""
+def teacher_outputs(teacher: Network, variables: tuple[Any, Any], images: jax.Array,
+                    method_reads: tuple[str, ...]) -> dict:
+    """The teacher's inference-mode `{"logits": ..., role: ...}` for what a method reads.
+
+    `variables` is the teacher's `(params, state)`: it runs on its running averages and
+    never updates them, as a PyTorch teacher kept in `eval()` does.
+    """
+    params, state = variables
     roles = tuple(role for role in method_reads if role != "logits")
-    logits, outs = teacher.forward(params, images, train=False, roles=roles)
+    logits, outs, _ = teacher.forward(params, state, images, train=False, roles=roles)
     return {"logits": logits, **outs}
 
 
 def objective_loss(
-    params: Any, batch: Batch, dropout_key: jax.Array, teacher: TeacherOutputs | None,
+    params: Any, model_state: Any, batch: Batch, dropout_key: jax.Array, teacher: TeacherOutputs | None,
     hyperparameters: Mapping[str, jax.Array], *, objective: Objective, step: jax.Array | int = 0,
-) -> tuple[jax.Array, Metrics]:
-    """The weighted objective for one batch and its metrics (`step`: the optimiser step, for warm-ups).
+) -> tuple[jax.Array, tuple[Metrics, Any]]:
+    """The weighted objective for one batch, its metrics and the updated model state (`step`: the optimiser
+    step, for warm-ups).
 
     `teacher` holds the teacher's outputs for `batch["image"]` (None for methods without a
     loss); they are wrapped in `stop_gradient` here, however they were computed.
     """
     method, where, labelled = objective.method, batch.get("mask"), batch.get("labelled")
-    logits, outs = objective.student.forward(params["model"], batch["image"], train=True, key=dropout_key,
-                                             roles=method.roles)
+    logits, outs, new_model_state = objective.student.forward(params["model"], model_state["model"], batch["image"],
+                                                              train=True, key=dropout_key, roles=method.roles)
+    new_state = {"model": new_model_state}
     ce_where = where if labelled is None else labelled if where is None else jnp.logical_and(where, labelled)
     ce = losses.cross_entropy(logits, batch["label"], where=ce_where)
     if method.loss is None:
         loss, aux = ce, jnp.zeros_like(ce)
     else:
         student = {"logits": logits, **outs}
-        if objective.adapter is not None:
-            student[method.adapted] = objective.adapter.apply({"params": params["adapter"]}, student[method.adapted])
+        if objective.adapter is not None:  # used in training only, so its own BatchNorm (if any) is always training
+            adapter_state = model_state.get("adapter", {})
+            student[method.adapted], new_adapter_state = objective.adapter.apply(
+                {"params": params["adapter"], **adapter_state}, student[method.adapted], mutable=list(adapter_state))
+            new_state["adapter"] = {**adapter_state, **new_adapter_state}
         context = Context(batch["label"], where, jnp.asarray(step, jnp.int32))
         aux = method.loss(student, jax.lax.stop_gradient(dict(teacher)), hyperparameters, context)
         loss = hyperparameters["ce_weight"] * ce + hyperparameters["aux_weight"] * aux
     correct = logits.argmax(-1) == batch["label"]
     if where is not None:
         correct = jnp.logical_and(correct, where)
-    return loss, {"loss": loss, "ce_loss": ce, "aux_loss": aux, "correct": jnp.sum(correct)}
+    metrics = {"loss": loss, "ce_loss": ce, "aux_loss": aux, "correct": jnp.sum(correct)}
+    return loss, (metrics, new_state)
 
 
 def train_step(
     state: TrainState, batch: Batch, key: jax.Array, teacher: TeacherOutputs | None,
     hyperparameters: Mapping[str, jax.Array], *, objective: Objective,
 ) -> tuple[TrainState, Metrics]:
-    """One Adam step; the dropout key is `fold_in(key, state.step)`.
+    """One optimiser step; the dropout key is `fold_in(key, state.step)`.
 
-    Returns the new state and scalar metrics `loss`, `ce_loss`, `aux_loss`, `correct`.
+    Returns the new state and scalar metrics `loss`, `ce_loss`, `aux_loss`, `correct`, and
+    `finite` (the loss and the updated model state are all finite).
     """
     check_batch(objective.student, batch)
     if objective.method.needs_teacher and teacher is None:
         raise ValueError(f"method {objective.method.name!r} needs the teacher's outputs")
     grad_fn = jax.value_and_grad(objective_loss, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, batch, jax.random.fold_in(key, state.step), teacher,
-                                  hyperparameters, objective=objective, step=state.step)
-    return state.apply_gradients(grads=grads), metrics
+    (_, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch,
+                                                 jax.random.fold_in(key, state.step), teacher, hyperparameters,
+                                                 objective=objective, step=state.step)
+    finite = jnp.isfinite(metrics["loss"])
+    for leaf in jax.tree.leaves(model_state):
+        finite = jnp.logical_and(finite, jnp.all(jnp.isfinite(leaf)))
+    return state.apply_gradients(grads=grads).replace(model_state=model_state), metrics | {"finite": finite}
 
 
-def eval_step(params: Any, batch: Batch, *, network: Network) -> Metrics:
+def eval_step(params: Any, model_state: Any, batch: Batch, *, network: Network) -> Metrics:
     """Inference-mode sums for one batch, so that batches add up exactly.
 
-    `params` are the model's (`state.params["model"]`). Returns `correct` (right top-1
+    `params` and `model_state` are the model's (`state.params["model"]`,
+    `state.model_state["model"]`). Returns `correct` (right top-1
     predictions), `loss_sum` (summed CE, nats) and `count` (examples included, honouring `mask`).
     """
     check_batch(network, batch)
-    logits, _ = network.forward(params, batch["image"], train=False)
+    logits, _, _ = network.forward(params, model_state, batch["image"], train=False)
     mask = batch.get("mask", jnp.ones(batch["label"].shape, bool))
     per_example = optax.losses.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     return {

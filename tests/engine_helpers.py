@@ -27,8 +27,9 @@ def tiny_data(n_train: int = 160, n_test: int = 64) -> Cifar10:
 
 
 def teacher_params(seed: int = 5):
-    """Randomly initialised DeepNN params: any teacher serves these tests."""
-    return create_train_state(build_objective(methods.get("ce"), tutorial_teacher()), jax.random.key(seed)).params["model"]
+    """Randomly initialised DeepNN `(params, state)`: any teacher serves these tests."""
+    state = create_train_state(build_objective(methods.get("ce"), tutorial_teacher()), jax.random.key(seed))
+    return state.params["model"], state.model_state["model"]
 
 
 def _folder(chunk: Sequence[Member], members: Sequence[Member]) -> str:

@@ -220,19 +220,21 @@ def test_evaluating_on_augmented_views_scores_the_views_a_training_step_draws(au
 
     data, key, teacher = tiny_data(), jax.random.key(3), tutorial_teacher()
     objective = build_objective(methods.get("ce"), teacher)
-    params = {"model": jax.tree.map(lambda leaf: leaf[None], teacher_params())}
-    accuracy, loss = loop.evaluate_members(objective, params, data.test, 32, True, augment=augment, key=key)
+    stacked = jax.tree.map(lambda leaf: leaf[None], teacher_params())
+    states = loop.TrainState(step=0, apply_fn=None, params={"model": stacked[0]}, tx=None, opt_state=None,
+                             model_state={"model": stacked[1]})
+    accuracy, loss = loop.evaluate_members(objective, states, data.test, 32, True, augment=augment, key=key)
     hits, losses = 0, []
     for index in range(2):
         labels = data.test.labels[32 * index:32 * (index + 1)]
         batch = {"image": normalize(data.test.images[32 * index:32 * (index + 1)]), "label": labels}
         view = augment_batch(batch, key, 0, index, crop=4 if augment == "crop-flip" else 0)["image"]
-        logits, _ = teacher.forward(teacher_params(), view, train=False)
+        logits, _, _ = teacher.forward(*teacher_params(), view, train=False)
         hits += int(np.sum(np.argmax(logits, -1) == labels))
         losses.append(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
     np.testing.assert_allclose(accuracy, [100 * hits / 64])
     np.testing.assert_allclose(loss, [np.mean(np.concatenate(losses))], rtol=1e-5)
-    _, clean_loss = loop.evaluate_members(objective, params, data.test, 32, True)
+    _, clean_loss = loop.evaluate_members(objective, states, data.test, 32, True)
     assert abs(clean_loss[0] - loss[0]) > 1e-4  # the views are not the images
     with pytest.raises(ValueError, match="augment must be one of"):
-        loop.evaluate_members(objective, params, data.test, 32, True, augment="rotate")
+        loop.evaluate_members(objective, states, data.test, 32, True, augment="rotate")

@@ -137,9 +137,9 @@ def _objective_fn(objective: str, teacher_params):
     hp = methods.get(objective).resolve()
 
     def loss(params, images, labels):
-        outputs = teacher_outputs(tutorial_teacher(), teacher_params, images, built.method.reads)
+        outputs = teacher_outputs(tutorial_teacher(), (teacher_params, {}), images, built.method.reads)
         batch = {"image": images, "label": labels}
-        return objective_loss(params, batch, jax.random.key(0), outputs, hp, objective=built)[0]
+        return objective_loss(params, {"model": {}}, batch, jax.random.key(0), outputs, hp, objective=built)[0]
 
     return loss
 
@@ -158,13 +158,14 @@ def test_objective_gradients(ref, batches, teacher_params, objective):
 
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_params_after_adam_steps(ref, batches, teacher_params, objective):
-    state = TrainState.create(apply_fn=None, params=_student_params(objective), tx=optax.adam(1e-3))
+    state = TrainState.create(apply_fn=None, params=_student_params(objective), tx=optax.adam(1e-3),
+                              model_state={"model": {}})
     built = _objective(objective)
     hp = methods.get(objective).resolve()
 
     @jax.jit
     def step(state, batch):
-        outputs = teacher_outputs(tutorial_teacher(), teacher_params, batch["image"], built.method.reads)
+        outputs = teacher_outputs(tutorial_teacher(), (teacher_params, {}), batch["image"], built.method.reads)
         return train_step(state, batch, jax.random.key(0), outputs, hp, objective=built)
 
     images, labels = batches

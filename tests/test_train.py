@@ -23,7 +23,8 @@ def _batch(seed: int, size: int = 8) -> dict[str, jax.Array]:
 
 @pytest.fixture(scope="module")
 def teacher_params():
-    return DeepNN().init(jax.random.key(100), jnp.zeros((1, 32, 32, 3)))["params"]
+    """The teacher's `(params, state)`; the tutorial's DeepNN keeps no state."""
+    return DeepNN().init(jax.random.key(100), jnp.zeros((1, 32, 32, 3)))["params"], {}
 
 
 def _objective(name: str, dropout_rate: float = 0.1):
@@ -51,15 +52,15 @@ def test_teacher_receives_no_gradient(name, teacher_params):
 
     def loss_wrt_teacher(teacher_params):
         outputs = teacher_outputs(tutorial_teacher(), teacher_params, batch["image"], objective.method.reads)
-        return objective_loss(state.params, batch, jax.random.key(2), outputs, methods.get(name).resolve(),
-                              objective=objective)[0]
+        return objective_loss(state.params, state.model_state, batch, jax.random.key(2), outputs,
+                              methods.get(name).resolve(), objective=objective)[0]
 
     for leaf in jax.tree.leaves(jax.grad(loss_wrt_teacher)(teacher_params)):
         np.testing.assert_array_equal(leaf, 0.0)
     # ...while without the stop-gradient the same term would move the teacher.
     raw = jax.grad(lambda t: losses.kd_loss(
         LightNN().apply({"params": state.params["model"]}, batch["image"]).logits,
-        DeepNN().apply({"params": t}, batch["image"]).logits))(teacher_params)
+        DeepNN().apply({"params": t[0]}, batch["image"]).logits))(teacher_params)
     assert any(np.abs(leaf).max() > 0 for leaf in jax.tree.leaves(raw))
 
 
@@ -126,7 +127,7 @@ def test_eval_step_counts_and_sums():
     model = LightNN()
     params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
     batch = _batch(7, size=10) | {"mask": jnp.arange(10) < 7}
-    result = jax.jit(lambda p, b: eval_step(p, b, network=tutorial_student()))(params, batch)
+    result = jax.jit(lambda p, b: eval_step(p, {}, b, network=tutorial_student()))(params, batch)
     logits = model.apply({"params": params}, batch["image"]).logits[:7]
     labels = batch["label"][:7]
     assert int(result["count"]) == 7
@@ -148,14 +149,16 @@ def test_step_rejects_missing_teacher_and_bad_batches():
 
 def test_unlabelled_rows_take_the_distillation_term_but_no_cross_entropy(teacher_params):
     objective = _objective("kd", dropout_rate=0.0)
-    params = create_train_state(objective, jax.random.key(0)).params
+    state = create_train_state(objective, jax.random.key(0))
+    params = state.params
     batch = _batch(3) | {"labelled": jnp.arange(8) < 3}
     teacher = teacher_outputs(tutorial_teacher(), teacher_params, batch["image"], ("logits",))
     hp = methods.get("kd").resolve({})
-    loss, _ = objective_loss(params, batch, jax.random.key(1), teacher, hp, objective=objective)
-    logits, _ = objective.student.forward(params["model"], batch["image"], train=False)
+    loss, _ = objective_loss(params, state.model_state, batch, jax.random.key(1), teacher, hp, objective=objective)
+    logits, _, _ = objective.student.forward(params["model"], {}, batch["image"], train=False)
     expected = (0.75 * losses.cross_entropy(logits[:3], batch["label"][:3])
                 + 0.25 * losses.kd_loss(logits, teacher["logits"], temperature=2.0))
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
     relabelled = batch | {"label": batch["label"].at[3:].set((batch["label"][3:] + 1) % 10)}
-    assert objective_loss(params, relabelled, jax.random.key(1), teacher, hp, objective=objective)[0] == loss
+    assert objective_loss(params, state.model_state, relabelled, jax.random.key(1), teacher, hp,
+                          objective=objective)[0] == loss

@@ -21,7 +21,8 @@ from kdjax import methods
 from kdjax.checkpoint import CheckpointMismatchError, RunCheckpoints, saved_identity
 from kdjax.config import LAYOUT_SETTINGS, ConfigError, ExperimentConfig, add_flags, check_experiment, from_args
 from kdjax.data import Cifar10, DataNotFoundError, Split, load_cifar10
-from kdjax.loop import (Member, MemberResult, TrainingDivergedError, evaluate_members, program_name, reads_teacher,
+from kdjax.loop import (Member, MemberResult, TrainingDivergedError, evaluate_members, model_variables,
+                        program_name, reads_teacher,
                         train_members, unrolls)
 from kdjax.memory import ProgramMemoryError
 from kdjax.network import Network, tutorial_student, tutorial_teacher
@@ -178,20 +179,23 @@ def student_data(config: ExperimentConfig, data: Cifar10) -> tuple[Cifar10, Spli
 
 
 def train_students(config: ExperimentConfig, data: Cifar10, checkpoints: Checkpoints,
-                   teacher_params: Any, validation: Split | None = None) -> list[MemberResult]:
-    """The students of `config`, trained or restored; with `validation`, each result carries its accuracy there."""
+                   teacher_variables: Any, validation: Split | None = None) -> list[MemberResult]:
+    """The students of `config`, trained or restored; with `validation`, each result carries its accuracy there.
+
+    `teacher_variables` is the trained teacher's `(params, state)`, or None for students without one.
+    """
     members = config.members()
     teacher, student = tutorial_teacher(), tutorial_student()
-    teacher_id = fingerprint(teacher_params) if teacher_params is not None else None
+    teacher_id = fingerprint(teacher_variables) if teacher_variables is not None else None
     reads = {role for name in config.student_methods for role in methods.get(name).reads}
 
     def teacher_source() -> tuple[Any, bool]:
         reason = config.teacher_cache_off_reason()
         if reason:
             log(f"teacher cache off ({reason}): the teacher runs inside every student step")
-            return teacher_params, False
+            return teacher_variables, False
         start = time.perf_counter()
-        cache = jax.block_until_ready(compute_teacher_cache(teacher, teacher_params, data.train, reads))
+        cache = jax.block_until_ready(compute_teacher_cache(teacher, teacher_variables, data.train, reads))
         log(f"teacher cache: {', '.join(sorted(cache))} for {len(data.train):,} images in "
             f"{time.perf_counter() - start:.1f} s")
         return cache, True
@@ -200,24 +204,24 @@ def train_students(config: ExperimentConfig, data: Cifar10, checkpoints: Checkpo
         return checkpoints.for_members(program_name(chunk), student, teacher_id if reads_teacher(chunk) else None)(chunk)
 
     programs = train_members(members, student, data.train, data.test, config.settings(), checkpoints_for,
-                             teacher=teacher, teacher_source=teacher_source if teacher_params is not None else None,
+                             teacher=teacher, teacher_source=teacher_source if teacher_variables is not None else None,
                              log=log, desc="student", teacher_in_step=config.teacher_cache_off_reason() is not None)
     if validation is None:
         return [result for program in programs for result in program.results]
     results = []
     for program in programs:
-        accuracy = accuracies(config, student, program.states.params, validation)
+        accuracy = accuracies(config, student, program.states, validation)
         results += [dataclasses.replace(r, validation_accuracy=float(a)) for r, a in zip(program.results, accuracy)]
     return results
 
 
-def accuracies(config: ExperimentConfig, network: Network, params: Any, split: Split, augment: str = "none"
+def accuracies(config: ExperimentConfig, network: Network, states: Any, split: Split, augment: str = "none"
                ) -> np.ndarray:
-    """`[members]` accuracy (percent) of stacked `params` on `split`, or on one `augment` view of each."""
+    """`[members]` accuracy (percent) of stacked train `states` on `split`, or on one `augment` view of each."""
     settings = config.settings()
     mesh = batch_mesh(settings.devices or None)
     objective = build_objective(methods.get("ce"), network)
-    accuracy, _ = evaluate_members(objective, params, split, settings.batch_size, unrolls(settings, mesh),
+    accuracy, _ = evaluate_members(objective, states, split, settings.batch_size, unrolls(settings, mesh),
                                    mesh, augment=augment)
     return accuracy
 
@@ -229,7 +233,7 @@ def with_view_accuracy(config: ExperimentConfig, data: Cifar10, teacher: Sequenc
     A teacher that never saw such views can be far worse on them than on clean images, and
     it is on those views that it teaches.
     """
-    accuracy = accuracies(config, tutorial_teacher(), states.params, data.test, config.augment)
+    accuracy = accuracies(config, tutorial_teacher(), states, data.test, config.augment)
     log(f"teacher: {accuracy[0]:.2f}% on one {config.augment} view of each test image "
         f"({teacher[0].test_accuracy:.2f}% on the images themselves)")
     return [dataclasses.replace(r, view_accuracy=float(a)) for r, a in zip(teacher, accuracy)]
@@ -286,7 +290,7 @@ def run(name: str, argv: list[str] | None = None) -> int:
             if config.augment != "none":
                 teacher_results = with_view_accuracy(config, data, teacher_results, states)
             students = train_students(config, learners, student_checkpoints,
-                                      jax.tree.map(lambda a: a[0], states.params["model"]), validation)
+                                      model_variables(states), validation)
         else:
             teacher_results = []
             students = train_students(config, learners, student_checkpoints, None, validation)
