@@ -1,0 +1,57 @@
+"""Networks by name: the tutorial's two and the CIFAR zoo of the distillation benchmarks (RepDistiller, mdistiller).
+
+    from kdjax import zoo
+    teacher = zoo.network("resnet56", num_classes=100)   # a kdjax.network.Network
+    zoo.names()                                          # every name, the tutorial's first
+
+Each zoo network is a `flax.linen` module with BatchNorm (PyTorch's semantics, its statistics
+the network's state), parameters named after the PyTorch definition's `state_dict` keys
+(`kdjax.convert.from_torch` loads the benchmarks' checkpoints) and the roles the methods read:
+`feature_map` (the last stage's output), `pooled` (the penultimate vector), `stageK` and,
+where the references take them, `preactK` (before the last ReLU). They take 32x32 RGB images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from flax import linen as nn
+
+from kdjax.models import IMAGE_SHAPE
+from kdjax.network import Network, linen_network, tutorial_student, tutorial_teacher
+from kdjax.zoo import mobilenetv2, resnet, shufflenet, vgg, wrn
+
+TUTORIAL = {"deepnn": tutorial_teacher, "lightnn": tutorial_student}
+# name -> (module constructor taking num_classes, roles)
+ZOO: dict[str, tuple[Callable[..., nn.Module], Mapping[str, str]]] = {
+    **{name: (make, resnet.ROLES) for name, make in resnet.NETWORKS.items()},
+    **{name: (make, wrn.ROLES) for name, make in wrn.NETWORKS.items()},
+    **{name: (make, vgg.roles(name)) for name, make in vgg.NETWORKS.items()},
+    **{name: (make, mobilenetv2.ROLES) for name, make in mobilenetv2.NETWORKS.items()},
+    **{name: (make, shufflenet.ROLES) for name, make in shufflenet.NETWORKS.items()},
+}
+
+
+def names() -> list[str]:
+    """Every network name `network` knows: the tutorial's two, then the zoo's."""
+    return [*TUTORIAL, *ZOO]
+
+
+def module(name: str, *, num_classes: int = 10) -> nn.Module:
+    """The zoo network `name`'s `flax.linen` module, called as `module(images, train=...) -> logits`."""
+    if name not in ZOO:
+        raise ValueError(f"unknown network {name!r}; the zoo has: {', '.join(ZOO)}")
+    return ZOO[name][0](num_classes=num_classes)
+
+
+def network(name: str, *, num_classes: int = 10) -> Network:
+    """The network called `name` (see `names()`), with a head of `num_classes`."""
+    if name in TUTORIAL:
+        return TUTORIAL[name](num_classes=num_classes)
+    if name not in ZOO:
+        raise ValueError(f"unknown network {name!r}; known: {', '.join(names())}")
+    return linen_network(module(name, num_classes=num_classes), input_shape=IMAGE_SHAPE, roles=ZOO[name][1],
+                         name=name)
+
+
+__all__ = ["module", "names", "network"]
