@@ -1,13 +1,16 @@
-"""Move weights between the tutorial's PyTorch models and kdjax's Flax models.
+"""Move weights between PyTorch models and kdjax's Flax models: the tutorial's and the zoo's.
 
 PyTorch names `features.0.weight` map to Flax `params["features_0"]["kernel"]`; conv
-weights go OIHW -> HWIO and linear weights are transposed. Torch is never imported: a
+weights go OIHW -> HWIO and linear weights are transposed. For the zoo (`zoo_from_torch`,
+`zoo_to_torch`) BatchNorm's `weight` is `scale` and its `running_mean` / `running_var` go to
+the `batch_stats` collection, so a benchmark's released checkpoint loads whole. Torch is never imported: a
 `torch.load`ed state_dict works because tensors are converted through their own
 `.detach().cpu().numpy()`.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 import jax
@@ -100,4 +103,81 @@ def to_torch(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
         layer = keys[-2].replace("_", ".")
         kind = {"kernel": "weight", "bias": "bias"}[keys[-1]]
         flat[f"{layer}.{kind}"] = _torch_layout(np.asarray(leaf))
+    return flat
+
+
+_NUMBERED = re.compile(r"\.(\d+)(?=\.|$)")  # `layer1.0.conv1` -> `layer1_0.conv1`
+_FLAX_NUMBERED = re.compile(r"_(\d+)(?=_|$)")
+_BATCH_STATS = {"running_mean": "mean", "running_var": "var"}
+
+
+def _zoo_path(key: str) -> tuple[str, tuple[str, ...], str]:
+    """A PyTorch `state_dict` key -> (Flax collection, module path, leaf kind in PyTorch's terms)."""
+    module, _, leaf = _NUMBERED.sub(r"_\1", key).rpartition(".")
+    return ("batch_stats" if leaf in _BATCH_STATS else "params"), tuple(module.split(".")), leaf
+
+
+def zoo_from_torch(name: str, state_dict: Mapping[str, Any], *, num_classes: int | None = None) -> dict[str, Any]:
+    """Flax variables `{"params", "batch_stats"}` of zoo network `name` from its PyTorch `state_dict`.
+
+    Takes what `torch.save(model.state_dict())` wrote for the benchmarks' definitions
+    (RepDistiller, mdistiller), also with `nn.DataParallel`'s `module.` prefix; the class count
+    is read from the head unless given. `num_batches_tracked` is dropped.
+
+    Raises:
+      ValueError: on unknown, missing or wrongly shaped entries, naming them.
+    """
+    from kdjax import zoo
+
+    state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()
+                  if not key.endswith("num_batches_tracked")}
+    if num_classes is None:
+        heads = [value for key, value in state_dict.items() if key.endswith("weight") and np.ndim(_to_numpy(value)) == 2]
+        num_classes = int(_to_numpy(heads[0]).shape[0]) if len(heads) == 1 else 10  # the zoo's one Linear
+    module = zoo.module(name, num_classes=num_classes)
+    expected = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, *IMAGE_SHAPE)))
+    expected_keys = zoo_to_torch(expected, shapes_only=True)
+    unknown, missing = sorted(set(state_dict) - set(expected_keys)), sorted(set(expected_keys) - set(state_dict))
+    if unknown or missing:
+        raise ValueError(f"state_dict does not match {name} ({num_classes} classes): "
+                         f"unknown {unknown[:5] or 'none'}, missing {missing[:5] or 'none'}")
+    variables: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        array = _to_numpy(value)
+        if array.shape != expected_keys[key]:
+            raise ValueError(f"{key!r} has shape {array.shape}; {name} needs {expected_keys[key]}")
+        collection, path, leaf = _zoo_path(key)
+        node = variables.setdefault(collection, {})
+        for part in path:
+            node = node.setdefault(part, {})
+        if leaf in _BATCH_STATS:
+            node[_BATCH_STATS[leaf]] = jnp.asarray(array)
+        elif leaf == "weight" and array.ndim == 1:
+            node["scale"] = jnp.asarray(array)
+        else:
+            node["kernel" if leaf == "weight" else leaf] = jnp.asarray(array.transpose(_FROM_TORCH[array.ndim]))
+    return variables
+
+
+def zoo_to_torch(variables: Mapping[str, Any], *, shapes_only: bool = False) -> dict[str, Any]:
+    """The inverse of `zoo_from_torch`: PyTorch `state_dict` keys -> numpy arrays in PyTorch layout.
+
+    Each BatchNorm also gets `num_batches_tracked` (0), so that `load_state_dict` takes it
+    strictly. With `shapes_only`, the values are the shapes.
+    """
+    flat: dict[str, Any] = {}
+    for collection in ("params", "batch_stats"):
+        for path, leaf in jax.tree_util.tree_flatten_with_path(variables.get(collection, {}))[0]:
+            keys = [entry.key for entry in path]
+            module = ".".join(_FLAX_NUMBERED.sub(r".\1", part) for part in keys[:-1])
+            kind = keys[-1]
+            if collection == "batch_stats":
+                name = {"mean": "running_mean", "var": "running_var"}[kind]
+                flat[f"{module}.num_batches_tracked"] = () if shapes_only else np.zeros((), np.int64)
+            else:
+                name = {"kernel": "weight", "scale": "weight", "bias": "bias"}[kind]
+            shape = tuple(leaf.shape[axis] for axis in _TO_TORCH[len(leaf.shape)])
+            flat[f"{module}.{name}"] = shape if shapes_only else _torch_layout(np.asarray(leaf))
+    if shapes_only:
+        return {key: shape for key, shape in flat.items() if not key.endswith("num_batches_tracked")}
     return flat
