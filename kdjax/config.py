@@ -36,6 +36,8 @@ class ExperimentConfig:
     """
 
     name: str = "all"
+    teacher: str = "deepnn"  # network names: `kdjax.zoo.names()`; the tutorial's pair by default
+    student: str = "lightnn"
     epochs: int = 10
     teacher_epochs: int | None = None  # None: --epochs
     teacher_augment: str | None = None  # None: --augment
@@ -100,6 +102,11 @@ class ExperimentConfig:
             raise ConfigError(f"--methods: unknown method(s) {', '.join(unknown)}; "
                               f"choose from {', '.join(methods.METHODS)}")
         check_experiment(self.name)
+        from kdjax import zoo
+
+        for flag, network in (("--teacher", self.teacher), ("--student", self.student)):
+            if network not in zoo.names():
+                raise ConfigError(f"{flag}: unknown network {network!r}; choose from {', '.join(zoo.names())}")
         checks = [
             (len(set(self.methods)) == len(self.methods), f"--methods has a repeated method: {','.join(self.methods)}"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
@@ -178,6 +185,8 @@ def _check_writable(flag: str, directory: pathlib.Path) -> None:
 
 
 _HELP = {
+    "teacher": "the teacher network: deepnn (the tutorial's), or a zoo name such as resnet56, resnet32x4, wrn_40_2",
+    "student": "the student network: lightnn (the tutorial's), or a zoo name such as resnet20, resnet8x4, wrn_16_2",
     "epochs": "training epochs of each member",
     "teacher_epochs": "training epochs of the teacher the students learn from (default: --epochs)",
     "learning_rate": "Adam learning rate",
@@ -245,7 +254,7 @@ def add_flags(parser: argparse.ArgumentParser, experiment: str) -> None:
     defaults = ExperimentConfig()
     skip = {"name", "hyperparameters", "sweep", "seeds", "methods"}
     if experiment == "teacher":
-        skip |= {"teacher_epochs", "teacher_seed", "teacher_augment", "cache", "validation_size"}
+        skip |= {"student", "teacher_epochs", "teacher_seed", "teacher_augment", "cache", "validation_size"}
     parser.add_argument("--seeds", type=_seeds, default=defaults.seeds, help=f"{_HELP['seeds']} (default: 42)")
     if experiment == "methods":
         parser.add_argument("--methods", type=_names, default=(), help=_HELP["methods"])

@@ -7,12 +7,13 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from flax import linen as nn
 
 from kdjax import methods
 from kdjax.checkpoint import RunCheckpoints
 from kdjax.data import Cifar10, Split
 from kdjax.loop import Member, MemberResult, Settings, train_members
-from kdjax.network import tutorial_student, tutorial_teacher
+from kdjax.network import Network, linen_network, tutorial_student, tutorial_teacher
 from kdjax.train import build_objective, create_train_state
 from kdjax.teacher_cache import compute_teacher_cache
 
@@ -59,3 +60,38 @@ def run_members(tmp: pathlib.Path, members: Sequence[Member], *, epochs: int = 1
     if programs_out is not None:
         programs_out.extend(programs)
     return [result for program in programs for result in program.results]
+
+
+class BatchNormCNN(nn.Module):
+    """A small CNN with BatchNorm (running statistics in `batch_stats`) and dropout; `block` is `[n, 8, 8, 16]`."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(8, (3, 3), strides=(2, 2), use_bias=False)(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+        x = nn.relu(nn.Conv(16, (3, 3), strides=(2, 2), name="block")(x))
+        x = nn.Dropout(0.1, deterministic=not train)(x.mean(axis=(1, 2)))
+        return nn.Dense(10)(x)
+
+
+def batchnorm_network() -> Network:
+    return linen_network(BatchNormCNN(), input_shape=(32, 32, 3), roles={"feature_map": "block"})
+
+
+def train_batchnorm(tmp: pathlib.Path, members: Sequence[Member], *, name: str, teacher=None, cached: bool = True,
+                    data: Cifar10 | None = None, **settings) -> list:
+    """Train BatchNorm students of `members` (batch 32, tiny data); `teacher`: `(network, (params, state))`."""
+    data = data or tiny_data()
+    reads = {role for m in members for role in methods.get(m.method).reads}
+
+    def source():
+        network, variables = teacher
+        if cached:
+            return compute_teacher_cache(network, variables, data.train, reads), True
+        return variables, False
+
+    config = Settings(epochs=settings.pop("epochs", 1), batch_size=32, save_every_steps=0, **settings)
+    return train_members(members, batchnorm_network(), data.train, data.test, config,
+                         lambda chunk: RunCheckpoints(tmp / name / chunk[0].method, {"test": name}),
+                         teacher=teacher[0] if teacher else None, teacher_source=source if teacher else None,
+                         log=lambda _: None, teacher_in_step=not cached)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import pathlib
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax import methods
+from kdjax import methods, zoo
 from kdjax.checkpoint import CheckpointMismatchError, RunCheckpoints, saved_identity
 from kdjax.config import LAYOUT_SETTINGS, ConfigError, ExperimentConfig, add_flags, check_experiment, from_args
 from kdjax.data import Cifar10, DataNotFoundError, Split, load_cifar10
@@ -25,7 +26,7 @@ from kdjax.loop import (Member, MemberResult, TrainingDivergedError, evaluate_me
                         program_name, reads_teacher,
                         train_members, unrolls)
 from kdjax.memory import ProgramMemoryError
-from kdjax.network import Network, tutorial_student, tutorial_teacher
+from kdjax.network import Network
 from kdjax.parallel import batch_mesh
 from kdjax.report import write_run
 from kdjax.teacher_cache import compute_teacher_cache
@@ -55,6 +56,23 @@ def fingerprint(value: Any) -> str:
         for leaf in jax.tree.leaves(value):
             digest.update(np.asarray(leaf).tobytes())
     return digest.hexdigest()[:FINGERPRINT_CHARS]
+
+
+@functools.cache
+def network(name: str) -> Network:
+    """The network `--teacher` or `--student` names (built once per process)."""
+    return zoo.network(name)
+
+
+def check_networks(config: ExperimentConfig) -> None:
+    """Raise ConfigError, before any training, if a student method cannot run between the two networks
+    (a role one of them lacks, an adapter the shapes rule out)."""
+    for name in config.student_methods:
+        method = methods.get(name)
+        try:
+            build_objective(method, network(config.student), network(config.teacher) if method.needs_teacher else None)
+        except ValueError as error:
+            raise ConfigError(f"{name} between teacher {config.teacher} and student {config.student}: {error}") from None
 
 
 def load_data(config: ExperimentConfig) -> Cifar10:
@@ -146,7 +164,7 @@ def train_teacher(config: ExperimentConfig, data: Cifar10, checkpoints: Checkpoi
     The default teacher comes from a saved program that holds it among other seeds, when
     there is one (`Checkpoints.program_holding`); otherwise it trains alone.
     """
-    teacher = tutorial_teacher()
+    teacher = network(config.teacher)
     members = [Member.of("ce", seed) for seed in (seeds or [config.teacher_seed])]
     wanted = members[0]
     if seeds is None and jax.default_backend() == "cpu":
@@ -185,7 +203,7 @@ def train_students(config: ExperimentConfig, data: Cifar10, checkpoints: Checkpo
     `teacher_variables` is the trained teacher's `(params, state)`, or None for students without one.
     """
     members = config.members()
-    teacher, student = tutorial_teacher(), tutorial_student()
+    teacher, student = network(config.teacher), network(config.student)
     teacher_id = fingerprint(teacher_variables) if teacher_variables is not None else None
     reads = {role for name in config.student_methods for role in methods.get(name).reads}
 
@@ -233,7 +251,7 @@ def with_view_accuracy(config: ExperimentConfig, data: Cifar10, teacher: Sequenc
     A teacher that never saw such views can be far worse on them than on clean images, and
     it is on those views that it teaches.
     """
-    accuracy = accuracies(config, tutorial_teacher(), states, data.test, config.augment)
+    accuracy = accuracies(config, network(config.teacher), states, data.test, config.augment)
     log(f"teacher: {accuracy[0]:.2f}% on one {config.augment} view of each test image "
         f"({teacher[0].test_accuracy:.2f}% on the images themselves)")
     return [dataclasses.replace(r, view_accuracy=float(a)) for r, a in zip(teacher, accuracy)]
@@ -246,9 +264,10 @@ def machine_line() -> str:
 
 
 def parse_config(name: str, argv: list[str] | None) -> ExperimentConfig:
-    what = {"teacher": "The teacher (DeepNN, CE)", "all": "The whole tutorial: the teacher, then the four students",
+    what = {"teacher": "The teacher (--teacher, DeepNN by default) with CE",
+            "all": "The whole tutorial: the teacher, then the four students",
             "methods": "Every registered method's student from one teacher, seeds paired across methods",
-            "baseline": "The student (LightNN) with CE alone"}
+            "baseline": "The student (--student, LightNN by default) with CE alone"}
     parser = argparse.ArgumentParser(
         prog=f"python -m kdjax.experiments.{name}",
         description=f"{what.get(name) or methods.get(name).summary} on CIFAR-10, with the PyTorch Knowledge "
@@ -264,6 +283,7 @@ def run(name: str, argv: list[str] | None = None) -> int:
     try:
         check_experiment(name)
         config = parse_config(name, argv)
+        check_networks(config)
         if config.distributed:
             jax.distributed.initialize()  # coordinator, process count and id from the launcher's environment
         else:
@@ -312,5 +332,11 @@ def run(name: str, argv: list[str] | None = None) -> int:
 
 
 def run_identity(config: ExperimentConfig) -> dict[str, Any]:
-    """The settings that decide a run's results (not where it writes, nor how it is laid out)."""
-    return {key: value for key, value in dataclasses.asdict(config).items() if key not in LAYOUT_SETTINGS}
+    """The settings that decide a run's results (not where it writes, nor how it is laid out).
+
+    The tutorial's networks are left out, so that runs made before `--teacher` / `--student`
+    existed keep their folders.
+    """
+    defaults = ExperimentConfig()
+    return {key: value for key, value in dataclasses.asdict(config).items() if key not in LAYOUT_SETTINGS
+            and not (key in ("teacher", "student") and value == getattr(defaults, key))}
