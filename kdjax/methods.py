@@ -145,7 +145,13 @@ def _kd(student: Outputs, teacher: Outputs, hp: Hyperparameters, context: Contex
 
 def _cosine(student: Outputs, teacher: Outputs, hp: Hyperparameters, context: Context) -> jax.Array:
     student_hidden = flatten_channel_major(student["feature_map"])
-    teacher_hidden = losses.avg_pool_pairs(flatten_channel_major(teacher["feature_map"]))
+    teacher_hidden = flatten_channel_major(teacher["feature_map"])
+    width, teacher_width = student_hidden.shape[-1], teacher_hidden.shape[-1]
+    if teacher_width % width:
+        raise ValueError(f"cosine: the teacher's flattened feature map ({teacher_width}) must be a multiple of the "
+                         f"student's ({width}) to be average-pooled to it")
+    # Adjacent groups of teacher_width / width: the tutorial's avg_pool1d(x, 2) for its 2048 -> 1024.
+    teacher_hidden = teacher_hidden.reshape(teacher_hidden.shape[0], width, -1).mean(axis=-1)
     return losses.cosine_loss(student_hidden, teacher_hidden, where=context.where)
 
 
@@ -174,7 +180,8 @@ CE = register(Method("ce", "cross-entropy on the labels only", title="CE"))
 KD = register(Method("kd", "Hinton et al. 2015: KL divergence of temperature-softened logits, x T^2",
                      reads=("logits",), loss=_kd, hyperparameters={"temperature": 2.0}, title="CE + KD"))
 COSINE = register(Method("cosine", "cosine embedding of the flattened last feature maps (teacher's "
-                         "average-pooled in pairs to the student's width)", reads=("feature_map",), loss=_cosine))
+                         "average-pooled in groups to the student's width: pairs in the tutorial)",
+                         reads=("feature_map",), loss=_cosine))
 HINT = register(Method("hint", "FitNets (Romero et al. 2015): MSE between the teacher's last feature map and a "
                        "trainable 3x3 conv regressor of the student's", reads=("feature_map",), loss=_hint,
                        adapter=_regressor, adapted="feature_map"))

@@ -134,3 +134,27 @@ def test_float32_forward_matches(name):
         logits, _, _ = jax.jit(functools.partial(network.forward, train=mode == "train"))(params, state, x)
         expected = REFERENCE[f"{name}/{mode}/logits"]
         np.testing.assert_allclose(logits, expected, rtol=0, atol=tolerance * np.abs(expected).max(), err_msg=mode)
+
+
+@pytest.mark.parametrize("teacher_name, student_name", [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2")])
+def test_every_method_trains_between_zoo_pairs(teacher_name, student_name):
+    """Two steps of every registered method, from the teacher's inference-mode outputs, on 8 images."""
+    from kdjax import methods
+    from kdjax.train import build_objective, create_train_state, teacher_outputs, train_step
+
+    teacher, student = zoo.network(teacher_name), zoo.network(student_name)
+    images = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
+    batch = {"image": images, "label": jax.random.randint(jax.random.key(1), (8,), 0, 10)}
+    reads = tuple(dict.fromkeys(role for method in methods.METHODS.values() for role in method.reads))
+    outputs = jax.jit(lambda v: teacher_outputs(teacher, v, images, reads))(teacher.init(jax.random.key(2)))
+    for name, method in methods.METHODS.items():
+        objective = build_objective(method, student, teacher)
+        state = create_train_state(objective, jax.random.key(3))
+        step = jax.jit(functools.partial(train_step, objective=objective))
+        for index in range(2):
+            state, metrics = step(state, batch, jax.random.key(index), outputs if method.needs_teacher else None,
+                                  method.resolve())
+            assert bool(metrics["finite"]), (name, index)
+        assert not np.allclose(state.model_state["model"]["batch_stats"]["bn1"]["mean"],
+                               create_train_state(objective, jax.random.key(3)).model_state["model"]["batch_stats"]
+                               ["bn1"]["mean"]), name
