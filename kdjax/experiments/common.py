@@ -283,11 +283,11 @@ def run(name: str, argv: list[str] | None = None) -> int:
     try:
         check_experiment(name)
         config = parse_config(name, argv)
-        check_networks(config)
         if config.distributed:
             jax.distributed.initialize()  # coordinator, process count and id from the launcher's environment
         else:
             use_fast_cpu_kernels()
+        check_networks(config)  # traces the networks: after the backends' set-up above
         if config.devices > jax.device_count():
             raise ConfigError(f"--devices {config.devices}: only {jax.device_count()} {jax.default_backend()} "
                               f"device(s) here; pass --devices between 1 and {jax.device_count()} (0: all)")
