@@ -19,7 +19,7 @@ from bench.common import (
 from kdjax import methods
 from kdjax.config import ExperimentConfig
 from kdjax.data import Cifar10, ResidentLoader, Split, epoch_order, load_cifar10
-from kdjax.loop import Member, ProgramSpec, init_states, program_step, stack_hyperparameters
+from kdjax.loop import Member, ProgramSpec, init_states, model_variables, program_step, stack_hyperparameters
 from kdjax.network import tutorial_student, tutorial_teacher
 from kdjax.parallel import batch_mesh
 from kdjax.teacher_cache import compute_teacher_cache
@@ -72,8 +72,7 @@ def _time_case(step, states, rest, steps: int, images: int, windows: int) -> dic
 
 def measure_steps(split: Split, args) -> dict:
     windows = args.windows
-    teacher_params = init_states(build_objective(methods.get("ce"), tutorial_teacher()), [1], 1e-3).params["model"]
-    teacher_params = jax.tree.map(lambda leaf: leaf[0], teacher_params)
+    teacher_params = model_variables(init_states(build_objective(methods.get("ce"), tutorial_teacher()), [1], 1e-3))
     results = {}
     cases = [(case, False) for case in STEP_CASES] + [(case, True) for case in CACHED_CASES]
     for case, cached in cases:
@@ -95,13 +94,13 @@ def measure_eval(split: Split, args) -> dict:
     windows = args.windows
     results = {}
     for name, network in (("teacher", tutorial_teacher()), ("student", tutorial_student())):
-        params = network.init(jax.random.key(0))
+        params, state = network.init(jax.random.key(0))
         eval_step = jax.jit(functools.partial(eval_step_fn, network=network))
         batches = _batches(split)
-        jax.block_until_ready(eval_step(params, next(batches)))
+        jax.block_until_ready(eval_step(params, state, next(batches)))
 
         def window():
-            jax.block_until_ready([eval_step(params, next(batches)) for _ in range(10)])
+            jax.block_until_ready([eval_step(params, state, next(batches)) for _ in range(10)])
 
         results[f"eval_{name}"] = {"images_per_s": median_rate(window, 10 * BATCH, windows)}
     return results
@@ -121,7 +120,7 @@ def measure_e2e(args) -> dict:
         start = time.perf_counter()
         teacher, states = train_teacher(config, data, Checkpoints(config, data, teacher=True))
         students = train_students(config, data, Checkpoints(config, data, teacher=False),
-                                  jax.tree.map(lambda a: a[0], states.params["model"]))
+                                  model_variables(states))
         seconds = time.perf_counter() - start
     accuracy = {("teacher" if r.network == "DeepNN" else r.member.method): r.test_accuracy for r in teacher + students}
     return {"e2e": {"seconds": seconds, "accuracy": accuracy, "data": data.origin}}

@@ -61,9 +61,9 @@ def layers(network: Network) -> list[dict]:
     A convolution under `lax.platform_dependent` appears once per branch; only the first
     of identical consecutive entries is kept.
     """
-    params = network.init(jax.random.key(0))
+    params, state = network.init(jax.random.key(0))
     images = jnp.zeros((BATCH, 32, 32, 3))
-    jaxpr = jax.make_jaxpr(lambda p, x: network.forward(p, x, train=False))(params, images).jaxpr
+    jaxpr = jax.make_jaxpr(lambda p, x: network.forward(p, state, x, train=False))(params, images).jaxpr
     found = []
     for eqn in _equations(jaxpr):
         name = eqn.primitive.name
