@@ -212,3 +212,13 @@ def test_with_augmentation_the_methods_that_read_the_teacher_share_a_program(tmp
     assert f"{views:.2f}% on one crop-flip view of each test image." in (run_dir / "summary.md").read_text()
     assert read_run(run_dir)[1][0].view_accuracy == views
     assert (run_dir / "ranking.png").exists()
+
+
+def test_networks_by_name_are_checked_before_any_work(tmp_path, capsys):
+    places = ["--checkpoint-dir", str(tmp_path / "ck"), "--output-dir", str(tmp_path / "out")]
+    assert run("kd", ["--student", "resnet99", *places]) == 1
+    assert "error: --student: unknown network 'resnet99'; choose from deepnn, lightnn, resnet8," in capsys.readouterr().err
+    assert run("hint", ["--teacher", "resnet56", "--student", "shufflenetv1", *places]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: hint between teacher resnet56 and student shufflenetv1: the hint regressor keeps")
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "ck" / "teacher").exists()
