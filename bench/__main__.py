@@ -30,11 +30,12 @@ import subprocess
 import sys
 import tempfile
 
-from bench.common import CACHED_CASES, MEMBERS, STEP_CASES
+from bench.common import CACHED_CASES, MEMBERS, STEP_CASES, ZOO_BATCH, ZOO_CASES
 
 LABELS = {"teacher_ce": "teacher CE step", "student_ce": "student CE step", "kd": "student KD step",
           "cosine": "student cosine step", "hint": "student hint step", "eval_teacher": "teacher eval",
-          "eval_student": "student eval"}
+          "eval_student": "student eval", **{case: f"{name} CE step, batch {ZOO_BATCH}"
+                                             for case, name in ZOO_CASES.items()}}
 
 
 def cpu_model() -> str:
@@ -96,7 +97,9 @@ def table(jx: dict, pt: dict[str, dict]) -> str:
             cells.append(_ratio(ours, fastest))
         return "| " + " | ".join(cells) + " |"
 
-    for case in (*STEP_CASES, "eval_teacher", "eval_student"):
+    for case in (*STEP_CASES, "eval_teacher", "eval_student", *ZOO_CASES):
+        if _rate(jx, case) is None:  # figures written before the case existed
+            continue
         rows.append(row(f"{LABELS[case]} (images/s)", _rate(jx, case), case, case))
         if case in CACHED_CASES:
             rows.append(row(f"{LABELS[case]}, teacher cache (images/s)", _rate(jx, f"{case}_cached"), case, case))
@@ -111,8 +114,8 @@ def table(jx: dict, pt: dict[str, dict]) -> str:
         text = ", ".join(f"PyTorch {v} {t:,.0f} s ({t / ours:.2f}x)" for v, t in theirs.items())
         rows.append(f"Whole tutorial, reduced: kdjax {ours:,.0f} s" + (f"; {text}" if text else "") + ".\n")
     memory = ", ".join([f"kdjax {jx['peak_rss_mb']:,.0f}"] + [f"PyTorch {v} {pt[v]['peak_rss_mb']:,.0f}" for v in variants])
-    per_round = [f"{LABELS[case]} {v}: {_per_round(jx[case], pt[v].get(case))}" for case in STEP_CASES for v in variants
-                 if _per_round(jx[case], pt[v].get(case))]
+    per_round = [f"{LABELS[case]} {v}: {_per_round(jx[case], pt[v].get(case))}" for case in (*STEP_CASES, *ZOO_CASES)
+                 for v in variants if case in jx and _per_round(jx[case], pt[v].get(case))]
     compile_s = ", ".join(f"{case} {jx[case]['compile_s']:.1f}" for case in jx if isinstance(jx[case], dict)
                           and "compile_s" in jx[case])
     notes = [f"Peak host memory (MB): {memory}.", f"kdjax compile times (s): {compile_s}."]
@@ -163,7 +166,7 @@ def main() -> None:
     e2e = "" if args.skip_e2e else f"; whole tutorial = teacher then the four students, {size}"
     report = (f"# kdjax vs the PyTorch tutorial\n\n`{command.strip()}` — {when}; {machine}; {versions}.\n"
               f"Speed-up is kdjax over PyTorch (higher is better), from the median of {args.rounds} rounds in which "
-              f"the sides take turns; batch 128{e2e} (first round).\n\n{table(jx, pt)}")
+              f"the sides take turns; batch 128 (the zoo's steps: {ZOO_BATCH}){e2e} (first round).\n\n{table(jx, pt)}")
     print(report)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

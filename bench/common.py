@@ -16,6 +16,12 @@ STEP_CASES = ("teacher_ce", "student_ce", "kd", "cosine", "hint")
 CACHED_CASES = ("kd", "cosine", "hint")
 TORCH_VARIANTS = ("eager", "channels_last", "compile")  # compile: torch.compile on the channels_last models
 MEMBERS = 8  # the multi-member case: KD students with the teacher cache in one program
+ZOO_BATCH = 64  # the distillation benchmarks' batch (RepDistiller, mdistiller)
+ZOO_CASES = {"resnet20_ce": "resnet20", "resnet56_ce": "resnet56"}  # case -> zoo network, CE at ZOO_BATCH
+
+
+def batch_size(case: str) -> int:
+    return ZOO_BATCH if case in ZOO_CASES else BATCH
 
 
 def synthetic_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +59,7 @@ def side_parser(description: str) -> argparse.ArgumentParser:
 
 
 def steps_per_window(case: str) -> int:
-    return 3 if case == "teacher_ce" else 30
+    return {"teacher_ce": 3, "resnet56_ce": 3, "resnet20_ce": 8}.get(case, 30)
 
 
 def run_side(description: str, figures: dict, data: Any, measure_steps: Callable, measure_eval: Callable,

@@ -14,9 +14,10 @@ from kdjax.cpu import use_fast_cpu_kernels
 import numpy as np
 
 from bench.common import (
-    BATCH, CACHED_CASES, MEMBERS, STEP_CASES, median_rate, run_side, steps_per_window, synthetic_split,
+    BATCH, CACHED_CASES, MEMBERS, STEP_CASES, ZOO_CASES, batch_size, median_rate, run_side, steps_per_window,
+    synthetic_split,
 )
-from kdjax import methods
+from kdjax import methods, zoo
 from kdjax.config import ExperimentConfig
 from kdjax.data import Cifar10, ResidentLoader, Split, epoch_order, load_cifar10
 from kdjax.loop import Member, ProgramSpec, init_states, model_variables, program_step, stack_hyperparameters
@@ -31,18 +32,21 @@ OBJECTIVE = {"teacher_ce": "ce", "student_ce": "ce", "kd": "kd", "cosine": "cosi
 
 def engine_program(case: str, split: Split, teacher_params, cached: bool, members: int = 1):
     """The engine's jitted step for `members` members of `case`, its initial states and its other arguments."""
-    teacher = tutorial_teacher()
-    network = teacher if case == "teacher_ce" else tutorial_student()
-    method = methods.get(OBJECTIVE[case])
+    teacher, batch = tutorial_teacher(), batch_size(case)
+    if case in ZOO_CASES:
+        network = zoo.network(ZOO_CASES[case])
+    else:
+        network = teacher if case == "teacher_ce" else tutorial_student()
+    method = methods.get(OBJECTIVE.get(case, "ce"))
     objective = build_objective(method, network, teacher if method.needs_teacher else None)
-    spec = ProgramSpec(objective, teacher, cached, BATCH, len(split), "none", True, batch_mesh(1))
+    spec = ProgramSpec(objective, teacher, cached, batch, len(split), "none", True, batch_mesh(1))
     step = jax.jit(functools.partial(program_step, spec=spec), donate_argnums=(0,))
     seeds = list(range(members))
     teacher_arg = None
     if method.needs_teacher:
         teacher_arg = compute_teacher_cache(teacher, teacher_params, split, method.reads) if cached else teacher_params
     keys = jax.numpy.stack([jax.random.key(seed) for seed in seeds])
-    orders = jax.numpy.stack([epoch_order(key, 0, len(split), BATCH) for key in keys])
+    orders = jax.numpy.stack([epoch_order(key, 0, len(split), batch) for key in keys])
     member_list = [Member.of(method.name, seed) for seed in seeds]
     rest = (orders, np.int32(0), split.images, split.labels, teacher_arg, keys, keys,
             stack_hyperparameters(member_list))
@@ -50,9 +54,10 @@ def engine_program(case: str, split: Split, teacher_params, cached: bool, member
     return step, init_states(objective, seeds, 1e-3), jax.device_put(rest)
 
 
-def _time_case(step, states, rest, steps: int, images: int, windows: int) -> dict:
+def _time_case(step, states, rest, steps: int, images: int, windows: int, batch: int = BATCH) -> dict:
+    """Compile time and steady images/s of `step`, `images` per step, over orders of `batch`-image batches."""
     orders, epoch, images_arr, labels, teacher_arg, data_keys, dropout_keys, hp = rest
-    batches = orders.shape[1] // BATCH
+    batches = orders.shape[1] // batch
     start = time.perf_counter()
     compiled = step.lower(states, orders, epoch, np.int32(0), images_arr, labels, teacher_arg, data_keys,
                           dropout_keys, hp).compile()
@@ -74,11 +79,12 @@ def measure_steps(split: Split, args) -> dict:
     windows = args.windows
     teacher_params = model_variables(init_states(build_objective(methods.get("ce"), tutorial_teacher()), [1], 1e-3))
     results = {}
-    cases = [(case, False) for case in STEP_CASES] + [(case, True) for case in CACHED_CASES]
+    cases = [(case, False) for case in (*STEP_CASES, *ZOO_CASES)] + [(case, True) for case in CACHED_CASES]
     for case, cached in cases:
         step, states, rest = engine_program(case, split, teacher_params, cached)
         name = f"{case}_cached" if cached else case
-        results[name] = _time_case(step, states, rest, steps_per_window(case), BATCH, windows)
+        batch = batch_size(case)
+        results[name] = _time_case(step, states, rest, steps_per_window(case), batch, windows, batch)
     step, states, rest = engine_program("kd", split, teacher_params, True, members=MEMBERS)
     results[f"kd_cached_x{MEMBERS}"] = _time_case(step, states, rest, steps_per_window("kd") // 2,
                                                   MEMBERS * BATCH, windows)

@@ -2,7 +2,8 @@
 
     python -m bench.profile [--repeats 5] [--out experiments/PROFILE.md]
 
-For the teacher and the student, at batch 128, through the engine's own step:
+For the tutorial's teacher and student at batch 128 and the zoo's resnet20 and resnet56 at
+the benchmarks' batch 64, through the engine's own step:
 
 * the layer list, read off the model's jaxpr (every convolution and dense layer with its
   shapes), and the step's matmul work: forward, input gradient and kernel gradient of each
@@ -36,12 +37,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench.__main__ import cpu_model
-from bench.common import BATCH, synthetic_split
+from bench.common import batch_size, synthetic_split
 from bench.kdjax_side import engine_program
 from kdjax.data import Split
+from kdjax import zoo
 from kdjax.network import Network, tutorial_student, tutorial_teacher
 
-NETWORKS: dict[str, Callable[[], Network]] = {"teacher": tutorial_teacher, "student": tutorial_student}
+NETWORKS: dict[str, Callable[[], Network]] = {"teacher": tutorial_teacher, "student": tutorial_student,
+                                              "resnet20": lambda: zoo.network("resnet20"),
+                                              "resnet56": lambda: zoo.network("resnet56")}
+STEPS = {"teacher": 2, "resnet56": 3, "resnet20": 8}  # steps per timed window (default 20)
 
 
 def _equations(jaxpr):
@@ -55,14 +60,14 @@ def _equations(jaxpr):
                     yield from _equations(inner)
 
 
-def layers(network: Network) -> list[dict]:
-    """Convolutions and dense layers of one forward pass at batch 128, in order, with forward GFLOP.
+def layers(network: Network, batch: int) -> list[dict]:
+    """Convolutions and dense layers of one forward pass at `batch`, in order, with forward GFLOP.
 
     A convolution under `lax.platform_dependent` appears once per branch; only the first
     of identical consecutive entries is kept.
     """
     params, state = network.init(jax.random.key(0))
-    images = jnp.zeros((BATCH, 32, 32, 3))
+    images = jnp.zeros((batch, 32, 32, 3))
     jaxpr = jax.make_jaxpr(lambda p, x: network.forward(p, state, x, train=False))(params, images).jaxpr
     found = []
     for eqn in _equations(jaxpr):
@@ -130,7 +135,7 @@ def measure_step(name: str, repeats: int) -> dict:
     compiled, states, args = _compiled_step(name)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    steps = 2 if name == "teacher" else 20
+    steps = STEPS.get(name, 20)
     box = {"states": states}
 
     def window():
@@ -157,12 +162,12 @@ def report(repeats: int) -> str:
     lines = [f"Machine: {cpu_model()}, {jax.devices()[0].device_kind}, jax {jax.__version__}. float32 matmul "
              f"2048^3: {peak:.0f} GFLOP/s; in-place element-wise pass over 256 MB: {bandwidth:.1f} GB/s.", ""]
     for name in NETWORKS:
-        layer_list = layers(NETWORKS[name]())
+        layer_list = layers(NETWORKS[name](), batch_size(f"{name}_ce"))
         gflop = step_gflop(layer_list)
         step = measure_step(name, repeats)
         compute_ms, memory_ms = gflop / peak * 1000, step["bytes"] / 1e9 / bandwidth * 1000
         bound = "compute" if compute_ms >= memory_ms else "memory traffic"
-        lines += [f"## {name}: CE train step {step['ms']:.1f} ms", "",
+        lines += [f"## {name}: CE train step {step['ms']:.1f} ms at batch {batch_size(f'{name}_ce')}", "",
                   f"- matmul work {gflop:.2f} GFLOP ({gflop / step['ms'] * 1000:.0f} GFLOP/s achieved): compute floor "
                   f"{compute_ms:.1f} ms",
                   f"- XLA's cost analysis: {step['bytes'] / 1e6:,.0f} MB read and written: memory floor "

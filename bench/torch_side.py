@@ -18,8 +18,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "reference"))
 import tutorial_torch as tut  # noqa: E402 - the tutorial's own code, kept beside the parity fixture
+import zoo_torch  # noqa: E402 - the benchmarks' CIFAR networks, restated for the zoo's parity fixture
 
-from bench.common import BATCH, STEP_CASES, median_rate, run_side, side_parser, steps_per_window, synthetic_split
+from bench.common import (BATCH, STEP_CASES, ZOO_CASES, batch_size, median_rate, run_side, side_parser,
+                          steps_per_window, synthetic_split)
 from kdjax.data.pipeline import MEAN, STD
 
 MODELS = {  # case -> (student class, teacher class, loss body)
@@ -37,8 +39,8 @@ def _tensors(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
     return TensorDataset(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(labels.astype(np.int64)))
 
 
-def _batches(dataset: TensorDataset):
-    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True)
+def _batches(dataset: TensorDataset, batch: int = BATCH):
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True)
     return itertools.chain.from_iterable(loader for _ in itertools.count())
 
 
@@ -56,14 +58,16 @@ def _layout(inputs: torch.Tensor, variant: str) -> torch.Tensor:
 
 def measure_steps(dataset: TensorDataset, args) -> dict:
     results = {}
-    for case in STEP_CASES:
-        student_cls, teacher_cls, loss_fn = MODELS[case]
+    for case in (*STEP_CASES, *ZOO_CASES):
+        student_cls, teacher_cls, loss_fn = MODELS.get(case) or (
+            lambda name=ZOO_CASES[case]: zoo_torch.NETWORKS[name](10), None, _zoo_ce)
+        batch = batch_size(case)
         torch.manual_seed(42)
         plain_student = student_cls().train()
         student = tuned(plain_student, args.variant)
         teacher = tuned(teacher_cls().eval(), args.variant) if teacher_cls else None
         optimizer = torch.optim.Adam(plain_student.parameters(), lr=1e-3)
-        batches = _batches(dataset)
+        batches = _batches(dataset, batch)
 
         def window(n=steps_per_window(case)):
             for _ in range(n):
@@ -74,8 +78,13 @@ def measure_steps(dataset: TensorDataset, args) -> dict:
                 optimizer.step()
 
         window()  # warm-up: one full window, as on the kdjax side
-        results[case] = {"images_per_s": median_rate(window, steps_per_window(case) * BATCH, args.windows)}
+        results[case] = {"images_per_s": median_rate(window, steps_per_window(case) * batch, args.windows)}
     return results
+
+
+def _zoo_ce(student, teacher, inputs, labels):
+    """CE on a zoo network, whose forward also returns its features."""
+    return torch.nn.functional.cross_entropy(student(inputs)[0], labels)
 
 
 def measure_eval(dataset: TensorDataset, args) -> dict:

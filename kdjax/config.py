@@ -12,6 +12,7 @@ from typing import Any
 
 from kdjax import methods
 from kdjax.loop import AUGMENTATIONS, MEMBER_BATCHING, Settings
+from kdjax.optimizers import OPTIMIZERS, SCHEDULES
 
 TUTORIAL_STUDENTS = ("ce", "kd", "cosine", "hint")
 # Experiments that train several methods' students from one teacher: name -> the methods, CE first.
@@ -21,6 +22,28 @@ LAYOUT_SETTINGS = frozenset({"checkpoint_dir", "output_dir", "restart", "distrib
                              "members_per_program", "member_batching", "cache", "save_every_steps"})
 # Experiment name -> method trained; `teacher` trains DeepNN, the others LightNN.
 EXPERIMENTS = {"teacher": "ce", "baseline": "ce", **{name: name for name in methods.METHODS if name != "ce"}}
+
+
+# Named recipes: the settings a published training procedure uses, applied before the flags given.
+# cifar-kd: RepDistiller / mdistiller's CIFAR-100 recipe (240 epochs of SGD, x0.1 at 150, 180, 210).
+RECIPES: dict[str, dict[str, Any]] = {
+    "cifar-kd": {"optimizer": "sgd", "learning_rate": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 64,
+                 "epochs": 240, "schedule": "step", "milestones": (150, 180, 210), "decay_factor": 0.1,
+                 "augment": "crop-flip"},
+}
+SMALL_LEARNING_RATE_STUDENTS = ("mobilenetv2", "shufflenetv1", "shufflenetv2")  # cifar-kd trains them at 0.01
+
+
+def recipe_values(recipe: str | None, student: str) -> dict[str, Any]:
+    """The settings `recipe` gives a run whose student is `student` ({} for none)."""
+    if recipe is None:
+        return {}
+    if recipe not in RECIPES:
+        raise ConfigError(f"--recipe: unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+    values = dict(RECIPES[recipe])
+    if recipe == "cifar-kd" and student in SMALL_LEARNING_RATE_STUDENTS:
+        values["learning_rate"] = 0.01
+    return values
 
 
 class ConfigError(ValueError):
@@ -38,10 +61,19 @@ class ExperimentConfig:
     name: str = "all"
     teacher: str = "deepnn"  # network names: `kdjax.zoo.names()`; the tutorial's pair by default
     student: str = "lightnn"
+    recipe: str | None = None  # a named set of the settings below (RECIPES); flags given override it
     epochs: int = 10
     teacher_epochs: int | None = None  # None: --epochs
     teacher_augment: str | None = None  # None: --augment
     learning_rate: float = Settings.learning_rate
+    optimizer: str = Settings.optimizer
+    momentum: float = Settings.momentum
+    nesterov: bool = Settings.nesterov
+    weight_decay: float = Settings.weight_decay
+    schedule: str = Settings.schedule
+    milestones: tuple[int, ...] = Settings.milestones
+    decay_factor: float = Settings.decay_factor
+    warmup_epochs: float = Settings.warmup_epochs
     batch_size: int = Settings.batch_size
     seeds: tuple[int, ...] = (42,)  # each seed is a member: initial weights, data order and dropout
     teacher_seed: int = 42  # the teacher the students learn from
@@ -83,6 +115,9 @@ class ExperimentConfig:
         epochs = (self.teacher_epochs or self.epochs) if teacher else self.epochs
         augment = (self.teacher_augment or self.augment) if teacher else self.augment
         return Settings(epochs=epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+                        optimizer=self.optimizer, momentum=self.momentum, nesterov=self.nesterov,
+                        weight_decay=self.weight_decay, schedule=self.schedule, milestones=self.milestones,
+                        decay_factor=self.decay_factor, warmup_epochs=self.warmup_epochs,
                         save_every_steps=self.save_every_steps, augment=augment, devices=self.devices,
                         member_batching=self.member_batching, members_per_program=self.members_per_program,
                         labelled=None if teacher or self.name == "teacher" else self.labelled_size)
@@ -115,6 +150,18 @@ class ExperimentConfig:
             (math.isfinite(self.learning_rate) and self.learning_rate > 0,
              f"--learning-rate must be a finite number > 0, got {self.learning_rate}"),
             (self.batch_size > 0, f"--batch-size must be > 0, got {self.batch_size}"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
+            (not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
+             "--nesterov needs --optimizer sgd with --momentum > 0"),
+            (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+             f"--weight-decay must be a finite number >= 0, got {self.weight_decay}"),
+            (self.schedule != "step" or bool(self.milestones), "--schedule step needs --milestones, e.g. 150,180,210"),
+            (all(0 < m for m in self.milestones) and list(self.milestones) == sorted(set(self.milestones)),
+             f"--milestones must be increasing epochs > 0, got {','.join(map(str, self.milestones))}"),
+            (0 < self.decay_factor <= 1, f"--decay-factor must be in (0, 1], got {self.decay_factor}"),
+            (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
             (len(set(self.seeds)) == len(self.seeds), f"--seeds has a repeated seed: {self.seeds}"),
             (self.train_size is None or self.train_size > 0, f"--train-size must be > 0, got {self.train_size}"),
             (self.test_size is None or self.test_size > 0, f"--test-size must be > 0, got {self.test_size}"),
@@ -185,6 +232,17 @@ def _check_writable(flag: str, directory: pathlib.Path) -> None:
 
 
 _HELP = {
+    "recipe": "a published training procedure's settings in one flag (cifar-kd: SGD 0.05 momentum 0.9, weight decay "
+              "5e-4, batch 64, 240 epochs, x0.1 at 150/180/210, crop-flip; 0.01 for MobileNetV2/ShuffleNet "
+              "students); any flag given overrides it",
+    "optimizer": "adam (the tutorial's) or sgd (PyTorch's SGD with momentum)",
+    "momentum": "SGD momentum (0: plain SGD)",
+    "nesterov": "Nesterov momentum (SGD)",
+    "weight_decay": "weight decay added to the gradient, as PyTorch's optimizers do it (not decoupled)",
+    "schedule": "learning-rate schedule: constant, step (x --decay-factor at each of --milestones) or cosine (to 0)",
+    "milestones": "comma-separated epochs at which the step schedule decays",
+    "decay_factor": "the step schedule's factor per milestone",
+    "warmup_epochs": "scale the learning rate up linearly over this many epochs",
     "teacher": "the teacher network: deepnn (the tutorial's), or a zoo name such as resnet56, resnet32x4, wrn_40_2",
     "student": "the student network: lightnn (the tutorial's), or a zoo name such as resnet20, resnet8x4, wrn_16_2",
     "epochs": "training epochs of each member",
@@ -234,6 +292,13 @@ def _seeds(text: str) -> tuple[int, ...]:
     return values
 
 
+def _epochs(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes comma-separated epochs, got {text!r}") from None
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
@@ -264,13 +329,17 @@ def add_flags(parser: argparse.ArgumentParser, experiment: str) -> None:
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
         help_text = f"{_HELP[field.name]} (default: {default})"
+        # Flags not given stay out of the namespace, so that a --recipe can supply them (see from_args).
         if field.name == "augment":
-            parser.add_argument(flag, nargs="?", const="flip", default=default, help=help_text)
+            parser.add_argument(flag, nargs="?", const="flip", default=argparse.SUPPRESS, help=help_text)
+        elif field.name == "milestones":
+            parser.add_argument(flag, type=_epochs, default=argparse.SUPPRESS, help=help_text)
         elif isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=help_text)
         else:
             kind = {"int | None": int, "str | None": str}.get(str(field.type), type(default))
-            parser.add_argument(flag, type=kind, default=default, help=help_text)
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
     config = dataclasses.replace(defaults, name=experiment)
     chosen = [methods.get(n) for n in config.student_methods]
     group = parser.add_argument_group("method hyperparameters (each sweepable with --sweep NAME=V1,V2,...)")
@@ -284,14 +353,16 @@ def add_flags(parser: argparse.ArgumentParser, experiment: str) -> None:
 
 
 def from_args(name: str, args: argparse.Namespace) -> ExperimentConfig:
-    """The config named `name` from parsed flags; fields without a flag keep their defaults."""
-    values: dict[str, Any] = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig)
-                              if hasattr(args, f.name) and f.name not in ("name", "sweep")}
+    """The config named `name` from parsed flags over `--recipe`'s values over the defaults."""
+    given: dict[str, Any] = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig)
+                             if hasattr(args, f.name) and f.name not in ("name", "sweep")}
+    student = given.get("student", ExperimentConfig.student)
+    values = recipe_values(given.get("recipe"), student) | given
     values["hyperparameters"] = tuple(sorted((key[3:], value) for key, value in vars(args).items()
                                              if key.startswith("hp_") and value is not None))
     values["sweep"] = tuple(getattr(args, "sweep", []) or ())
     return ExperimentConfig(name=name, **values)
 
 
-__all__ = ["EXPERIMENTS", "GROUPS", "LAYOUT_SETTINGS", "ConfigError", "ExperimentConfig", "add_flags",
+__all__ = ["EXPERIMENTS", "GROUPS", "LAYOUT_SETTINGS", "RECIPES", "ConfigError", "ExperimentConfig", "add_flags",
            "check_experiment", "from_args"]

@@ -31,6 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
@@ -39,6 +40,7 @@ from kdjax.checkpoint import Position, RunCheckpoints
 from kdjax.data import ResidentLoader, Split
 from kdjax.data.pipeline import Batch, augment_batch, epoch_order, gather_batch, num_batches
 from kdjax.network import Network
+from kdjax.optimizers import make_optimizer
 from kdjax.parallel import batch_mesh, batch_sharding, check_batch_size, replicate
 from kdjax.train import (Objective, TrainState, build_objective, create_train_state, eval_step, teacher_outputs,
                          train_step)
@@ -103,7 +105,15 @@ class Settings:
 
     epochs: int = 10
     batch_size: int = 128
-    learning_rate: float = 1e-3  # Adam, PyTorch's default betas and eps
+    learning_rate: float = 1e-3  # the base rate of the schedule
+    optimizer: str = "adam"  # adam (PyTorch's defaults) | sgd; see kdjax.optimizers
+    momentum: float = 0.9  # sgd only (0: plain SGD)
+    nesterov: bool = False  # sgd only
+    weight_decay: float = 0.0  # PyTorch's coupled form: added to the gradient
+    schedule: str = "constant"  # constant | step (x decay_factor at each milestone epoch) | cosine (to 0 at `epochs`)
+    milestones: tuple[int, ...] = ()  # epochs, for the step schedule
+    decay_factor: float = 0.1
+    warmup_epochs: float = 0.0  # linear warm-up of the rate over this many epochs
     save_every_steps: int = 200  # checkpoint cadence inside an epoch, besides every epoch end
     augment: str = "none"  # none | flip | crop-flip (4-pixel padded crops, then flips); per (seed, epoch, batch)
     devices: int = 0  # data-parallel over the first N devices (0: all)
@@ -282,9 +292,14 @@ def first_nonfinite(first_bad: jax.Array, finite: jax.Array, step: jax.Array) ->
     return jnp.where((first_bad < 0) & ~finite, step, first_bad)
 
 
-def init_states(objective: Objective, seeds: Sequence[int], learning_rate: float) -> TrainState:
-    """Train states `[members, ...]`, member i initialised exactly as a one-member run with `seeds[i]`."""
-    states = [create_train_state(objective, init_keys(seed)[0], learning_rate=learning_rate) for seed in seeds]
+def init_states(objective: Objective, seeds: Sequence[int], optimizer: float | optax.GradientTransformation
+                ) -> TrainState:
+    """Train states `[members, ...]`, member i initialised exactly as a one-member run with `seeds[i]`.
+
+    `optimizer`: an Optax transformation, or a learning rate for Adam.
+    """
+    tx = optax.adam(optimizer) if isinstance(optimizer, (int, float)) else optimizer
+    states = [create_train_state(objective, init_keys(seed)[0], tx=tx) for seed in seeds]
     per_leaf = zip(*(jax.tree.leaves(state) for state in states))  # each state holds its own (equal) optimiser
     return jax.tree.unflatten(jax.tree.structure(states[0]), [jnp.stack(leaves) for leaves in per_leaf])
 
@@ -378,7 +393,7 @@ def train_program(
     keys = [init_keys(m.seed) for m in members]
     data_keys = jnp.stack([k[1] for k in keys])
     dropout_keys = jnp.stack([k[2] for k in keys])
-    states = init_states(objective, [m.seed for m in members], settings.learning_rate)
+    states = init_states(objective, [m.seed for m in members], make_optimizer(settings, num_batches(n, batch_size)))
     parameters = sum(leaf[0].size for leaf in jax.tree.leaves(states.params))
 
     position, history, running, partial_seconds = Position(0, 0), [[] for _ in members], np.zeros(count), 0.0
@@ -505,7 +520,8 @@ def member_bytes(objective: Objective, train_split: Split, settings: Settings, t
     order_length = num_batches(len(train_split), settings.batch_size) * settings.batch_size
 
     def state_shapes(count: int) -> TrainState:
-        return jax.eval_shape(lambda: init_states(objective, list(range(count)), settings.learning_rate))
+        tx = make_optimizer(settings, num_batches(len(train_split), settings.batch_size))
+        return jax.eval_shape(lambda: init_states(objective, list(range(count)), tx))
 
     def compiled_bytes(count: int) -> int | None:
         keys = jax.eval_shape(lambda: jnp.stack([jax.random.key(i) for i in range(count)]))

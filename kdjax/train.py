@@ -78,10 +78,13 @@ def init_params(objective: Objective, key: jax.Array) -> tuple[dict[str, Any], d
     return params, state
 
 
-def create_train_state(objective: Objective, key: jax.Array, *, learning_rate: float = 1e-3) -> TrainState:
-    """Params and model state from `key` paired with Adam(`learning_rate`) (PyTorch's default betas and eps)."""
+def create_train_state(objective: Objective, key: jax.Array, *, learning_rate: float = 1e-3,
+                       tx: optax.GradientTransformation | None = None) -> TrainState:
+    """Params and model state from `key` paired with `tx` (default: Adam(`learning_rate`), PyTorch's betas and
+    eps; `kdjax.optimizers.make_optimizer` builds the others)."""
     params, model_state = init_params(objective, key)
-    state = TrainState.create(apply_fn=None, params=params, tx=optax.adam(learning_rate), model_state=model_state)
+    tx = optax.adam(learning_rate) if tx is None else tx
+    state = TrainState.create(apply_fn=None, params=params, tx=tx, model_state=model_state)
     return state.replace(step=jnp.zeros((), jnp.int32))  # a concrete int32: the first jitted call compiles once
 
 
@@ -144,7 +147,7 @@ def train_step(
     state: TrainState, batch: Batch, key: jax.Array, teacher: TeacherOutputs | None,
     hyperparameters: Mapping[str, jax.Array], *, objective: Objective,
 ) -> tuple[TrainState, Metrics]:
-    """One optimiser step; the dropout key is `fold_in(key, state.step)`.
+    """One optimiser step (`state.tx`); the dropout key is `fold_in(key, state.step)`.
 
     Returns the new state and scalar metrics `loss`, `ce_loss`, `aux_loss`, `correct`, and
     `finite` (the loss and the updated model state are all finite).

@@ -89,7 +89,7 @@ class NnxCounter(nnx.Module):
         self.calls = nnx.Variable(jnp.zeros(()))
 
     def __call__(self, x):
-        self.calls.value = self.calls.value + 1
+        self.calls[...] = self.calls[...] + 1
         return self.head(x.mean(axis=(1, 2)))
 
 

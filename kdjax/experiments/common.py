@@ -22,7 +22,7 @@ from kdjax import methods, zoo
 from kdjax.checkpoint import CheckpointMismatchError, RunCheckpoints, saved_identity
 from kdjax.config import LAYOUT_SETTINGS, ConfigError, ExperimentConfig, add_flags, check_experiment, from_args
 from kdjax.data import Cifar10, DataNotFoundError, Split, load_cifar10
-from kdjax.loop import (Member, MemberResult, TrainingDivergedError, evaluate_members, model_variables,
+from kdjax.loop import (Member, MemberResult, Settings, TrainingDivergedError, evaluate_members, model_variables,
                         program_name, reads_teacher,
                         train_members, unrolls)
 from kdjax.memory import ProgramMemoryError
@@ -111,6 +111,12 @@ class Checkpoints:
                        "data": data.fingerprint}  # augment: the bool of identities written before crops existed
         if labelled:  # recorded only when set, so that identities written before the option stay valid
             self.shared["labelled"] = labelled
+        training, defaults = config.settings(teacher=teacher), Settings()
+        for key in OPTIMIZER_SETTINGS:  # likewise: only what differs from the tutorial's Adam
+            if getattr(training, key) != getattr(defaults, key):
+                self.shared[key] = getattr(training, key)
+        if training.schedule == "cosine":  # the schedule's length is part of the trajectory
+            self.shared["epochs"] = training.epochs
 
     def for_members(self, kind: str, network: Network, teacher: str | None = None):
         def make(members: Sequence[Member]) -> RunCheckpoints:
@@ -331,12 +337,14 @@ def run(name: str, argv: list[str] | None = None) -> int:
         return 130
 
 
-def run_identity(config: ExperimentConfig) -> dict[str, Any]:
-    """The settings that decide a run's results (not where it writes, nor how it is laid out).
+# Settings added after runs were first written: left out of identities at their defaults, so those runs keep theirs.
+OPTIMIZER_SETTINGS = ("optimizer", "momentum", "nesterov", "weight_decay", "schedule", "milestones", "decay_factor",
+                      "warmup_epochs")
+LATER_SETTINGS = frozenset({"teacher", "student", "recipe", *OPTIMIZER_SETTINGS})
 
-    The tutorial's networks are left out, so that runs made before `--teacher` / `--student`
-    existed keep their folders.
-    """
+
+def run_identity(config: ExperimentConfig) -> dict[str, Any]:
+    """The settings that decide a run's results (not where it writes, nor how it is laid out)."""
     defaults = ExperimentConfig()
     return {key: value for key, value in dataclasses.asdict(config).items() if key not in LAYOUT_SETTINGS
-            and not (key in ("teacher", "student") and value == getattr(defaults, key))}
+            and not (key in LATER_SETTINGS and value == getattr(defaults, key))}
