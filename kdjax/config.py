@@ -29,8 +29,12 @@ EXPERIMENTS = {"teacher": "ce", "baseline": "ce", **{name: name for name in meth
 RECIPES: dict[str, dict[str, Any]] = {
     "cifar-kd": {"optimizer": "sgd", "learning_rate": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 64,
                  "epochs": 240, "schedule": "step", "milestones": (150, 180, 210), "decay_factor": 0.1,
-                 "augment": "crop-flip"},
+                 "augment": "crop-flip", "normalize": "dataset",
+                 # mdistiller's CIFAR-100 configs (configs/cifar100/*.yaml): KD's weights; DKD's warm-up is set
+                 # to 1/12 of training (its 20 of 240 epochs) once the data's size is known (RECIPE_WARMUP).
+                 "method_defaults": (("kd", (("aux_weight", 0.9), ("ce_weight", 0.1), ("temperature", 4.0))),)},
 }
+RECIPE_WARMUP = {"cifar-kd": ("dkd", "warmup_steps", 20 / 240)}  # recipe -> (method, hyperparameter, of training)
 SMALL_LEARNING_RATE_STUDENTS = ("mobilenetv2", "shufflenetv1", "shufflenetv2")  # cifar-kd trains them at 0.01
 
 
@@ -48,6 +52,17 @@ def recipe_values(recipe: str | None, student: str) -> dict[str, Any]:
 
 class ConfigError(ValueError):
     """A flag value that cannot work; the message says which and why."""
+
+
+class UsageError(ConfigError):
+    """Flags that do not parse (argparse's own complaint); the command exits 2, as argparse would."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """`argparse` whose errors are one line (raised as UsageError), not the usage block then the error."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} ({self.prog} --help lists the flags)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,11 +89,15 @@ class ExperimentConfig:
     milestones: tuple[int, ...] = Settings.milestones
     decay_factor: float = Settings.decay_factor
     warmup_epochs: float = Settings.warmup_epochs
+    normalize: str = "imagenet"  # imagenet: the tutorial's Normalize; dataset: the training split's own statistics
+    # (mean, std) per channel with `normalize=dataset`: computed when the data loads, then recorded here
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     batch_size: int = Settings.batch_size
     seeds: tuple[int, ...] = (42,)  # each seed is a member: initial weights, data order and dropout
     teacher_seed: int = 42  # the teacher the students learn from
     methods: tuple[str, ...] = ()  # `methods` experiment only: which methods (empty: every registered one)
     hyperparameters: tuple[tuple[str, float], ...] = ()  # overrides of the methods' defaults
+    method_defaults: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()  # a recipe's: method -> values
     sweep: tuple[tuple[str, tuple[float, ...]], ...] = ()  # hyperparameter grid, crossed with the seeds
     data_source: str = "auto"  # auto | local | tfds
     data_dir: str | None = None  # local CIFAR-10 copy; default $KDJAX_DATA_DIR, else tfds
@@ -118,6 +137,7 @@ class ExperimentConfig:
                         optimizer=self.optimizer, momentum=self.momentum, nesterov=self.nesterov,
                         weight_decay=self.weight_decay, schedule=self.schedule, milestones=self.milestones,
                         decay_factor=self.decay_factor, warmup_epochs=self.warmup_epochs,
+                        normalization=self.normalization or Settings.normalization,
                         save_every_steps=self.save_every_steps, augment=augment, devices=self.devices,
                         member_batching=self.member_batching, members_per_program=self.members_per_program,
                         labelled=None if teacher or self.name == "teacher" else self.labelled_size)
@@ -150,18 +170,22 @@ class ExperimentConfig:
             (math.isfinite(self.learning_rate) and self.learning_rate > 0,
              f"--learning-rate must be a finite number > 0, got {self.learning_rate}"),
             (self.batch_size > 0, f"--batch-size must be > 0, got {self.batch_size}"),
-            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+            (self.optimizer in OPTIMIZERS,
+             f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
             (not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
              "--nesterov needs --optimizer sgd with --momentum > 0"),
             (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
              f"--weight-decay must be a finite number >= 0, got {self.weight_decay}"),
-            (self.schedule != "step" or bool(self.milestones), "--schedule step needs --milestones, e.g. 150,180,210"),
+            (self.schedule != "step" or bool(self.milestones),
+             "--schedule step needs --milestones, e.g. 150,180,210"),
             (all(0 < m for m in self.milestones) and list(self.milestones) == sorted(set(self.milestones)),
              f"--milestones must be increasing epochs > 0, got {','.join(map(str, self.milestones))}"),
             (0 < self.decay_factor <= 1, f"--decay-factor must be in (0, 1], got {self.decay_factor}"),
             (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
+            (self.normalize in ("imagenet", "dataset"),
+             f"--normalize must be imagenet or dataset, got {self.normalize!r}"),
             (len(set(self.seeds)) == len(self.seeds), f"--seeds has a repeated seed: {self.seeds}"),
             (self.train_size is None or self.train_size > 0, f"--train-size must be > 0, got {self.train_size}"),
             (self.test_size is None or self.test_size > 0, f"--test-size must be > 0, got {self.test_size}"),
@@ -218,7 +242,8 @@ class ExperimentConfig:
         for name in overrides:
             if not any(name in m.hyperparameters for m in chosen):
                 raise ConfigError(f"--{name.replace('_', '-')} does not apply to {', '.join(names)}")
-        return expand_members(names, self.seeds, dict(self.sweep), **overrides)
+        defaults = {method: dict(values) for method, values in self.method_defaults}
+        return expand_members(names, self.seeds, dict(self.sweep), defaults, **overrides)
 
 
 def _check_writable(flag: str, directory: pathlib.Path) -> None:
@@ -243,6 +268,8 @@ _HELP = {
     "milestones": "comma-separated epochs at which the step schedule decays",
     "decay_factor": "the step schedule's factor per milestone",
     "warmup_epochs": "scale the learning rate up linearly over this many epochs",
+    "normalize": "per-channel normalisation: imagenet (the tutorial's mean and std) or dataset (the training "
+                 "split's own, computed when the data loads)",
     "teacher": "the teacher network: deepnn (the tutorial's), or a zoo name such as resnet56, resnet32x4, wrn_40_2",
     "student": "the student network: lightnn (the tutorial's), or a zoo name such as resnet20, resnet8x4, wrn_16_2",
     "epochs": "training epochs of each member",
@@ -317,7 +344,7 @@ def _grid_axis(text: str) -> tuple[str, tuple[float, ...]]:
 def add_flags(parser: argparse.ArgumentParser, experiment: str) -> None:
     """One flag per config field, plus the hyperparameters of the experiment's methods."""
     defaults = ExperimentConfig()
-    skip = {"name", "hyperparameters", "sweep", "seeds", "methods"}
+    skip = {"name", "hyperparameters", "sweep", "seeds", "methods", "normalization", "method_defaults"}
     if experiment == "teacher":
         skip |= {"student", "teacher_epochs", "teacher_seed", "teacher_augment", "cache", "validation_size"}
     parser.add_argument("--seeds", type=_seeds, default=defaults.seeds, help=f"{_HELP['seeds']} (default: 42)")
@@ -328,7 +355,9 @@ def add_flags(parser: argparse.ArgumentParser, experiment: str) -> None:
             continue
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
-        help_text = f"{_HELP[field.name]} (default: {default})"
+        help_text = _HELP[field.name]
+        if "(default:" not in help_text:  # a default that is another flag says so itself
+            help_text += f" (default: {default})"
         # Flags not given stay out of the namespace, so that a --recipe can supply them (see from_args).
         if field.name == "augment":
             parser.add_argument(flag, nargs="?", const="flip", default=argparse.SUPPRESS, help=help_text)
@@ -361,8 +390,15 @@ def from_args(name: str, args: argparse.Namespace) -> ExperimentConfig:
     values["hyperparameters"] = tuple(sorted((key[3:], value) for key, value in vars(args).items()
                                              if key.startswith("hp_") and value is not None))
     values["sweep"] = tuple(getattr(args, "sweep", []) or ())
+    axes = [axis for axis, _ in values["sweep"]]
+    for axis in axes:
+        if axes.count(axis) > 1:
+            raise ConfigError(f"--sweep {axis} is given twice: give its values once (--sweep {axis}=V1,V2,...)")
+        if axis in dict(values["hyperparameters"]):
+            raise ConfigError(f"--{axis.replace('_', '-')} and --sweep {axis} both set {axis}: keep one")
     return ExperimentConfig(name=name, **values)
 
 
-__all__ = ["EXPERIMENTS", "GROUPS", "LAYOUT_SETTINGS", "RECIPES", "ConfigError", "ExperimentConfig", "add_flags",
+__all__ = ["EXPERIMENTS", "GROUPS", "LAYOUT_SETTINGS", "RECIPES", "ConfigError", "OneLineParser", "UsageError",
+           "ExperimentConfig", "add_flags",
            "check_experiment", "from_args"]

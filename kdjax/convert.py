@@ -132,7 +132,8 @@ def zoo_from_torch(name: str, state_dict: Mapping[str, Any], *, num_classes: int
     state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()
                   if not key.endswith("num_batches_tracked")}
     if num_classes is None:
-        heads = [value for key, value in state_dict.items() if key.endswith("weight") and np.ndim(_to_numpy(value)) == 2]
+        heads = [value for key, value in state_dict.items()
+                 if key.endswith("weight") and np.ndim(_to_numpy(value)) == 2]
         num_classes = int(_to_numpy(heads[0]).shape[0]) if len(heads) == 1 else 10  # the zoo's one Linear
     module = zoo.module(name, num_classes=num_classes)
     expected = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, *IMAGE_SHAPE)))

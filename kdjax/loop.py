@@ -24,6 +24,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -38,7 +41,8 @@ from tqdm.auto import tqdm
 from kdjax import memory, methods
 from kdjax.checkpoint import Position, RunCheckpoints
 from kdjax.data import ResidentLoader, Split
-from kdjax.data.pipeline import Batch, augment_batch, epoch_order, gather_batch, num_batches
+from kdjax.data.pipeline import (TUTORIAL_NORMALIZATION, Batch, Normalization, augment_batch, epoch_order,
+                                  gather_batch, num_batches)
 from kdjax.network import Network
 from kdjax.optimizers import make_optimizer
 from kdjax.parallel import batch_mesh, batch_sharding, check_batch_size, replicate
@@ -53,6 +57,33 @@ MEMBER_BATCHING = ("auto", "unroll", "vmap")
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+class InterruptGuard:
+    """While active, Ctrl-C (SIGINT) or SIGTERM only sets `requested`: the loop saves where it stands at the next
+    step boundary, then raises KeyboardInterrupt. A second signal acts at once. Off the main thread it is inert."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def __enter__(self) -> "InterruptGuard":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        if self.requested and kind is None:  # asked for after the last step: stop before the next program
+            raise KeyboardInterrupt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +111,12 @@ class Member:
 
 
 def expand_members(method_names: Sequence[str], seeds: Sequence[int], grid: Mapping[str, Sequence[float]],
-                   **overrides: float) -> list[Member]:
+                   defaults: Mapping[str, Mapping[str, float]] | None = None, **overrides: float) -> list[Member]:
     """Every (method, grid point, seed); a grid axis or override applies to the methods that have it.
 
-    A grid axis no listed method has is an error. Order: method, grid point, seed.
+    `defaults` (method name -> hyperparameters) replace a method's own defaults, under the
+    overrides and the grid (a recipe's weights). A grid axis no listed method has is an
+    error. Order: method, grid point, seed.
     """
     chosen = [methods.get(name) for name in method_names]
     for name in grid:
@@ -92,7 +125,8 @@ def expand_members(method_names: Sequence[str], seeds: Sequence[int], grid: Mapp
     members = []
     for method in chosen:
         axes = {name: values for name, values in grid.items() if name in method.hyperparameters}
-        fixed = {name: value for name, value in overrides.items() if name in method.hyperparameters}
+        fixed = {**(defaults or {}).get(method.name, {}),
+                 **{name: value for name, value in overrides.items() if name in method.hyperparameters}}
         for point in itertools.product(*axes.values()):
             setting = {**fixed, **dict(zip(axes, point))}
             members.extend(Member.of(method.name, seed, **setting) for seed in seeds)
@@ -114,6 +148,7 @@ class Settings:
     milestones: tuple[int, ...] = ()  # epochs, for the step schedule
     decay_factor: float = 0.1
     warmup_epochs: float = 0.0  # linear warm-up of the rate over this many epochs
+    normalization: Normalization = TUTORIAL_NORMALIZATION  # (mean, std) per channel the uint8 images are scaled by
     save_every_steps: int = 200  # checkpoint cadence inside an epoch, besides every epoch end
     augment: str = "none"  # none | flip | crop-flip (4-pixel padded crops, then flips); per (seed, epoch, batch)
     devices: int = 0  # data-parallel over the first N devices (0: all)
@@ -193,6 +228,7 @@ class ProgramSpec:
     unroll: bool
     mesh: Mesh
     labelled: int | None = None  # examples at index >= labelled have no label for the CE term
+    normalization: Normalization = TUTORIAL_NORMALIZATION
     # Unrolled programs only: member i's objective when members' methods differ (empty: `objective` for all), and
     # the first member with member i's seed, whose batch and teacher forward member i shares (empty: none shared).
     objectives: tuple[Objective, ...] = ()
@@ -219,12 +255,14 @@ def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index:
     Returns:
       New states and per-member metrics `[members]` (`loss`, `ce_loss`, `aux_loss`, `correct`, `finite`).
     """
-    gather = functools.partial(gather_batch, batch_size=spec.batch_size, num_examples=spec.num_examples)
+    gather = functools.partial(gather_batch, batch_size=spec.batch_size, num_examples=spec.num_examples,
+                               normalization=spec.normalization)
     sharded = spec.mesh.devices.size > 1
 
     def prepare(order, data_key, reads):
         """The batch of `order` and, if `reads` names roles, the teacher's outputs for it."""
-        batch = augment_views(gather(images, labels, order, index), spec.augment, data_key, epoch, index)
+        batch = augment_views(gather(images, labels, order, index), spec.augment, data_key, epoch, index,
+                              spec.normalization)
         if spec.labelled is not None:
             batch = batch | {"labelled": batch["index"] < spec.labelled}
         if sharded:
@@ -269,18 +307,19 @@ def _jitted_step(spec: ProgramSpec) -> Callable:
     return jax.jit(functools.partial(program_step, spec=spec), donate_argnums=(0,))
 
 
-def augment_views(batch: Batch, augment: str, key: jax.Array, epoch: jax.Array | int, index: jax.Array | int
-                  ) -> Batch:
+def augment_views(batch: Batch, augment: str, key: jax.Array, epoch: jax.Array | int, index: jax.Array | int,
+                  normalization: Normalization = TUTORIAL_NORMALIZATION) -> Batch:
     """`batch` as `augment` (one of `AUGMENTATIONS`) shows it at (epoch, batch index) under data key `key`."""
     if augment == "none":
         return batch
-    return augment_batch(batch, key, epoch, index, crop=CROP_PADDING * (augment == "crop-flip"))
+    return augment_batch(batch, key, epoch, index, crop=CROP_PADDING * (augment == "crop-flip"),
+                         normalization=normalization)
 
 
 @functools.lru_cache(maxsize=32)
-def _jitted_eval(network: Network, unroll: bool, augment: str) -> Callable:
+def _jitted_eval(network: Network, unroll: bool, augment: str, normalization: Normalization) -> Callable:
     def evaluate(params, model_state, batch, key, index):
-        batch = augment_views(batch, augment, key, 0, index)
+        batch = augment_views(batch, augment, key, 0, index, normalization)
         return map_members(lambda p, s: eval_step(p, s, batch, network=network), unroll)(params, model_state)
 
     return jax.jit(evaluate)
@@ -305,8 +344,8 @@ def init_states(objective: Objective, seeds: Sequence[int], optimizer: float | o
 
 
 def evaluate_members(objective: Objective, states: TrainState, split: Split, batch_size: int, unroll: bool,
-                     mesh: Mesh | None = None, *, augment: str = "none", key: jax.Array | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
+                     mesh: Mesh | None = None, *, augment: str = "none", key: jax.Array | None = None,
+                     normalization: Normalization = TUTORIAL_NORMALIZATION) -> tuple[np.ndarray, np.ndarray]:
     """Per-member (accuracy in percent, mean cross-entropy), each `[members]`, on all of `split`.
 
     `states` are stacked; the model runs in inference mode on its running averages.
@@ -316,9 +355,11 @@ def evaluate_members(objective: Objective, states: TrainState, split: Split, bat
     """
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
-    evaluate = _jitted_eval(objective.student, unroll, augment)
+    normalization = tuple(map(tuple, normalization))
+    evaluate = _jitted_eval(objective.student, unroll, augment, normalization)
     key = jax.random.key(0) if key is None else key
-    loader = ResidentLoader(split, batch_size, jax.random.key(0), shuffle=False, mesh=mesh)
+    loader = ResidentLoader(split, batch_size, jax.random.key(0), shuffle=False, mesh=mesh,
+                            normalization=normalization)
     totals = None
     for index, batch in enumerate(loader.epoch(0)):
         result = evaluate(states.params["model"], states.model_state["model"], batch, key, jnp.int32(index))
@@ -413,7 +454,8 @@ def train_program(
     if position < Position(settings.epochs, 0):
         teacher_arg, cached = teacher_source() if needs_teacher else (None, False)
         spec = ProgramSpec(objective, teacher, cached, batch_size, n, settings.augment, unroll, mesh,
-                           settings.labelled, per_member if mixed else (), data_groups(members) if unroll else ())
+                           settings.labelled, settings.normalization, per_member if mixed else (),
+                           data_groups(members) if unroll else ())
         states, dropout_keys, trained = _run_epochs(
             spec, members, states, dropout_keys, data_keys, teacher_arg, train_split, test_split, settings,
             checkpoints, position, history, running, partial_seconds, log, desc)
@@ -447,61 +489,70 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
             bar.close()
             names = "; ".join(f"{members[i].label} at step {bad[i] + 1}" for i in np.flatnonzero(bad >= 0))
             raise TrainingDivergedError(
-                f"{desc}: loss or model state became NaN/Inf for {names}; stopped, keeping the last good checkpoint in "
-                f"{checkpoints.directory}. Lower --learning-rate or drop that setting.")
+                f"{desc}: loss or model state became NaN/Inf for {names}; stopped, keeping the last good checkpoint "
+                f"in {checkpoints.directory}. Lower --learning-rate or drop that setting.")
 
     def save(pos: Position, loss_sums, bar) -> None:
         check_finite(bar)
         checkpoints.save(states, dropout_keys, pos, {"history": history, "running": np.asarray(loss_sums).tolist(),
                                                      "seconds": seconds_so_far}, step=int(states.step[0]))
 
-    for epoch in range(position.epoch, settings.epochs):
-        start_batch = position.batch if epoch == position.epoch else 0
-        loss_sums = jnp.asarray(running if start_batch else np.zeros(count), jnp.float32)
-        seconds_before = partial_seconds if start_batch else 0.0  # spent on this epoch by an interrupted run
-        orders = orders_for(data_keys, epoch)
-        bar = tqdm(total=batches, initial=start_batch, desc=f"{desc} {epoch + 1}/{settings.epochs}", unit="batch",
-                   leave=False, dynamic_ncols=True, disable=jax.process_index() != 0)
-        epoch_start, images_done = time.perf_counter(), 0
-        seconds_so_far = seconds_before
-        for index in range(start_batch, batches):
-            states, metrics = step(states, orders, np.int32(epoch), np.int32(index), images, labels, teacher_arg,
-                                   data_keys, dropout_keys, hyperparameters)
-            loss_sums = loss_sums + metrics["loss"]
-            first_bad = first_nonfinite(first_bad, metrics["finite"], states.step - 1)
-            images_done += min(spec.batch_size, n - index * spec.batch_size)
-            trained += 1
-            done = index + 1
-            if done % PROGRESS_EVERY == 0 or done == batches:
-                check_finite(bar)
-                elapsed = time.perf_counter() - epoch_start
-                bar.set_postfix(loss=f"{float(jnp.mean(loss_sums)) / done:.4f}",
-                                img_s=f"{count * images_done / elapsed:,.0f}")
-                bar.update(done - bar.n)
-            if settings.save_every_steps and done % settings.save_every_steps == 0 and done < batches:
-                seconds_so_far = seconds_before + time.perf_counter() - epoch_start
-                save(Position(epoch, done), loss_sums, bar)
-        jax.block_until_ready(states)
-        elapsed = time.perf_counter() - epoch_start
-        bar.close()
-        check_finite(bar)
-        accuracy, test_loss = evaluate_members(spec.objective, states, test_split, spec.batch_size,
-                                               spec.unroll, mesh)
-        train_loss = np.asarray(loss_sums) / batches
-        for i in range(count):
-            history[i].append({"epoch": epoch + 1, "train_loss": float(train_loss[i]),
-                               "test_accuracy": float(accuracy[i]), "test_loss": float(test_loss[i]),
-                               "seconds": seconds_before + elapsed,
-                               "images_per_second": images_done / elapsed})
-        seconds_so_far = 0.0
-        save(Position(epoch + 1, 0), np.zeros(count), bar)
-        if count == 1:
-            log(f"{desc} epoch {epoch + 1}/{settings.epochs}: loss {train_loss[0]:.4f}, test accuracy "
-                f"{accuracy[0]:.2f}%, {elapsed:.1f} s, {images_done / elapsed:,.0f} images/s")
-        else:
-            log(f"{desc} epoch {epoch + 1}/{settings.epochs}: loss {train_loss.mean():.4f}, test accuracy "
-                f"{accuracy.min():.2f}-{accuracy.max():.2f}% over {count} members, {elapsed:.1f} s, "
-                f"{count * images_done / elapsed:,.0f} images/s")
+    with InterruptGuard() as interrupt:
+        for epoch in range(position.epoch, settings.epochs):
+            start_batch = position.batch if epoch == position.epoch else 0
+            loss_sums = jnp.asarray(running if start_batch else np.zeros(count), jnp.float32)
+            seconds_before = partial_seconds if start_batch else 0.0  # spent on this epoch by an interrupted run
+            orders = orders_for(data_keys, epoch)
+            # Logs that are no terminal (CI, nohup, SLURM) get the per-epoch line alone, not every refresh.
+            bar = tqdm(total=batches, initial=start_batch, desc=f"{desc} {epoch + 1}/{settings.epochs}", unit="batch",
+                       leave=False, dynamic_ncols=True, disable=jax.process_index() != 0 or not sys.stderr.isatty())
+            epoch_start, images_done = time.perf_counter(), 0
+            seconds_so_far = seconds_before
+            for index in range(start_batch, batches):
+                if interrupt.requested:  # between steps, so the checkpoint and the running sums agree
+                    bar.close()
+                    seconds_so_far = seconds_before + time.perf_counter() - epoch_start
+                    if index > start_batch:
+                        save(Position(epoch, index), loss_sums, bar)
+                        log(f"{desc}: interrupted; saved epoch {epoch + 1}, batch {index} in {checkpoints.directory}")
+                    raise KeyboardInterrupt
+                states, metrics = step(states, orders, np.int32(epoch), np.int32(index), images, labels, teacher_arg,
+                                       data_keys, dropout_keys, hyperparameters)
+                loss_sums = loss_sums + metrics["loss"]
+                first_bad = first_nonfinite(first_bad, metrics["finite"], states.step - 1)
+                images_done += min(spec.batch_size, n - index * spec.batch_size)
+                trained += 1
+                done = index + 1
+                if done % PROGRESS_EVERY == 0 or done == batches:
+                    check_finite(bar)
+                    elapsed = time.perf_counter() - epoch_start
+                    bar.set_postfix(loss=f"{float(jnp.mean(loss_sums)) / done:.4f}",
+                                    img_s=f"{count * images_done / elapsed:,.0f}")
+                    bar.update(done - bar.n)
+                if settings.save_every_steps and done % settings.save_every_steps == 0 and done < batches:
+                    seconds_so_far = seconds_before + time.perf_counter() - epoch_start
+                    save(Position(epoch, done), loss_sums, bar)
+            jax.block_until_ready(states)
+            elapsed = time.perf_counter() - epoch_start
+            bar.close()
+            check_finite(bar)
+            accuracy, test_loss = evaluate_members(spec.objective, states, test_split, spec.batch_size,
+                                                   spec.unroll, mesh, normalization=spec.normalization)
+            train_loss = np.asarray(loss_sums) / batches
+            for i in range(count):
+                history[i].append({"epoch": epoch + 1, "train_loss": float(train_loss[i]),
+                                   "test_accuracy": float(accuracy[i]), "test_loss": float(test_loss[i]),
+                                   "seconds": seconds_before + elapsed,
+                                   "images_per_second": images_done / elapsed})
+            seconds_so_far = 0.0
+            save(Position(epoch + 1, 0), np.zeros(count), bar)
+            if count == 1:
+                log(f"{desc} epoch {epoch + 1}/{settings.epochs}: loss {train_loss[0]:.4f}, test accuracy "
+                    f"{accuracy[0]:.2f}%, {elapsed:.1f} s, {images_done / elapsed:,.0f} images/s")
+            else:
+                log(f"{desc} epoch {epoch + 1}/{settings.epochs}: loss {train_loss.mean():.4f}, test accuracy "
+                    f"{accuracy.min():.2f}-{accuracy.max():.2f}% over {count} members, {elapsed:.1f} s, "
+                    f"{count * images_done / elapsed:,.0f} images/s")
     return states, dropout_keys, trained
 
 
@@ -510,7 +561,7 @@ def member_bytes(objective: Objective, train_split: Split, settings: Settings, t
     """(bytes per member, shared bytes) of `objective`'s program step, from XLA's analysis of one- and two-member
     compiles (`memory.measure`)."""
     spec = ProgramSpec(objective, teacher, cached, settings.batch_size, len(train_split), settings.augment,
-                       unrolls(settings, mesh), mesh, settings.labelled)
+                       unrolls(settings, mesh), mesh, settings.labelled, settings.normalization)
     step = jax.jit(functools.partial(program_step, spec=spec))
     # Shapes only: a restored teacher's arrays live on one device, which a program over a wider mesh cannot take
     # as they are (the step itself gets them replicated onto its mesh).

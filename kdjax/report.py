@@ -239,7 +239,9 @@ def plot_ranking(results: Sequence[MemberResult], path: pathlib.Path) -> None:
         if is_ce and s.n > 1:
             ax.axvspan(s.ci_low, s.ci_high, color="gray", alpha=0.2, label="CE's 95% CI")
     ax.set_yticks(range(len(rows)), [label for _, label, _ in rows], fontsize=8)
-    ax.set_xlabel(f"final test accuracy (%), mean and 95% CI over {max(s.n for s, _, _ in rows)} seeds")
+    seeds = max(s.n for s, _, _ in rows)
+    ax.set_xlabel(f"final test accuracy (%), mean and 95% CI over {seeds} seeds" if seeds > 1
+                  else "final test accuracy (%), one seed each: no interval")
     ax.grid(axis="x", alpha=0.3)
     if any(is_ce and s.n > 1 for s, _, is_ce in rows):
         ax.legend(fontsize=7, loc="lower right")
@@ -270,7 +272,8 @@ def summary(config: dict[str, Any], teacher: Sequence[MemberResult], students: S
         sections += ["Students of several runs, paired by seed.", sources_table(config["sources"])]
     if teacher and students:
         accuracies = ", ".join(f"{r.test_accuracy:.2f}% (seed {r.member.seed})" for r in teacher)
-        line = f"Teacher: {teacher[0].network}, {accuracies} after {len(teacher[0].history)} epochs"
+        epochs = len(teacher[0].history)
+        line = f"Teacher: {teacher[0].network}, {accuracies} after {epochs} epoch{'s' * (epochs != 1)}"
         if teacher[0].view_accuracy is not None:
             augment = config.get("augment", "augmented")
             line += f"; {teacher[0].view_accuracy:.2f}% on one {augment} view of each test image"
@@ -284,7 +287,9 @@ def summary(config: dict[str, Any], teacher: Sequence[MemberResult], students: S
         sections += ["## Against CE, epoch by epoch", by_epoch, "![difference to CE per epoch](difference.png)"]
     if len(group_by_config(students)) > 2:
         sections += ["![configurations by mean test accuracy](ranking.png)"]
-    sections += ["![test accuracy per epoch](accuracy.png)"]
+    sections += ["![test accuracy per epoch](accuracy.png)",
+                 "Training loss per epoch, [loss.png](loss.png): each method's own objective (CE plus its weighted "
+                 "distillation term), so its level is not comparable between methods."]
     return "\n\n".join(sections) + "\n"
 
 

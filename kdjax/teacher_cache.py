@@ -14,13 +14,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from kdjax.data import ResidentLoader, Split
+from kdjax.data import TUTORIAL_NORMALIZATION, Normalization, ResidentLoader, Split
 from kdjax.network import Network
 from kdjax.train import teacher_outputs
 
 
 def compute_teacher_cache(teacher: Network, variables: tuple[Any, Any], split: Split, reads: Iterable[str], *,
-                          batch_size: int = 500) -> dict[str, jax.Array]:
+                          batch_size: int = 500, normalization: Normalization = TUTORIAL_NORMALIZATION
+                          ) -> dict[str, jax.Array]:
     """`{"logits" or role: [n, ...]}` for every example of `split`, in split order, from the teacher's
     `(params, state)` in inference mode."""
     reads = tuple(sorted(set(reads)))
@@ -29,7 +30,7 @@ def compute_teacher_cache(teacher: Network, variables: tuple[Any, Any], split: S
     def forward(variables, batch):
         return teacher_outputs(teacher, variables, batch["image"], reads)
 
-    loader = ResidentLoader(split, batch_size, jax.random.key(0), shuffle=False)
+    loader = ResidentLoader(split, batch_size, jax.random.key(0), shuffle=False, normalization=normalization)
     chunks = [forward(variables, batch) for batch in loader.epoch(0)]
     n = len(split)
     return {name: jnp.concatenate([chunk[name] for chunk in chunks])[:n] for name in reads}

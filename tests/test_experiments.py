@@ -145,10 +145,25 @@ def test_bad_input_gets_one_line_and_a_non_zero_exit(name, flags, message, capsy
     assert not list((tmp_path / "runs").glob("*-*"))
 
 
-def test_a_flag_of_another_method_is_refused_by_argparse(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        run("baseline", ["--temperature", "2"])
-    assert exit_info.value.code == 2 and "unrecognized arguments: --temperature" in capsys.readouterr().err
+@pytest.mark.parametrize("flags, message", [
+    (["--temperature", "2"], "unrecognized arguments: --temperature 2 (python -m kdjax.experiments.baseline --help"),
+    (["--epochs", "abc"], "argument --epochs: invalid int value: 'abc'"),
+    (["--seeds", "0,a"], "argument --seeds: takes comma-separated integers, got '0,a'"),
+])
+def test_flags_that_do_not_parse_get_one_line_and_exit_2(capsys, flags, message):
+    assert run("baseline", flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sweep", "temperature=1,2", "--temperature", "3"], "--temperature and --sweep temperature both set"),
+    (["--sweep", "temperature=1,2", "--sweep", "temperature=4"], "--sweep temperature is given twice"),
+])
+def test_conflicting_hyperparameter_flags_are_refused(capsys, flags, message):
+    assert run("kd", flags) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +237,26 @@ def test_networks_by_name_are_checked_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: hint between teacher resnet56 and student shufflenetv1: the hint regressor keeps")
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "ck" / "teacher").exists()
+
+
+def test_ctrl_c_saves_where_training_stands_then_the_rerun_resumes_there(tmp_path, full_size_copy):
+    flags = ["--data-dir", str(full_size_copy), "--train-size", "6016", "--test-size", "256", "--epochs", "2",
+             "--batch-size", "32", "--save-every-steps", "0", "--checkpoint-dir", str(tmp_path / "ck"),
+             "--output-dir", str(tmp_path / "runs")]
+    env = os.environ | {"JAX_PLATFORMS": "cpu"}
+    process = subprocess.Popen(_cli("baseline", *flags), env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    root, deadline = tmp_path / "ck" / "ce", time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:  # into epoch 2: its first checkpoint is written
+        if root.is_dir() and any((folder / "188").is_dir() for folder in root.iterdir()):
+            time.sleep(0.5)
+            process.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.01)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "interrupted; saved epoch 2, batch " in out and err.strip().splitlines()[-1].startswith("interrupted;")
+    rerun = subprocess.run(_cli("baseline", *flags), check=True, capture_output=True, text=True, env=env,
+                           cwd=tmp_path)
+    saved = int(out.split("saved epoch 2, batch ")[1].split(" ")[0])
+    assert 0 < saved < 188 and f"resuming at epoch 2, batch {saved} " in rerun.stdout

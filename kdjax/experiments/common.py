@@ -20,8 +20,9 @@ import numpy as np
 
 from kdjax import methods, zoo
 from kdjax.checkpoint import CheckpointMismatchError, RunCheckpoints, saved_identity
-from kdjax.config import LAYOUT_SETTINGS, ConfigError, ExperimentConfig, add_flags, check_experiment, from_args
-from kdjax.data import Cifar10, DataNotFoundError, Split, load_cifar10
+from kdjax.config import (LAYOUT_SETTINGS, RECIPE_WARMUP, ConfigError, ExperimentConfig, OneLineParser, UsageError, add_flags,
+                          check_experiment, from_args)
+from kdjax.data import Cifar10, DataNotFoundError, Split, channel_statistics, load_cifar10
 from kdjax.loop import (Member, MemberResult, Settings, TrainingDivergedError, evaluate_members, model_variables,
                         program_name, reads_teacher,
                         train_members, unrolls)
@@ -112,7 +113,7 @@ class Checkpoints:
         if labelled:  # recorded only when set, so that identities written before the option stay valid
             self.shared["labelled"] = labelled
         training, defaults = config.settings(teacher=teacher), Settings()
-        for key in OPTIMIZER_SETTINGS:  # likewise: only what differs from the tutorial's Adam
+        for key in TRAINING_SETTINGS:  # likewise: only what differs from the tutorial's Adam and Normalize
             if getattr(training, key) != getattr(defaults, key):
                 self.shared[key] = getattr(training, key)
         if training.schedule == "cosine":  # the schedule's length is part of the trajectory
@@ -219,7 +220,8 @@ def train_students(config: ExperimentConfig, data: Cifar10, checkpoints: Checkpo
             log(f"teacher cache off ({reason}): the teacher runs inside every student step")
             return teacher_variables, False
         start = time.perf_counter()
-        cache = jax.block_until_ready(compute_teacher_cache(teacher, teacher_variables, data.train, reads))
+        cache = jax.block_until_ready(compute_teacher_cache(teacher, teacher_variables, data.train, reads,
+                                                            normalization=config.settings().normalization))
         log(f"teacher cache: {', '.join(sorted(cache))} for {len(data.train):,} images in "
             f"{time.perf_counter() - start:.1f} s")
         return cache, True
@@ -246,7 +248,7 @@ def accuracies(config: ExperimentConfig, network: Network, states: Any, split: S
     mesh = batch_mesh(settings.devices or None)
     objective = build_objective(methods.get("ce"), network)
     accuracy, _ = evaluate_members(objective, states, split, settings.batch_size, unrolls(settings, mesh),
-                                   mesh, augment=augment)
+                                   mesh, augment=augment, normalization=settings.normalization)
     return accuracy
 
 
@@ -274,7 +276,7 @@ def parse_config(name: str, argv: list[str] | None) -> ExperimentConfig:
             "all": "The whole tutorial: the teacher, then the four students",
             "methods": "Every registered method's student from one teacher, seeds paired across methods",
             "baseline": "The student (--student, LightNN by default) with CE alone"}
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=f"python -m kdjax.experiments.{name}",
         description=f"{what.get(name) or methods.get(name).summary} on CIFAR-10, with the PyTorch Knowledge "
                     "Distillation Tutorial's settings by default.")
@@ -304,6 +306,10 @@ def run(name: str, argv: list[str] | None = None) -> int:
             if isinstance(error, ConfigError):
                 raise
             raise DataNotFoundError(str(error)) from error
+        config = with_recipe_warmup(config, len(data.train))
+        if config.normalize == "dataset":
+            config = dataclasses.replace(config, normalization=channel_statistics(data.train.images))
+            log(f"normalization: the training images' mean {config.normalization[0]}, std {config.normalization[1]}")
         start = time.perf_counter()
         taught, (learners, validation) = teacher_data(config, data), student_data(config, data)
         teacher_checkpoints = Checkpoints(config, taught, teacher=True)
@@ -324,23 +330,35 @@ def run(name: str, argv: list[str] | None = None) -> int:
                    "seconds_this_invocation": time.perf_counter() - start}
         run_dir = pathlib.Path(config.output_dir) / f"{name}-{fingerprint(run_identity(config))}"
         if jax.process_index() == 0:
-            text = write_run(run_dir, outputs, teacher_results, students)
-            log("\n" + text)
+            write_run(run_dir, outputs, teacher_results, students)
         log(f"{name}: outputs in {run_dir}")
         return 0
     except (ConfigError, DataNotFoundError, CheckpointMismatchError, TrainingDivergedError,
             ProgramMemoryError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(error, UsageError) else 1
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
 
 
 # Settings added after runs were first written: left out of identities at their defaults, so those runs keep theirs.
-OPTIMIZER_SETTINGS = ("optimizer", "momentum", "nesterov", "weight_decay", "schedule", "milestones", "decay_factor",
-                      "warmup_epochs")
-LATER_SETTINGS = frozenset({"teacher", "student", "recipe", *OPTIMIZER_SETTINGS})
+TRAINING_SETTINGS = ("optimizer", "momentum", "nesterov", "weight_decay", "schedule", "milestones", "decay_factor",
+                     "warmup_epochs", "normalization")
+LATER_SETTINGS = frozenset({"teacher", "student", "recipe", "normalize", "method_defaults", *TRAINING_SETTINGS})
+
+
+def with_recipe_warmup(config: ExperimentConfig, train_examples: int) -> ExperimentConfig:
+    """`config` with its recipe's warm-up (a fraction of training) in steps for `train_examples`, unless given."""
+    if config.recipe not in RECIPE_WARMUP:
+        return config
+    method, name, fraction = RECIPE_WARMUP[config.recipe]
+    if name in dict(config.hyperparameters) or name in dict(config.sweep):
+        return config
+    steps = round(fraction * config.epochs * -(-train_examples // config.batch_size))
+    defaults = dict(config.method_defaults)
+    defaults[method] = tuple(sorted({**dict(defaults.get(method, ())), name: float(steps)}.items()))
+    return dataclasses.replace(config, method_defaults=tuple(sorted(defaults.items())))
 
 
 def run_identity(config: ExperimentConfig) -> dict[str, Any]:

@@ -1,0 +1,77 @@
+"""Flags over a recipe over the defaults: what a command line resolves to, before anything runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kdjax.config import ConfigError
+from kdjax.data import channel_statistics
+from kdjax.experiments.common import Checkpoints, parse_config, run_identity, with_recipe_warmup
+
+
+def test_the_cifar_kd_recipe_sets_the_benchmarks_settings_and_flags_override_it():
+    config = parse_config("kd", ["--recipe", "cifar-kd", "--teacher", "resnet56", "--student", "resnet20"])
+    settings = config.settings()
+    assert (settings.optimizer, settings.learning_rate, settings.momentum, settings.weight_decay) == \
+        ("sgd", 0.05, 0.9, 5e-4)
+    assert (settings.batch_size, settings.epochs, settings.schedule, settings.milestones, settings.augment) == \
+        (64, 240, "step", (150, 180, 210), "crop-flip")
+    assert config.normalize == "dataset"
+    assert config.members()[0].hp == {"aux_weight": 0.9, "ce_weight": 0.1, "temperature": 4.0}
+    mine = parse_config("kd", ["--recipe", "cifar-kd", "--epochs", "16", "--milestones", "10,12,14",
+                               "--learning-rate", "0.1", "--temperature", "2", "--student", "shufflenetv2"])
+    assert (mine.epochs, mine.milestones, mine.learning_rate) == (16, (10, 12, 14), 0.1)
+    assert mine.members()[0].hp["temperature"] == 2.0 and mine.members()[0].hp["ce_weight"] == 0.1
+    assert parse_config("kd", ["--recipe", "cifar-kd", "--student", "shufflenetv2"]).learning_rate == 0.01
+    assert parse_config("kd", []).settings().optimizer == "adam"  # without a recipe: the tutorial's
+
+
+def test_dkd_warms_up_over_a_twelfth_of_the_recipes_run_unless_told():
+    config = parse_config("methods", ["--recipe", "cifar-kd", "--methods", "ce,dkd", "--epochs", "24"])
+    resolved = with_recipe_warmup(config, 50_000)
+    assert resolved.members()[1].hp["warmup_steps"] == 24 / 12 * 782
+    told = with_recipe_warmup(parse_config("dkd", ["--recipe", "cifar-kd", "--warmup-steps", "7"]), 50_000)
+    assert told.members()[0].hp["warmup_steps"] == 7
+    assert with_recipe_warmup(parse_config("dkd", []), 50_000).members()[0].hp["warmup_steps"] == 391
+
+
+def test_settings_added_later_leave_the_tutorials_identities_alone():
+    """Runs and checkpoints written before optimisers, recipes and networks were flags keep their folders."""
+    plain = parse_config("kd", [])
+    assert not {"optimizer", "teacher", "recipe", "normalization", "method_defaults"} & set(run_identity(plain))
+    assert run_identity(parse_config("kd", ["--optimizer", "sgd"]))["optimizer"] == "sgd"
+
+
+def test_the_optimizer_and_its_schedule_are_part_of_a_checkpoints_identity():
+    data = type("Data", (), {"fingerprint": "data"})()
+    plain = Checkpoints(parse_config("kd", []), data, teacher=False).shared
+    assert not {"optimizer", "schedule", "epochs"} & set(plain)
+    cosine = Checkpoints(parse_config("kd", ["--optimizer", "sgd", "--schedule", "cosine", "--epochs", "7"]), data,
+                         teacher=False).shared
+    assert (cosine["optimizer"], cosine["schedule"], cosine["epochs"]) == ("sgd", "cosine", 7)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--recipe", "nope"], "--recipe: unknown recipe 'nope'; choose from cifar-kd"),
+    (["--schedule", "step"], "--schedule step needs --milestones"),
+    (["--schedule", "step", "--milestones", "5,3"], "--milestones must be increasing epochs > 0"),
+    (["--nesterov"], "--nesterov needs --optimizer sgd"),
+    (["--optimizer", "lamb"], "--optimizer must be one of adam, sgd"),
+    (["--momentum", "1"], "--momentum must be in [0, 1)"),
+    (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),
+    (["--normalize", "cifar"], "--normalize must be imagenet or dataset"),
+])
+def test_bad_recipes_and_optimizer_settings_are_refused(flags, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(")", r"\)")):
+        parse_config("kd", flags)
+
+
+def test_channel_statistics_are_each_channels_mean_and_population_std():
+    images = np.random.default_rng(0).integers(0, 256, (300, 4, 5, 2), dtype=np.uint8)
+    mean, std = channel_statistics(images, chunk=7)
+    pixels = images.reshape(-1, 2) / 255.0
+    np.testing.assert_allclose(mean, pixels.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(std, pixels.std(axis=0), atol=1e-6)
+    with pytest.raises(ValueError, match="channel_statistics takes uint8"):
+        channel_statistics(images.astype(np.float32))
