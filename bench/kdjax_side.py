@@ -19,7 +19,7 @@ from bench.common import (
 )
 from kdjax import methods, zoo
 from kdjax.config import ExperimentConfig
-from kdjax.data import Cifar10, ResidentLoader, Split, epoch_order, load_cifar10
+from kdjax.data import Dataset, ResidentLoader, Split, epoch_order, load_cifar10
 from kdjax.loop import Member, ProgramSpec, init_states, model_variables, program_step, stack_hyperparameters
 from kdjax.network import tutorial_student, tutorial_teacher
 from kdjax.parallel import batch_mesh
@@ -118,7 +118,7 @@ def measure_e2e(args) -> dict:
     if args.data_dir:
         data = load_cifar10(args.data_dir).subset(args.e2e_train_size, args.e2e_test_size)
     else:
-        data = Cifar10(Split(*synthetic_split(args.e2e_train_size, 0)), Split(*synthetic_split(args.e2e_test_size, 1)),
+        data = Dataset(Split(*synthetic_split(args.e2e_train_size, 0)), Split(*synthetic_split(args.e2e_test_size, 1)),
                        "synthetic", 0.0)
     with tempfile.TemporaryDirectory() as tmp:
         config = ExperimentConfig(name="all", epochs=args.e2e_epochs, checkpoint_dir=f"{tmp}/ck",

@@ -50,11 +50,15 @@ STEPS = {"teacher": 2, "resnet56": 3, "resnet20": 8}  # steps per timed window (
 
 
 def _equations(jaxpr):
-    """Every equation of `jaxpr` and of the jaxprs nested in it (custom gradients, branches)."""
+    """Every equation of `jaxpr` and of the jaxprs nested in it (custom gradients; of a `cond`, the first branch
+    only: `lax.platform_dependent` puts the same layer in one branch per platform)."""
     for eqn in jaxpr.eqns:
         yield eqn
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (list, tuple)) else [value]:
+        for name, value in eqn.params.items():
+            subs = value if isinstance(value, (list, tuple)) else [value]
+            if eqn.primitive.name == "cond" and name == "branches":
+                subs = subs[:1]
+            for sub in subs:
                 inner = getattr(sub, "jaxpr", sub)
                 if hasattr(inner, "eqns"):
                     yield from _equations(inner)
@@ -63,8 +67,7 @@ def _equations(jaxpr):
 def layers(network: Network, batch: int) -> list[dict]:
     """Convolutions and dense layers of one forward pass at `batch`, in order, with forward GFLOP.
 
-    A convolution under `lax.platform_dependent` appears once per branch; only the first
-    of identical consecutive entries is kept.
+    A convolution under `lax.platform_dependent` is counted in its first branch only.
     """
     params, state = network.init(jax.random.key(0))
     images = jnp.zeros((batch, 32, 32, 3))
@@ -83,8 +86,7 @@ def layers(network: Network, batch: int) -> list[dict]:
             macs = int(np.prod(out)) * int(np.prod([lhs[d] for d in contract]))
         entry = {"op": "conv" if name == "conv_general_dilated" else "dense", "input": tuple(lhs),
                  "kernel": tuple(rhs), "output": tuple(out), "gflop": 2 * macs / 1e9}
-        if not found or found[-1] != entry:
-            found.append(entry)
+        found.append(entry)
     return found
 
 

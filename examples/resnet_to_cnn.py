@@ -21,7 +21,7 @@ import numpy as np
 from flax import linen as nn
 
 from kdjax.checkpoint import RunCheckpoints
-from kdjax.data import Cifar10, Split, load_cifar10
+from kdjax.data import Dataset, Split, load_cifar10
 from kdjax.loop import Member, Settings, model_variables, train_members
 from kdjax.network import Network, linen_network
 
@@ -68,7 +68,7 @@ def student_network() -> Network:
     return linen_network(SmallCNN(), input_shape=(32, 32, 3), roles={"feature_map": "block2"}, train_argument=None)
 
 
-def synthetic_data(train: int, test: int) -> Cifar10:
+def synthetic_data(train: int, test: int) -> Dataset:
     """Random images whose label is the brightest colour channel: learnable, needs no download."""
     rng = np.random.default_rng(0)
 
@@ -77,7 +77,7 @@ def synthetic_data(train: int, test: int) -> Cifar10:
         labels = images.reshape(n, -1, 3).mean(axis=1).argmax(axis=1).astype(np.int32)
         return Split(images, labels)
 
-    return Cifar10(split(train), split(test), "synthetic", 0.0)
+    return Dataset(split(train), split(test), "synthetic", 0.0)
 
 
 def parse(argv=None) -> argparse.Namespace:

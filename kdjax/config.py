@@ -11,6 +11,7 @@ import tempfile
 from typing import Any
 
 from kdjax import methods
+from kdjax.data import DATASETS
 from kdjax.loop import AUGMENTATIONS, MEMBER_BATCHING, Settings
 from kdjax.optimizers import OPTIMIZERS, SCHEDULES
 
@@ -89,7 +90,9 @@ class ExperimentConfig:
     milestones: tuple[int, ...] = Settings.milestones
     decay_factor: float = Settings.decay_factor
     warmup_epochs: float = Settings.warmup_epochs
-    normalize: str = "imagenet"  # imagenet: the tutorial's Normalize; dataset: the training split's own statistics
+    dataset: str = "cifar10"  # cifar10 | cifar100 | npz:PATH
+    # imagenet: the tutorial's Normalize; dataset: the training split's own statistics; auto: imagenet for CIFAR-10
+    normalize: str = "auto"
     # (mean, std) per channel with `normalize=dataset`: computed when the data loads, then recorded here
     normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     batch_size: int = Settings.batch_size
@@ -184,8 +187,10 @@ class ExperimentConfig:
              f"--milestones must be increasing epochs > 0, got {','.join(map(str, self.milestones))}"),
             (0 < self.decay_factor <= 1, f"--decay-factor must be in (0, 1], got {self.decay_factor}"),
             (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
-            (self.normalize in ("imagenet", "dataset"),
-             f"--normalize must be imagenet or dataset, got {self.normalize!r}"),
+            (self.normalize in ("auto", "imagenet", "dataset"),
+             f"--normalize must be auto, imagenet or dataset, got {self.normalize!r}"),
+            (self.dataset in DATASETS or self.dataset.startswith("npz:"),
+             f"--dataset: unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)} or npz:PATH"),
             (len(set(self.seeds)) == len(self.seeds), f"--seeds has a repeated seed: {self.seeds}"),
             (self.train_size is None or self.train_size > 0, f"--train-size must be > 0, got {self.train_size}"),
             (self.test_size is None or self.test_size > 0, f"--test-size must be > 0, got {self.test_size}"),
@@ -268,8 +273,10 @@ _HELP = {
     "milestones": "comma-separated epochs at which the step schedule decays",
     "decay_factor": "the step schedule's factor per milestone",
     "warmup_epochs": "scale the learning rate up linearly over this many epochs",
-    "normalize": "per-channel normalisation: imagenet (the tutorial's mean and std) or dataset (the training "
-                 "split's own, computed when the data loads)",
+    "normalize": "per-channel normalisation: imagenet (the tutorial's mean and std), dataset (the training "
+                 "split's own, computed when the data loads) or auto (imagenet for CIFAR-10, else dataset)",
+    "dataset": "cifar10, cifar100 (fine labels; from --data-dir or tensorflow-datasets), or npz:PATH (x_train, "
+               "y_train, x_test, y_test: uint8 or float [n, h, w(, c)] images, integer labels)",
     "teacher": "the teacher network: deepnn (the tutorial's), or a zoo name such as resnet56, resnet32x4, wrn_40_2",
     "student": "the student network: lightnn (the tutorial's), or a zoo name such as resnet20, resnet8x4, wrn_16_2",
     "epochs": "training epochs of each member",
@@ -281,7 +288,8 @@ _HELP = {
     "teacher_seed": "seed of the teacher the students learn from",
     "teacher_augment": "augmentation of the teacher's own training (default: --augment)",
     "data_source": "auto (local if --data-dir/$KDJAX_DATA_DIR is set, else tensorflow-datasets), local or tfds",
-    "data_dir": "local CIFAR-10 copy: cifar-10-batches-bin/-py, their .tar.gz, a tfds data dir, or a folder holding one",
+    "data_dir": "local copy of the --dataset: cifar-10-batches-bin/-py (cifar-100-binary/-python), their .tar.gz, "
+                "a tfds data dir, or a folder holding one",
     "train_size": "use only the first N training images",
     "test_size": "use only the first N test images",
     "validation_size": "students train without the last N training images and report their accuracy on them "

@@ -11,20 +11,20 @@ from flax import linen as nn
 
 from kdjax import methods
 from kdjax.checkpoint import RunCheckpoints
-from kdjax.data import Cifar10, Split
+from kdjax.data import Dataset, Split
 from kdjax.loop import Member, MemberResult, Settings, train_members
 from kdjax.network import Network, linen_network, tutorial_student, tutorial_teacher
 from kdjax.train import build_objective, create_train_state
 from kdjax.teacher_cache import compute_teacher_cache
 
 
-def tiny_data(n_train: int = 160, n_test: int = 64) -> Cifar10:
+def tiny_data(n_train: int = 160, n_test: int = 64) -> Dataset:
     rng = np.random.default_rng(0)
 
     def split(n):
         return Split(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int32))
 
-    return Cifar10(split(n_train), split(n_test), "synthetic", 0.0)
+    return Dataset(split(n_train), split(n_test), "synthetic", 0.0)
 
 
 def teacher_params(seed: int = 5):
@@ -40,7 +40,7 @@ def _folder(chunk: Sequence[Member], members: Sequence[Member]) -> str:
 
 
 def run_members(tmp: pathlib.Path, members: Sequence[Member], *, epochs: int = 1, cached: bool = True,
-                data: Cifar10 | None = None, name: str = "run", programs_out: list | None = None,
+                data: Dataset | None = None, name: str = "run", programs_out: list | None = None,
                 teacher_in_step: bool = False, **settings) -> list[MemberResult]:
     """Train `members` of the tutorial student on tiny data (batch 32) with a fixed random teacher."""
     data = data or tiny_data()
@@ -79,7 +79,7 @@ def batchnorm_network() -> Network:
 
 
 def train_batchnorm(tmp: pathlib.Path, members: Sequence[Member], *, name: str, teacher=None, cached: bool = True,
-                    data: Cifar10 | None = None, **settings) -> list:
+                    data: Dataset | None = None, **settings) -> list:
     """Train BatchNorm students of `members` (batch 32, tiny data); `teacher`: `(network, (params, state))`."""
     data = data or tiny_data()
     reads = {role for m in members for role in methods.get(m.method).reads}

@@ -1,7 +1,8 @@
-"""CIFAR-10's canonical distributions: the binary and python layouts, as folders or tar.gz archives.
+"""CIFAR-10's and CIFAR-100's canonical distributions: the binary and python layouts, as folders or tar.gz archives.
 
 Every reader returns uint8 NHWC images and int32 labels and checks what it reads: file
-sizes, record counts, label range and image shape, naming the offending file.
+sizes, record counts, label range and image shape, naming the offending file. CIFAR-100
+gives its 100 fine labels (the coarse ones are read past).
 """
 
 from __future__ import annotations
@@ -18,34 +19,51 @@ from kdjax.data.safe_io import load_pickle, read_tar_members
 NUM_CLASSES = 10
 RECORDS_PER_FILE = 10_000
 _PIXELS = 32 * 32 * 3
-_BINARY_RECORD = 1 + _PIXELS  # one label byte, then the red, green and blue planes
 
 LocalFormat = Literal["binary-dir", "binary-tar", "python-dir", "python-tar"]
-_FILES = {
-    "binary": ([f"data_batch_{i}.bin" for i in range(1, 6)], ["test_batch.bin"]),
-    "python": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]),
-}
-# Names as the CIFAR-10 site (and torchvision's download) leave them.
-CANONICAL_NAMES: dict[LocalFormat, str] = {
-    "binary-dir": "cifar-10-batches-bin",
-    "binary-tar": "cifar-10-binary.tar.gz",
-    "python-dir": "cifar-10-batches-py",
-    "python-tar": "cifar-10-python.tar.gz",
-}
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """One data set's files: train and test file names per layout, canonical names, label bytes, class count."""
+
+    name: str
+    classes: int
+    files: dict[str, tuple[list[str], list[str]]]  # "binary" / "python" -> (train files, test files)
+    canonical: dict[LocalFormat, str]  # as the data set's site (and torchvision's download) leave them
+    label_bytes: int  # binary records: label bytes before the pixels (the last is the label read)
+    label_key: bytes  # python batches: the labels' key
+    records: tuple[int, int]  # per train file, per test file
+
+
+CIFAR10 = Layout("cifar10", 10, {"binary": ([f"data_batch_{i}.bin" for i in range(1, 6)], ["test_batch.bin"]),
+                                 "python": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"])},
+                 {"binary-dir": "cifar-10-batches-bin", "binary-tar": "cifar-10-binary.tar.gz",
+                  "python-dir": "cifar-10-batches-py", "python-tar": "cifar-10-python.tar.gz"},
+                 1, b"labels", (RECORDS_PER_FILE, RECORDS_PER_FILE))
+CIFAR100 = Layout("cifar100", 100, {"binary": (["train.bin"], ["test.bin"]), "python": (["train"], ["test"])},
+                  {"binary-dir": "cifar-100-binary", "binary-tar": "cifar-100-binary.tar.gz",
+                   "python-dir": "cifar-100-python", "python-tar": "cifar-100-python.tar.gz"},
+                  2, b"fine_labels", (50_000, 10_000))  # binary: coarse label byte, then fine
+LAYOUTS = {layout.name: layout for layout in (CIFAR10, CIFAR100)}
+CANONICAL_NAMES = CIFAR10.canonical
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """One split: `images` `[n, 32, 32, 3]` uint8 (RGB, NHWC), `labels` `[n]` int32 in [0, 10)."""
+    """One split: `images` `[n, height, width, channels]` (uint8 pixels, or floats already scaled), `labels` `[n]`
+    integers."""
 
     images: np.ndarray
     labels: np.ndarray
 
     def __post_init__(self) -> None:
-        if self.images.dtype != np.uint8 or self.images.shape[1:] != (32, 32, 3):
-            raise ValueError(f"images must be uint8 [n, 32, 32, 3], got {self.images.dtype} {self.images.shape}")
-        if self.labels.shape != self.images.shape[:1]:
-            raise ValueError(f"labels must be [{len(self.images)}], got {self.labels.shape}")
+        images, labels = self.images, self.labels
+        if images.ndim != 4 or not (images.dtype == np.uint8 or np.issubdtype(images.dtype, np.floating)):
+            raise ValueError(f"images must be uint8 or float [n, height, width, channels], got {images.dtype} "
+                             f"{images.shape} (add a channel axis to greyscale images: images[..., None])")
+        if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels must be {len(images)} integers [n], got {labels.dtype} {labels.shape}")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -65,43 +83,48 @@ class Split:
         return digest.hexdigest()
 
 
-def _check(labels: np.ndarray, count: int, expected: int | None, source: str) -> None:
+def _check(labels: np.ndarray, count: int, expected: int | None, source: str, layout: Layout) -> None:
     if expected is not None and count != expected:
-        raise ValueError(f"{source}: expected {expected:,} records, found {count:,}; the file is truncated or not CIFAR-10")
+        raise ValueError(f"{source}: expected {expected:,} records, found {count:,}; the file is truncated or not "
+                         f"{layout.name}")
     if count == 0:
         raise ValueError(f"{source}: holds no records")
-    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise ValueError(f"{source}: labels must lie in [0, {NUM_CLASSES}), found {labels.min()}..{labels.max()}")
+    if labels.size and (labels.min() < 0 or labels.max() >= layout.classes):
+        raise ValueError(f"{source}: labels must lie in [0, {layout.classes}), found {labels.min()}..{labels.max()}")
 
 
-def parse_binary_batch(data: bytes, source: str, expected: int | None = RECORDS_PER_FILE) -> Split:
-    """A `*.bin` batch: records of 1 label byte + 3,072 pixel bytes (R, G, B planes, row-major)."""
-    if len(data) % _BINARY_RECORD:
+def parse_binary_batch(data: bytes, source: str, expected: int | None = RECORDS_PER_FILE,
+                       layout: Layout = CIFAR10) -> Split:
+    """A `*.bin` batch: records of the label byte(s) + 3,072 pixel bytes (R, G, B planes, row-major)."""
+    record = layout.label_bytes + _PIXELS
+    if len(data) % record:
         raise ValueError(
-            f"{source}: {len(data):,} bytes is not a whole number of {_BINARY_RECORD:,}-byte records; "
-            "the file is truncated or not CIFAR-10 binary"
+            f"{source}: {len(data):,} bytes is not a whole number of {record:,}-byte records; "
+            f"the file is truncated or not {layout.name} binary"
         )
-    records = np.frombuffer(data, np.uint8).reshape(-1, _BINARY_RECORD)
-    labels = records[:, 0].astype(np.int32)
-    _check(labels, len(records), expected, source)
-    images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    records = np.frombuffer(data, np.uint8).reshape(-1, record)
+    labels = records[:, layout.label_bytes - 1].astype(np.int32)
+    _check(labels, len(records), expected, source, layout)
+    images = records[:, layout.label_bytes:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return Split(np.ascontiguousarray(images), labels)
 
 
-def parse_python_batch(data: bytes, source: str, expected: int | None = RECORDS_PER_FILE) -> Split:
-    """A python-format batch: a pickled dict with `data` `[n, 3072]` uint8 and `labels` (list of n ints)."""
+def parse_python_batch(data: bytes, source: str, expected: int | None = RECORDS_PER_FILE,
+                       layout: Layout = CIFAR10) -> Split:
+    """A python-format batch: a pickled dict with `data` `[n, 3072]` uint8 and the labels (list of n ints)."""
     batch = load_pickle(data, source)
-    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise ValueError(f"{source}: expected a dict with b'data' and b'labels', got {type(batch).__name__}")
+    key = layout.label_key
+    if not isinstance(batch, dict) or b"data" not in batch or key not in batch:
+        raise ValueError(f"{source}: expected a dict with b'data' and {key!r}, got {type(batch).__name__}")
     pixels = batch[b"data"]
     if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 2 or pixels.shape[1] != _PIXELS:
         shape = getattr(pixels, "shape", None)
         raise ValueError(f"{source}: b'data' must be a uint8 array [n, 3072], got {type(pixels).__name__} {shape}")
-    labels = np.asarray(batch[b"labels"])
+    labels = np.asarray(batch[key])
     if labels.shape != (len(pixels),) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{source}: b'labels' must be {len(pixels)} integers, got {labels.dtype} {labels.shape}")
+        raise ValueError(f"{source}: {key!r} must be {len(pixels)} integers, got {labels.dtype} {labels.shape}")
     labels = labels.astype(np.int32)
-    _check(labels, len(pixels), expected, source)
+    _check(labels, len(pixels), expected, source, layout)
     images = pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return Split(np.ascontiguousarray(images), labels)
 
@@ -110,14 +133,15 @@ def _concat(splits: list[Split]) -> Split:
     return Split(np.concatenate([s.images for s in splits]), np.concatenate([s.labels for s in splits]))
 
 
-def read_local(path: pathlib.Path, fmt: LocalFormat, *, strict: bool = True) -> tuple[Split, Split]:
-    """Train and test splits from a CIFAR-10 folder or archive at `path`.
+def read_local(path: pathlib.Path, fmt: LocalFormat, *, strict: bool = True,
+               layout: Layout = CIFAR10) -> tuple[Split, Split]:
+    """Train and test splits from a `layout` (CIFAR-10 or CIFAR-100) folder or archive at `path`.
 
-    With `strict`, every batch must hold exactly 10,000 records (50,000 train, 10,000 test).
+    With `strict`, every file must hold its full record count (50,000 train, 10,000 test in all).
     """
-    layout = fmt.split("-")[0]
-    train_names, test_names = _FILES[layout]
-    parse: Callable[..., Split] = parse_binary_batch if layout == "binary" else parse_python_batch
+    kind = fmt.split("-")[0]
+    train_names, test_names = layout.files[kind]
+    parse: Callable[..., Split] = parse_binary_batch if kind == "binary" else parse_python_batch
     if fmt.endswith("-tar"):
         contents = read_tar_members(path, train_names + test_names)
         sources = {name: f"{path}:{name}" for name in contents}
@@ -126,28 +150,31 @@ def read_local(path: pathlib.Path, fmt: LocalFormat, *, strict: bool = True) -> 
         sources = {name: str(path / name) for name in contents}
     missing = [name for name in train_names + test_names if name not in contents]
     if missing:
-        raise ValueError(f"{path}: incomplete CIFAR-10 {layout} copy, missing {', '.join(missing)}")
-    expected = RECORDS_PER_FILE if strict else None
-    read = lambda names: _concat([parse(contents[n], sources[n], expected) for n in names])  # noqa: E731
-    return read(train_names), read(test_names)
+        raise ValueError(f"{path}: incomplete {layout.name} {kind} copy, missing {', '.join(missing)}")
+
+    def read(names: list[str], records: int) -> Split:
+        return _concat([parse(contents[n], sources[n], records if strict else None, layout) for n in names])
+
+    return read(train_names, layout.records[0]), read(test_names, layout.records[1])
 
 
-def detect_local(path: pathlib.Path) -> tuple[pathlib.Path, LocalFormat] | None:
-    """Which canonical CIFAR-10 layout `path` is, or holds directly inside it; None if none.
+def detect_local(path: pathlib.Path, layout: Layout = CIFAR10) -> tuple[pathlib.Path, LocalFormat] | None:
+    """Which canonical `layout` distribution `path` is, or holds directly inside it; None if none.
 
     Extracted folders win over archives when both are present (torchvision leaves both).
     """
     if path.is_dir():
-        if (path / "data_batch_1.bin").is_file():
+        binary, python = layout.files["binary"][0][0], layout.files["python"][0][0]
+        if (path / binary).is_file():
             return path, "binary-dir"
-        if (path / "data_batch_1").is_file():
+        if (path / python).is_file() and (path / layout.files["python"][1][0]).is_file():
             return path, "python-dir"
-        for fmt, name in CANONICAL_NAMES.items():
+        for fmt, name in layout.canonical.items():
             if (path / name).exists():
                 return path / name, fmt
         return None
     if path.is_file():
-        for fmt, name in CANONICAL_NAMES.items():
+        for fmt, name in layout.canonical.items():
             if fmt.endswith("-tar") and path.name == name:
                 return path, fmt
         if path.name.endswith((".tar.gz", ".tgz", ".tar")):

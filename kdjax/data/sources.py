@@ -1,4 +1,5 @@
-"""Find CIFAR-10 wherever the user has it: a local copy or tensorflow-datasets."""
+"""Data sets wherever the user has them: CIFAR-10 / CIFAR-100 as a local copy or through tensorflow-datasets,
+or any image arrays (in memory or an `.npz` file)."""
 
 from __future__ import annotations
 
@@ -10,57 +11,77 @@ import time
 from typing import Literal
 
 from kdjax.data import tfds_source
-from kdjax.data.formats import CANONICAL_NAMES, Split, detect_local, read_local
+import numpy as np
+
+from kdjax.data.formats import CIFAR10, LAYOUTS, Layout, Split, detect_local, read_local
 
 DATA_DIR_ENV = "KDJAX_DATA_DIR"
 Source = Literal["auto", "local", "tfds"]
 
 
 class DataNotFoundError(RuntimeError):
-    """No CIFAR-10 could be found or fetched; the message lists what was tried."""
+    """No data set could be found or fetched; the message lists what was tried."""
 
 
 @dataclasses.dataclass(frozen=True)
-class Cifar10:
-    """Both splits and where they came from."""
+class Dataset:
+    """Both splits of an image classification data set, its class count and where it came from."""
 
     train: Split
     test: Split
     origin: str  # e.g. "binary-dir /data/cifar-10-batches-bin"
     load_seconds: float
+    num_classes: int = 10
+    name: str = "cifar10"
+
+    def __post_init__(self) -> None:
+        for split_name, split in (("train", self.train), ("test", self.test)):
+            if not len(split):
+                raise ValueError(f"{self.name}: the {split_name} split is empty")
+            low, high = int(split.labels.min()), int(split.labels.max())
+            if low < 0 or high >= self.num_classes:
+                raise ValueError(f"{self.name}: {split_name} labels must lie in [0, {self.num_classes}), found "
+                                 f"{low}..{high}")
+        if self.train.images.shape[1:] != self.test.images.shape[1:]:
+            raise ValueError(f"{self.name}: train images are {self.train.images.shape[1:]} but test images are "
+                             f"{self.test.images.shape[1:]}")
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.images.shape[1:])
 
     @functools.cached_property
     def fingerprint(self) -> str:
         """SHA-256 over both splits' bytes (computed once): identifies the data a checkpoint was trained on."""
         return f"{self.train.fingerprint()[:32]}{self.test.fingerprint()[:32]}"
 
-    def subset(self, train_size: int | None = None, test_size: int | None = None) -> "Cifar10":
+    def subset(self, train_size: int | None = None, test_size: int | None = None) -> "Dataset":
         """The first `train_size` / `test_size` examples of each split (the tutorial's CPU subsets)."""
         return dataclasses.replace(self, train=self.train.take(train_size), test=self.test.take(test_size))
 
 
-def _how_to_point() -> str:
-    names = ", ".join(CANONICAL_NAMES.values())
+def _how_to_point(layout: Layout = CIFAR10) -> str:
+    names = ", ".join(layout.canonical.values())
     return (
         f"Point kdjax at a local copy with --data-dir PATH or {DATA_DIR_ENV}=PATH, where PATH is (or contains) "
         f"one of {names}, or a prepared tensorflow-datasets data dir."
     )
 
 
-def _load_from_dir(path: pathlib.Path, strict: bool) -> tuple[Split, Split, str]:
+def _load_from_dir(path: pathlib.Path, strict: bool, layout: Layout = CIFAR10) -> tuple[Split, Split, str]:
     if not path.exists():
-        raise DataNotFoundError(f"data dir {path} does not exist. {_how_to_point()}")
+        raise DataNotFoundError(f"data dir {path} does not exist. {_how_to_point(layout)}")
     if path.is_dir() and not os.access(path, os.R_OK | os.X_OK):
         raise DataNotFoundError(f"data dir {path} is not readable")
-    found = detect_local(path)
+    found = detect_local(path, layout)
     if found is not None:
         location, fmt = found
-        train, test = read_local(location, fmt, strict=strict)
+        train, test = read_local(location, fmt, strict=strict, layout=layout)
         return train, test, f"{fmt} {location}"
-    if path.is_dir() and tfds_source.is_tfds_dir(path):
-        train, test = tfds_source.read_tfds(path, download=False)
+    if path.is_dir() and tfds_source.is_tfds_dir(path, layout.name):
+        train, test = tfds_source.read_tfds(path, download=False, name=layout.name)
         return train, test, f"tfds {path}"
-    raise DataNotFoundError(f"no CIFAR-10 found in {path}. {_how_to_point()}")
+    raise DataNotFoundError(f"no {layout.name} found in {path}. {_how_to_point(layout)}")
 
 
 def load_cifar10(
@@ -69,8 +90,9 @@ def load_cifar10(
     source: Source = "auto",
     strict: bool = True,
     download_timeout_s: float = 3.0,
-) -> Cifar10:
-    """Load CIFAR-10 (train 50,000 / test 10,000) as uint8 NHWC on the host.
+    layout: Layout = CIFAR10,
+) -> Dataset:
+    """Load CIFAR-10 (train 50,000 / test 10,000; `layout=CIFAR100` for CIFAR-100) as uint8 NHWC on the host.
 
     Args:
       data_dir: a local copy (see `_how_to_point`); defaults to `$KDJAX_DATA_DIR`.
@@ -90,31 +112,93 @@ def load_cifar10(
     if source not in ("auto", "local", "tfds"):
         raise ValueError(f"source must be 'auto', 'local' or 'tfds', got {source!r}")
     if source == "local" and path is None:
-        raise DataNotFoundError(f"source 'local' needs a data dir. {_how_to_point()}")
+        raise DataNotFoundError(f"source 'local' needs a data dir. {_how_to_point(layout)}")
     if source == "local" or (source == "auto" and path is not None):
-        train, test, origin = _load_from_dir(path, strict)
+        train, test, origin = _load_from_dir(path, strict, layout)
     else:
-        train, test, origin = _load_tfds(path, download_timeout_s)
-    return Cifar10(train, test, origin, time.perf_counter() - start)
+        train, test, origin = _load_tfds(path, download_timeout_s, layout)
+    return Dataset(train, test, origin, time.perf_counter() - start, layout.classes, layout.name)
 
 
-def _load_tfds(path: pathlib.Path | None, download_timeout_s: float) -> tuple[Split, Split, str]:
+def _load_tfds(path: pathlib.Path | None, download_timeout_s: float, layout: Layout
+               ) -> tuple[Split, Split, str]:
     where = str(path) if path else "tfds's default data dir"
-    tried = [f"tensorflow-datasets cifar10 prepared in {where}: not there"]
-    if (path is not None and tfds_source.is_tfds_dir(path)) or (path is None and _prepared_in_default_dir()):
-        train, test = tfds_source.read_tfds(path, download=False)
+    tried = [f"tensorflow-datasets {layout.name} prepared in {where}: not there"]
+    if ((path is not None and tfds_source.is_tfds_dir(path, layout.name))
+            or (path is None and _prepared_in_default_dir(layout.name))):
+        train, test = tfds_source.read_tfds(path, download=False, name=layout.name)
         return train, test, f"tfds {where}"
     if not tfds_source.can_reach_download_host(download_timeout_s):
         host = tfds_source.DOWNLOAD_HOST[0]
         tried.append(f"downloading it: {host} unreachable within {download_timeout_s:g} s (offline?)")
-        raise DataNotFoundError("CIFAR-10 not found. Tried: " + "; ".join(tried) + ". " + _how_to_point())
+        raise DataNotFoundError(f"{layout.name} not found. Tried: " + "; ".join(tried) + ". " + _how_to_point(layout))
     try:
-        train, test = tfds_source.read_tfds(path, download=True)
+        train, test = tfds_source.read_tfds(path, download=True, name=layout.name)
     except RuntimeError as error:  # tfds or TensorFlow missing: the message says what to install
-        raise DataNotFoundError(f"CIFAR-10 not found locally and {error}") from error
+        raise DataNotFoundError(f"{layout.name} not found locally and {error}") from error
     return train, test, f"tfds {where} (downloaded)"
 
 
-def _prepared_in_default_dir() -> bool:
+def _prepared_in_default_dir(name: str) -> bool:
     default = pathlib.Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
-    return default.is_dir() and tfds_source.is_tfds_dir(default)
+    return default.is_dir() and tfds_source.is_tfds_dir(default, name)
+
+
+def from_arrays(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray,
+                test_labels: np.ndarray, *, num_classes: int | None = None, name: str = "arrays") -> Dataset:
+    """A data set of a user's arrays: images `[n, height, width, channels]` uint8 (pixels) or float (already
+    scaled), labels `[n]` integers in `[0, num_classes)` (default: the largest label + 1).
+
+    Raises:
+      ValueError: mismatched shapes, empty splits, labels out of range, naming what is wrong.
+    """
+    start = time.perf_counter()
+    train = Split(np.asarray(train_images), np.asarray(train_labels).astype(np.int32))
+    test = Split(np.asarray(test_images), np.asarray(test_labels).astype(np.int32))
+    if num_classes is None:
+        num_classes = int(max(train.labels.max(initial=-1), test.labels.max(initial=-1))) + 1
+    return Dataset(train, test, name, time.perf_counter() - start, num_classes, name)
+
+
+NPZ_KEYS = (("x_train", "y_train", "x_test", "y_test"), ("train_images", "train_labels", "test_images", "test_labels"))
+
+
+def load_npz(path: str | os.PathLike, *, num_classes: int | None = None) -> Dataset:
+    """A data set from an `.npz` file holding `x_train, y_train, x_test, y_test` (Keras' names) or
+    `train_images, train_labels, test_images, test_labels`; greyscale `[n, h, w]` images get a channel axis.
+
+    Loaded with `allow_pickle=False`: no code in the file runs.
+    """
+    path = pathlib.Path(path).expanduser()
+    if not path.is_file():
+        raise DataNotFoundError(f"npz file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            keys = next((keys for keys in NPZ_KEYS if set(keys) <= set(archive.files)), None)
+            if keys is None:
+                raise ValueError(f"{path} holds {sorted(archive.files)}; it needs {', '.join(NPZ_KEYS[0])} "
+                                 f"(or {', '.join(NPZ_KEYS[1])})")
+            arrays = [archive[key] for key in keys]
+    except (OSError, EOFError) as error:  # zipfile.BadZipFile is an OSError's cousin: caught below too
+        raise ValueError(f"{path}: not a readable .npz file ({error})") from error
+    except Exception as error:  # noqa: BLE001 - a corrupt zip raises BadZipFile, object arrays ValueError
+        if isinstance(error, ValueError) and str(path) in str(error):
+            raise
+        raise ValueError(f"{path}: not a readable .npz file ({error})") from error
+    for index in (0, 2):
+        if arrays[index].ndim == 3:  # greyscale
+            arrays[index] = arrays[index][..., None]
+    return from_arrays(*arrays, num_classes=num_classes, name=f"npz {path}")
+
+
+DATASETS = ("cifar10", "cifar100")
+
+
+def load_dataset(dataset: str, data_dir: str | os.PathLike | None = None, *, source: Source = "auto",
+                 strict: bool = True) -> Dataset:
+    """`dataset` (`cifar10`, `cifar100` or `npz:PATH`), from `data_dir` / tensorflow-datasets where that applies."""
+    if dataset.startswith("npz:"):
+        return load_npz(dataset[4:])
+    if dataset not in LAYOUTS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)} or npz:PATH")
+    return load_cifar10(data_dir, source=source, strict=strict, layout=LAYOUTS[dataset])

@@ -1,4 +1,5 @@
-"""CIFAR-10 through tensorflow-datasets, imported lazily so local copies need neither tfds nor TensorFlow."""
+"""CIFAR-10 and CIFAR-100 through tensorflow-datasets, imported lazily so local copies need neither tfds nor
+TensorFlow."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from kdjax.data.formats import Split
 
-DOWNLOAD_HOST = ("www.cs.toronto.edu", 443)  # where tfds fetches cifar-10-binary.tar.gz
+DOWNLOAD_HOST = ("www.cs.toronto.edu", 443)  # where tfds fetches cifar-10-binary.tar.gz (and CIFAR-100's)
 
 
 def _import_tfds() -> Any:
@@ -40,9 +41,9 @@ def can_reach_download_host(timeout_s: float = 3.0) -> bool:
         pool.shutdown(wait=False)
 
 
-def is_tfds_dir(path: pathlib.Path) -> bool:
-    """Whether `path` is a tfds data dir holding a prepared `cifar10`."""
-    return any(path.glob("cifar10/*/dataset_info.json"))
+def is_tfds_dir(path: pathlib.Path, name: str = "cifar10") -> bool:
+    """Whether `path` is a tfds data dir holding a prepared `name`."""
+    return any(path.glob(f"{name}/*/dataset_info.json"))
 
 
 def _to_split(source: Any) -> Split:
@@ -55,8 +56,9 @@ def _to_split(source: Any) -> Split:
     return Split(images, labels)
 
 
-def read_tfds(data_dir: pathlib.Path | None, *, download: bool) -> tuple[Split, Split]:
-    """Train and test splits from tfds `cifar10` (array_record), preparing it first if `download`.
+def read_tfds(data_dir: pathlib.Path | None, *, download: bool, name: str = "cifar10") -> tuple[Split, Split]:
+    """Train and test splits from tfds `name` (`cifar10`, `cifar100`: its `label` is the fine label; array_record),
+    preparing it first if `download`.
 
     Preparing needs TensorFlow (tfds's CIFAR-10 builder reads with `tf.io`); reading a
     prepared array_record copy does not.
@@ -64,7 +66,7 @@ def read_tfds(data_dir: pathlib.Path | None, *, download: bool) -> tuple[Split, 
     tfds = _import_tfds()
     try:
         sources = tfds.data_source(
-            "cifar10",
+            name,
             split=["train", "test"],
             data_dir=None if data_dir is None else str(data_dir),
             download=download,

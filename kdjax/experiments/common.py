@@ -22,7 +22,7 @@ from kdjax import methods, zoo
 from kdjax.checkpoint import CheckpointMismatchError, RunCheckpoints, saved_identity
 from kdjax.config import (LAYOUT_SETTINGS, RECIPE_WARMUP, ConfigError, ExperimentConfig, OneLineParser, UsageError, add_flags,
                           check_experiment, from_args)
-from kdjax.data import Cifar10, DataNotFoundError, Split, channel_statistics, load_cifar10
+from kdjax.data import DataNotFoundError, Dataset, Split, channel_statistics, load_dataset
 from kdjax.loop import (Member, MemberResult, Settings, TrainingDivergedError, evaluate_members, model_variables,
                         program_name, reads_teacher,
                         train_members, unrolls)
@@ -59,25 +59,36 @@ def fingerprint(value: Any) -> str:
     return digest.hexdigest()[:FINGERPRINT_CHARS]
 
 
+def network(name: str, data: Dataset) -> Network:
+    """The network `--teacher` or `--student` names, for `data`'s images and classes (built once per process)."""
+    return _network(name, data.num_classes, data.image_shape)
+
+
 @functools.cache
-def network(name: str) -> Network:
-    """The network `--teacher` or `--student` names (built once per process)."""
-    return zoo.network(name)
+def _network(name: str, num_classes: int, image_shape: tuple[int, ...]) -> Network:
+    try:
+        return zoo.network(name, num_classes=num_classes, input_shape=image_shape)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
-def check_networks(config: ExperimentConfig) -> None:
-    """Raise ConfigError, before any training, if a student method cannot run between the two networks
-    (a role one of them lacks, an adapter the shapes rule out)."""
+def check_networks(config: ExperimentConfig, data: Dataset) -> None:
+    """Raise ConfigError, before any training, if a network cannot take `data` or a student method cannot run
+    between the two networks (a role one of them lacks, an adapter the shapes rule out)."""
+    teacher = network(config.teacher, data) if config.name == "teacher" or config.needs_teacher else None
+    if config.name == "teacher":
+        return
+    student = network(config.student, data)
     for name in config.student_methods:
         method = methods.get(name)
         try:
-            build_objective(method, network(config.student), network(config.teacher) if method.needs_teacher else None)
+            build_objective(method, student, teacher if method.needs_teacher else None)
         except ValueError as error:
             raise ConfigError(f"{name} between teacher {config.teacher} and student {config.student}: {error}") from None
 
 
-def load_data(config: ExperimentConfig) -> Cifar10:
-    data = load_cifar10(config.data_dir, source=config.data_source)  # type: ignore[arg-type]
+def load_data(config: ExperimentConfig) -> Dataset:
+    data = load_dataset(config.dataset, config.data_dir, source=config.data_source)  # type: ignore[arg-type]
     for flag, size, available in (("--train-size", config.train_size, len(data.train)),
                                   ("--test-size", config.test_size, len(data.test))):
         if size is not None and size > available:
@@ -103,7 +114,7 @@ class Checkpoints:
     epochs and one teacher serves every student that matches it.
     """
 
-    def __init__(self, config: ExperimentConfig, data: Cifar10, *, teacher: bool, labelled: int | None = None):
+    def __init__(self, config: ExperimentConfig, data: Dataset, *, teacher: bool, labelled: int | None = None):
         self.root = pathlib.Path(config.checkpoint_dir)
         self.restart = config.restart
         augment = config.settings(teacher=teacher).augment
@@ -164,14 +175,14 @@ class Checkpoints:
         return folder
 
 
-def train_teacher(config: ExperimentConfig, data: Cifar10, checkpoints: Checkpoints,
+def train_teacher(config: ExperimentConfig, data: Dataset, checkpoints: Checkpoints,
                   seeds: Sequence[int] | None = None) -> tuple[list[MemberResult], Any]:
     """The teacher members (default: `--teacher-seed`), trained or restored; returns (results, stacked states).
 
     The default teacher comes from a saved program that holds it among other seeds, when
     there is one (`Checkpoints.program_holding`); otherwise it trains alone.
     """
-    teacher = network(config.teacher)
+    teacher = network(config.teacher, data)
     members = [Member.of("ce", seed) for seed in (seeds or [config.teacher_seed])]
     wanted = members[0]
     if seeds is None and jax.default_backend() == "cpu":
@@ -189,12 +200,12 @@ def train_teacher(config: ExperimentConfig, data: Cifar10, checkpoints: Checkpoi
     return results, states
 
 
-def teacher_data(config: ExperimentConfig, data: Cifar10) -> Cifar10:
+def teacher_data(config: ExperimentConfig, data: Dataset) -> Dataset:
     """What the teacher learns from: the labelled images alone under `--labelled-size`."""
     return data.subset(config.labelled_size) if config.labelled_size else data
 
 
-def student_data(config: ExperimentConfig, data: Cifar10) -> tuple[Cifar10, Split | None]:
+def student_data(config: ExperimentConfig, data: Dataset) -> tuple[Dataset, Split | None]:
     """The students' training data and the split `--validation-size` holds out of it (or None)."""
     if not config.validation_size:
         return data, None
@@ -203,14 +214,15 @@ def student_data(config: ExperimentConfig, data: Cifar10) -> tuple[Cifar10, Spli
     return dataclasses.replace(data, train=Split(images[:keep], labels[:keep])), Split(images[keep:], labels[keep:])
 
 
-def train_students(config: ExperimentConfig, data: Cifar10, checkpoints: Checkpoints,
+def train_students(config: ExperimentConfig, data: Dataset, checkpoints: Checkpoints,
                    teacher_variables: Any, validation: Split | None = None) -> list[MemberResult]:
     """The students of `config`, trained or restored; with `validation`, each result carries its accuracy there.
 
     `teacher_variables` is the trained teacher's `(params, state)`, or None for students without one.
     """
     members = config.members()
-    teacher, student = network(config.teacher), network(config.student)
+    student = network(config.student, data)
+    teacher = network(config.teacher, data) if teacher_variables is not None else None
     teacher_id = fingerprint(teacher_variables) if teacher_variables is not None else None
     reads = {role for name in config.student_methods for role in methods.get(name).reads}
 
@@ -252,14 +264,14 @@ def accuracies(config: ExperimentConfig, network: Network, states: Any, split: S
     return accuracy
 
 
-def with_view_accuracy(config: ExperimentConfig, data: Cifar10, teacher: Sequence[MemberResult], states: Any
+def with_view_accuracy(config: ExperimentConfig, data: Dataset, teacher: Sequence[MemberResult], states: Any
                        ) -> list[MemberResult]:
     """The teacher's results with its accuracy on the students' augmented views of the test images, logged.
 
     A teacher that never saw such views can be far worse on them than on clean images, and
     it is on those views that it teaches.
     """
-    accuracy = accuracies(config, network(config.teacher), states, data.test, config.augment)
+    accuracy = accuracies(config, network(config.teacher, data), states, data.test, config.augment)
     log(f"teacher: {accuracy[0]:.2f}% on one {config.augment} view of each test image "
         f"({teacher[0].test_accuracy:.2f}% on the images themselves)")
     return [dataclasses.replace(r, view_accuracy=float(a)) for r, a in zip(teacher, accuracy)]
@@ -278,8 +290,8 @@ def parse_config(name: str, argv: list[str] | None) -> ExperimentConfig:
             "baseline": "The student (--student, LightNN by default) with CE alone"}
     parser = OneLineParser(
         prog=f"python -m kdjax.experiments.{name}",
-        description=f"{what.get(name) or methods.get(name).summary} on CIFAR-10, with the PyTorch Knowledge "
-                    "Distillation Tutorial's settings by default.")
+        description=f"{what.get(name) or methods.get(name).summary} on CIFAR-10 (or --dataset), with the PyTorch "
+                    "Knowledge Distillation Tutorial's settings by default.")
     add_flags(parser, name)
     return from_args(name, parser.parse_args(argv)).validate()
 
@@ -295,7 +307,6 @@ def run(name: str, argv: list[str] | None = None) -> int:
             jax.distributed.initialize()  # coordinator, process count and id from the launcher's environment
         else:
             use_fast_cpu_kernels()
-        check_networks(config)  # traces the networks: after the backends' set-up above
         if config.devices > jax.device_count():
             raise ConfigError(f"--devices {config.devices}: only {jax.device_count()} {jax.default_backend()} "
                               f"device(s) here; pass --devices between 1 and {jax.device_count()} (0: all)")
@@ -306,8 +317,9 @@ def run(name: str, argv: list[str] | None = None) -> int:
             if isinstance(error, ConfigError):
                 raise
             raise DataNotFoundError(str(error)) from error
+        check_networks(config, data)  # traces the networks: after the backends' set-up above
         config = with_recipe_warmup(config, len(data.train))
-        if config.normalize == "dataset":
+        if config.normalize == "dataset" or (config.normalize == "auto" and data.name != "cifar10"):
             config = dataclasses.replace(config, normalization=channel_statistics(data.train.images))
             log(f"normalization: the training images' mean {config.normalization[0]}, std {config.normalization[1]}")
         start = time.perf_counter()

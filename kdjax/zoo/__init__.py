@@ -44,13 +44,18 @@ def module(name: str, *, num_classes: int = 10) -> nn.Module:
     return ZOO[name][0](num_classes=num_classes)
 
 
-def network(name: str, *, num_classes: int = 10) -> Network:
-    """The network called `name` (see `names()`), with a head of `num_classes`."""
+def network(name: str, *, num_classes: int = 10, input_shape: tuple[int, ...] = IMAGE_SHAPE) -> Network:
+    """The network called `name` (see `names()`), with a head of `num_classes`, for images of `input_shape`
+    (`[height, width, channels]`: the zoo's networks take any, the tutorial's 32x32x3 only)."""
+    input_shape = tuple(input_shape)
     if name in TUTORIAL:
+        if input_shape != IMAGE_SHAPE:
+            raise ValueError(f"{name} is the tutorial's network for 32x32x3 images, not {'x'.join(map(str, input_shape))};"
+                             " pick a zoo network (e.g. resnet20) for these")
         return TUTORIAL[name](num_classes=num_classes)
     if name not in ZOO:
         raise ValueError(f"unknown network {name!r}; known: {', '.join(names())}")
-    return linen_network(module(name, num_classes=num_classes), input_shape=IMAGE_SHAPE, roles=ZOO[name][1],
+    return linen_network(module(name, num_classes=num_classes), input_shape=input_shape, roles=ZOO[name][1],
                          name=name)
 
 
