@@ -60,7 +60,7 @@ def test_the_optimizer_and_its_schedule_are_part_of_a_checkpoints_identity():
     (["--optimizer", "lamb"], "--optimizer must be one of adam, sgd"),
     (["--momentum", "1"], "--momentum must be in [0, 1)"),
     (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),
-    (["--normalize", "cifar"], "--normalize must be imagenet or dataset"),
+    (["--normalize", "cifar"], "--normalize must be auto, imagenet or dataset"),
 ])
 def test_bad_recipes_and_optimizer_settings_are_refused(flags, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(")", r"\)")):

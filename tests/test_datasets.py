@@ -59,7 +59,7 @@ def test_a_cifar10_copy_is_not_taken_for_cifar100(tmp_path):
     from cifar_fakes import write_copy
 
     write_copy(tmp_path, "binary")
-    with pytest.raises(Exception, match="no cifar100 found in .*cifar-100-binary"):
+    with pytest.raises(Exception, match="no CIFAR-100 found in .*cifar-100-binary"):
         load_dataset("cifar100", tmp_path, source="local", strict=False)
 
 

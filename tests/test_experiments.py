@@ -229,8 +229,9 @@ def test_with_augmentation_the_methods_that_read_the_teacher_share_a_program(tmp
     assert (run_dir / "ranking.png").exists()
 
 
-def test_networks_by_name_are_checked_before_any_work(tmp_path, capsys):
-    places = ["--checkpoint-dir", str(tmp_path / "ck"), "--output-dir", str(tmp_path / "out")]
+def test_networks_by_name_are_checked_before_any_work(tmp_path, full_size_copy, capsys):
+    places = ["--checkpoint-dir", str(tmp_path / "ck"), "--output-dir", str(tmp_path / "out"), "--data-dir",
+              str(full_size_copy), "--train-size", "256", "--test-size", "64"]
     assert run("kd", ["--student", "resnet99", *places]) == 1
     assert "error: --student: unknown network 'resnet99'; choose from deepnn, lightnn, resnet8," in capsys.readouterr().err
     assert run("hint", ["--teacher", "resnet56", "--student", "shufflenetv1", *places]) == 1

@@ -27,7 +27,8 @@ LocalFormat = Literal["binary-dir", "binary-tar", "python-dir", "python-tar"]
 class Layout:
     """One data set's files: train and test file names per layout, canonical names, label bytes, class count."""
 
-    name: str
+    name: str  # tensorflow-datasets' name
+    title: str  # for messages
     classes: int
     files: dict[str, tuple[list[str], list[str]]]  # "binary" / "python" -> (train files, test files)
     canonical: dict[LocalFormat, str]  # as the data set's site (and torchvision's download) leave them
@@ -36,12 +37,12 @@ class Layout:
     records: tuple[int, int]  # per train file, per test file
 
 
-CIFAR10 = Layout("cifar10", 10, {"binary": ([f"data_batch_{i}.bin" for i in range(1, 6)], ["test_batch.bin"]),
+CIFAR10 = Layout("cifar10", "CIFAR-10", 10, {"binary": ([f"data_batch_{i}.bin" for i in range(1, 6)], ["test_batch.bin"]),
                                  "python": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"])},
                  {"binary-dir": "cifar-10-batches-bin", "binary-tar": "cifar-10-binary.tar.gz",
                   "python-dir": "cifar-10-batches-py", "python-tar": "cifar-10-python.tar.gz"},
                  1, b"labels", (RECORDS_PER_FILE, RECORDS_PER_FILE))
-CIFAR100 = Layout("cifar100", 100, {"binary": (["train.bin"], ["test.bin"]), "python": (["train"], ["test"])},
+CIFAR100 = Layout("cifar100", "CIFAR-100", 100, {"binary": (["train.bin"], ["test.bin"]), "python": (["train"], ["test"])},
                   {"binary-dir": "cifar-100-binary", "binary-tar": "cifar-100-binary.tar.gz",
                    "python-dir": "cifar-100-python", "python-tar": "cifar-100-python.tar.gz"},
                   2, b"fine_labels", (50_000, 10_000))  # binary: coarse label byte, then fine
@@ -86,7 +87,7 @@ class Split:
 def _check(labels: np.ndarray, count: int, expected: int | None, source: str, layout: Layout) -> None:
     if expected is not None and count != expected:
         raise ValueError(f"{source}: expected {expected:,} records, found {count:,}; the file is truncated or not "
-                         f"{layout.name}")
+                         f"{layout.title}")
     if count == 0:
         raise ValueError(f"{source}: holds no records")
     if labels.size and (labels.min() < 0 or labels.max() >= layout.classes):
@@ -100,7 +101,7 @@ def parse_binary_batch(data: bytes, source: str, expected: int | None = RECORDS_
     if len(data) % record:
         raise ValueError(
             f"{source}: {len(data):,} bytes is not a whole number of {record:,}-byte records; "
-            f"the file is truncated or not {layout.name} binary"
+            f"the file is truncated or not {layout.title} binary"
         )
     records = np.frombuffer(data, np.uint8).reshape(-1, record)
     labels = records[:, layout.label_bytes - 1].astype(np.int32)
@@ -150,7 +151,7 @@ def read_local(path: pathlib.Path, fmt: LocalFormat, *, strict: bool = True,
         sources = {name: str(path / name) for name in contents}
     missing = [name for name in train_names + test_names if name not in contents]
     if missing:
-        raise ValueError(f"{path}: incomplete {layout.name} {kind} copy, missing {', '.join(missing)}")
+        raise ValueError(f"{path}: incomplete {layout.title} {kind} copy, missing {', '.join(missing)}")
 
     def read(names: list[str], records: int) -> Split:
         return _concat([parse(contents[n], sources[n], records if strict else None, layout) for n in names])

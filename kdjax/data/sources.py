@@ -81,7 +81,7 @@ def _load_from_dir(path: pathlib.Path, strict: bool, layout: Layout = CIFAR10) -
     if path.is_dir() and tfds_source.is_tfds_dir(path, layout.name):
         train, test = tfds_source.read_tfds(path, download=False, name=layout.name)
         return train, test, f"tfds {path}"
-    raise DataNotFoundError(f"no {layout.name} found in {path}. {_how_to_point(layout)}")
+    raise DataNotFoundError(f"no {layout.title} found in {path}. {_how_to_point(layout)}")
 
 
 def load_cifar10(
@@ -131,11 +131,12 @@ def _load_tfds(path: pathlib.Path | None, download_timeout_s: float, layout: Lay
     if not tfds_source.can_reach_download_host(download_timeout_s):
         host = tfds_source.DOWNLOAD_HOST[0]
         tried.append(f"downloading it: {host} unreachable within {download_timeout_s:g} s (offline?)")
-        raise DataNotFoundError(f"{layout.name} not found. Tried: " + "; ".join(tried) + ". " + _how_to_point(layout))
+        raise DataNotFoundError(f"{layout.title} not found. Tried: " + "; ".join(tried) + ". "
+                                + _how_to_point(layout))
     try:
         train, test = tfds_source.read_tfds(path, download=True, name=layout.name)
     except RuntimeError as error:  # tfds or TensorFlow missing: the message says what to install
-        raise DataNotFoundError(f"{layout.name} not found locally and {error}") from error
+        raise DataNotFoundError(f"{layout.title} not found locally and {error}") from error
     return train, test, f"tfds {where} (downloaded)"
 
 
