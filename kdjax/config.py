@@ -111,6 +111,7 @@ class ExperimentConfig:
     checkpoint_dir: str = "checkpoints"
     output_dir: str = "experiments/runs"
     cache: bool = True  # precompute the teacher's outputs once instead of running it every step
+    baseline: bool = False  # also train (or restore) CE students of the same seeds and compare with them
     augment: str = Settings.augment
     save_every_steps: int = Settings.save_every_steps
     devices: int = Settings.devices
@@ -127,7 +128,8 @@ class ExperimentConfig:
             return GROUPS[self.name]
         if self.name == "teacher":
             return ()
-        return (EXPERIMENTS[self.name],)
+        method = EXPERIMENTS[self.name]
+        return ("ce", method) if self.baseline and method != "ce" else (method,)
 
     @property
     def needs_teacher(self) -> bool:
@@ -298,6 +300,8 @@ _HELP = {
                      "N and the distillation term on every training image",
     "checkpoint_dir": "where Orbax checkpoints go, one folder per program and identity",
     "output_dir": "where run folders (config, members, summary, plots) go",
+    "baseline": "also train the CE students of the same seeds (or reuse those a baseline command saved) and report "
+                "each student's paired difference to them",
     "cache": "precompute the teacher's outputs once (--no-cache: run the teacher in every step)",
     "augment": "random augmentation (not in the tutorial; disables the teacher cache): flip mirrors images "
                "left-right, crop-flip also takes random 32x32 crops of the 4-pixel padded image; "
@@ -354,7 +358,7 @@ def add_flags(parser: argparse.ArgumentParser, experiment: str) -> None:
     defaults = ExperimentConfig()
     skip = {"name", "hyperparameters", "sweep", "seeds", "methods", "normalization", "method_defaults"}
     if experiment == "teacher":
-        skip |= {"student", "teacher_epochs", "teacher_seed", "teacher_augment", "cache", "validation_size"}
+        skip |= {"student", "baseline", "teacher_epochs", "teacher_seed", "teacher_augment", "cache", "validation_size"}
     parser.add_argument("--seeds", type=_seeds, default=defaults.seeds, help=f"{_HELP['seeds']} (default: 42)")
     if experiment == "methods":
         parser.add_argument("--methods", type=_names, default=(), help=_HELP["methods"])

@@ -183,6 +183,19 @@ def test_each_library_method_runs_from_its_command(name, shared_dirs, full_size_
     assert f"{name}: outputs in {run_dir}" in out
 
 
+def test_baseline_flag_compares_with_the_ce_program_a_baseline_command_saved(shared_dirs, full_size_copy, capsys):
+    flags = _flags(shared_dirs, full_size_copy, "--train-size", "128", "--seeds", "0,1")
+    assert run("baseline", flags) == 0
+    capsys.readouterr()
+    assert run("dist", [*flags, "--baseline"]) == 0
+    out = capsys.readouterr().out
+    assert "student ce: already trained for 1 epochs" in out  # the baseline command's CE program, reused
+    (run_dir,) = [d for d in (shared_dirs / "runs").glob("dist-*") if '"baseline": true' in
+                  (d / "config.json").read_text()]
+    summary = (run_dir / "summary.md").read_text()
+    assert "## Against CE over the same seeds" in summary and "CE + DIST" in summary
+
+
 def test_label_transfer_teaches_from_the_labelled_images_and_holds_out_validation(tmp_path, full_size_copy, capsys):
     flags = _flags(tmp_path, full_size_copy, "--labelled-size", "128", "--validation-size", "64", "--seeds", "0,1")
     assert run("kd", flags) == 0

@@ -357,7 +357,8 @@ def run(name: str, argv: list[str] | None = None) -> int:
 # Settings added after runs were first written: left out of identities at their defaults, so those runs keep theirs.
 TRAINING_SETTINGS = ("optimizer", "momentum", "nesterov", "weight_decay", "schedule", "milestones", "decay_factor",
                      "warmup_epochs", "normalization")
-LATER_SETTINGS = frozenset({"teacher", "student", "recipe", "normalize", "method_defaults", *TRAINING_SETTINGS})
+LATER_SETTINGS = frozenset({"teacher", "student", "recipe", "normalize", "method_defaults", "dataset", "baseline",
+                            *TRAINING_SETTINGS})
 
 
 def with_recipe_warmup(config: ExperimentConfig, train_examples: int) -> ExperimentConfig:
