@@ -128,8 +128,17 @@ def _normalize(x: jax.Array, axis: int = -1) -> jax.Array:
 
 
 def _kl_from_logs(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
-    """sum_c p (log p - log q) over the last axis; p = 0 contributes 0 (no 0 * -inf NaN)."""
-    return optax.losses.kl_divergence_with_log_targets(log_q, log_p)
+    """sum_c p (log p - log q) over the last axis, in value and gradient finite wherever it is finite.
+
+    Classes outside p's support (log p = -inf: a `-inf` logit, a class the teacher rules out)
+    contribute exactly 0 with zero gradient, where `p * (log p - log q)` evaluates 0 * -inf = NaN
+    (as optax's `kl_divergence_with_log_targets` does). The double `where` keeps the masked
+    branch's NaN out of the gradient. log q = -inf inside p's support gives +inf, as it should.
+    """
+    support = log_p > -jnp.inf
+    safe_p = jnp.where(support, log_p, 0.0)
+    safe_q = jnp.where(support, log_q, 0.0)
+    return jnp.sum(jnp.where(support, jnp.exp(safe_p) * (safe_p - safe_q), 0.0), axis=-1)
 
 
 # --- cross-entropy ------------------------------------------------------------------------------------
@@ -173,6 +182,9 @@ def soft_cross_entropy(logits: ArrayLike, target_probs: ArrayLike, *, axis: int 
                        reduction: Reduction = "mean") -> jax.Array:
     """Cross-entropy against soft targets, `-sum_c p_c log softmax(z)_c`: `CrossEntropyLoss` with probabilities.
 
+    A class with p_c = 0 contributes 0 even where its logit is `-inf` (PyTorch's sum gives
+    0 * -inf = NaN there).
+
     Args:
       logits: `[..., classes]`.
       target_probs: `[..., classes]`, each row a distribution (not checked).
@@ -181,7 +193,9 @@ def soft_cross_entropy(logits: ArrayLike, target_probs: ArrayLike, *, axis: int 
     logits, targets = _logits_pair("soft_cross_entropy", logits, target_probs, axis)
     where = _mask("soft_cross_entropy", where, logits.shape[:-1])
     logits, targets = _zero_outside(where, logits, targets)
-    per_position = optax.losses.softmax_cross_entropy(logits, targets)
+    log_probs = jax.nn.log_softmax(logits)
+    present = targets > 0
+    per_position = -jnp.sum(jnp.where(present, targets * jnp.where(present, log_probs, 0.0), 0.0), axis=-1)
     return _reduce("soft_cross_entropy", per_position, where, reduction)
 
 
@@ -324,7 +338,15 @@ def generalized_jsd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, *
 
     β = 0: forward KL(teacher || student); β = 1: reverse KL(student || teacher); otherwise
     β KL(teacher || m) + (1 - β) KL(student || m) with m = β teacher + (1 - β) student in
-    probability space. On logits / T, summed over classes, no T² factor. `beta` may be traced.
+    probability space. On logits / T, summed over classes, no T² factor.
+
+    A Python `beta` computes its one branch, exactly (no clipping: TRL clips nothing at 0 and 1
+    either, it branches the same way). A traced `beta` computes all three and selects; the
+    branches not selected then see the other distribution in place of the one that could be
+    `-inf` where the other is not, so their infinities never reach the gradient, and the
+    mixture's β is clipped to [1e-6, 1 - 1e-6], which only matters strictly inside (0, 1) as
+    the edges select the KL branches. `-inf` logits on either side are finite wherever the
+    divergence is (a class neither distribution supports contributes 0).
 
     Args:
       student_logits, teacher_logits: `[..., vocab]`, e.g. `[batch, time, vocab]`.
@@ -339,11 +361,25 @@ def generalized_jsd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, *
     student, teacher = _zero_outside(where, student, teacher)
     log_s = jax.nn.log_softmax(student / temperature)
     log_t = jax.nn.log_softmax(teacher / temperature)
-    forward, reverse = _kl_from_logs(log_t, log_s), _kl_from_logs(log_s, log_t)
-    inner = jnp.clip(beta, 1e-6, 1 - 1e-6)  # the mixture branch is only selected strictly inside (0, 1)
-    log_m = jnp.logaddexp(log_s + jnp.log1p(-inner), log_t + jnp.log(inner))
-    mixed = inner * _kl_from_logs(log_t, log_m) + (1 - inner) * _kl_from_logs(log_s, log_m)
-    per_position = jnp.where(beta == 0, forward, jnp.where(beta == 1, reverse, mixed))
+
+    def mixture(weight):
+        log_m = jnp.logaddexp(log_s + jnp.log1p(-weight), log_t + jnp.log(weight))
+        return weight * _kl_from_logs(log_t, log_m) + (1 - weight) * _kl_from_logs(log_s, log_m)
+
+    if not isinstance(beta, jax.core.Tracer):
+        beta = float(beta)
+        if beta == 0.0:
+            per_position = _kl_from_logs(log_t, log_s)
+        elif beta == 1.0:
+            per_position = _kl_from_logs(log_s, log_t)
+        else:
+            per_position = mixture(beta)
+    else:
+        is_forward, is_reverse = beta == 0, beta == 1
+        forward = _kl_from_logs(log_t, jnp.where(is_forward, log_s, log_t))
+        reverse = _kl_from_logs(log_s, jnp.where(is_reverse, log_t, log_s))
+        mixed = mixture(jnp.clip(beta, 1e-6, 1 - 1e-6))
+        per_position = jnp.where(is_forward, forward, jnp.where(is_reverse, reverse, mixed))
     return _reduce("generalized_jsd_loss", per_position, where, reduction)
 
 
