@@ -20,8 +20,8 @@ import numpy as np
 
 from kdjax import methods, zoo
 from kdjax.checkpoint import CheckpointMismatchError, RunCheckpoints, saved_identity
-from kdjax.config import (LAYOUT_SETTINGS, RECIPE_WARMUP, ConfigError, ExperimentConfig, OneLineParser, UsageError, add_flags,
-                          check_experiment, from_args)
+from kdjax.config import (LAYOUT_SETTINGS, RECIPE_WARMUP, ConfigError, ExperimentConfig, OneLineParser, UsageError,
+                          add_flags, check_experiment, from_args)
 from kdjax.data import DataNotFoundError, Dataset, Split, channel_statistics, load_dataset
 from kdjax.loop import (Member, MemberResult, Settings, TrainingDivergedError, evaluate_members, model_variables,
                         program_name, reads_teacher,
@@ -84,7 +84,8 @@ def check_networks(config: ExperimentConfig, data: Dataset) -> None:
         try:
             build_objective(method, student, teacher if method.needs_teacher else None)
         except ValueError as error:
-            raise ConfigError(f"{name} between teacher {config.teacher} and student {config.student}: {error}") from None
+            raise ConfigError(f"{name} between teacher {config.teacher} and student {config.student}: "
+                              f"{error}") from None
 
 
 def load_data(config: ExperimentConfig) -> Dataset:
