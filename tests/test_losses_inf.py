@@ -101,3 +101,19 @@ def test_soft_cross_entropy_skips_zero_probability_classes_at_minus_infinity():
     np.testing.assert_allclose(losses.soft_cross_entropy(logits, targets), expected, rtol=1e-5)
     grad = jax.grad(lambda z: losses.soft_cross_entropy(z, targets))(jnp.asarray(logits))
     assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("loss", ["kd_loss", "generalized_jsd_loss"])
+def test_bf16_logits_compute_in_float32_and_return_gradients_in_their_own_dtype(loss):
+    """bf16 in: the value is float32 (softmaxes run in float32), the gradient comes back bf16 (JAX gives a
+    gradient the input's dtype; cast the logits to float32 first for float32 gradients)."""
+    student = jnp.asarray(STUDENT * 30, jnp.bfloat16)  # extreme logits
+    teacher = jnp.asarray(TEACHER * 30, jnp.bfloat16)
+    fn = getattr(losses, loss)
+    value, grad = jax.value_and_grad(lambda s: fn(s, teacher, where=MASK))(student)
+    reference, grad32 = jax.value_and_grad(lambda s: fn(s, teacher.astype(jnp.float32), where=MASK))(
+        student.astype(jnp.float32))
+    assert value.dtype == jnp.float32 and grad.dtype == jnp.bfloat16 and grad32.dtype == jnp.float32
+    np.testing.assert_allclose(value, reference, rtol=1e-6)
+    assert np.all(np.isfinite(np.asarray(grad, np.float32)))
+    np.testing.assert_allclose(np.asarray(grad, np.float32), grad32, rtol=1e-2, atol=1e-2 * np.abs(grad32).max())
