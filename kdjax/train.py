@@ -11,6 +11,7 @@ here reads files or prints; `kdjax.loop` runs these steps for N members on a dev
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,10 +66,11 @@ def init_params(objective: Objective, key: jax.Array) -> tuple[dict[str, Any], d
     """(params, model state), each `{"model": ..., ["adapter": ...]}`, from `key`; the same key gives the same
     model params for every method.
 
-    The network's initialiser is jitted (one compiled program per network, values as run eagerly):
-    eagerly, every parameter's random draw would be compiled on its own.
+    The network's initialiser is jitted once per network (values as run eagerly): eagerly, every
+    parameter's random draw would be compiled on its own, and a fresh `jit` per call would
+    compile the whole initialiser again for every member.
     """
-    model_params, model_state = jax.jit(objective.student.init)(key)
+    model_params, model_state = _jitted_init(objective.student)(key)
     params, state = {"model": model_params}, {"model": model_state}
     if objective.adapter is not None:
         shape = objective.student.output_shapes([objective.method.adapted], batch=1)[objective.method.adapted]
@@ -76,6 +78,11 @@ def init_params(objective: Objective, key: jax.Array) -> tuple[dict[str, Any], d
         params["adapter"] = variables.pop("params")
         state["adapter"] = variables
     return params, state
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_init(network: Network):
+    return jax.jit(network.init)
 
 
 def create_train_state(objective: Objective, key: jax.Array, *, learning_rate: float = 1e-3,
