@@ -16,7 +16,6 @@ import argparse
 import pathlib
 import tempfile
 
-import jax
 import numpy as np
 from flax import linen as nn
 

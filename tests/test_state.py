@@ -13,13 +13,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from engine_helpers import BatchNormCNN, batchnorm_network, tiny_data, train_batchnorm
 from flax import linen as nn
 from flax import nnx
 
-from kdjax import methods
 from kdjax.data import normalize
 from kdjax.loop import Member, TrainingDivergedError, model_variables
 from kdjax.methods import Method
