@@ -132,3 +132,49 @@ def similarity_preserving(student, teacher):
 
 def cross_entropy(logits, labels, label_smoothing=0.0):
     return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+
+
+def liger_jsd(student_log_probs, teacher_log_probs, beta, labels=None, ignore_index=-100):
+    """Liger-Kernel's `LigerJSD` (ops/jsd.py) elementwise: X = student, Y = teacher log-probs [BT, V].
+
+    β = 0: P (Y - X) (forward KL); β = 1: Q (X - Y) (reverse KL); otherwise
+    β P Y + (1 - β) Q X - M log M with M = β P + (1 - β) Q. Rows whose label is `ignore_index`
+    contribute nothing; the sum is divided by the number of the other rows.
+    """
+    x, y = student_log_probs, teacher_log_probs
+    q, p = x.exp(), y.exp()
+    if beta == 0:
+        loss = p * (y - x)
+    elif beta == 1:
+        loss = q * (x - y)
+    else:
+        m = beta * p + (1 - beta) * q
+        loss = beta * p * y + (1 - beta) * q * x - m * m.log()
+    if labels is None:
+        return loss.sum() / x.shape[0]
+    keep = labels != ignore_index
+    return loss[keep].sum() / keep.sum()
+
+
+def liger_fused_linear_jsd(student_input, student_weight, teacher_input, teacher_weight, labels, beta,
+                           temperature, ignore_index=-100):
+    """Liger's `LigerFusedLinearJSD` (ops/fused_linear_jsd.py): weights are torch `Linear` layouts [V, H]."""
+    student = F.log_softmax(student_input @ student_weight.t() / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_input @ teacher_weight.t() / temperature, dim=-1)
+    return liger_jsd(student, teacher, beta, labels, ignore_index)
+
+
+def liger_chunked_jsd(student_input, student_weight, teacher_input, teacher_weight, labels, beta, temperature,
+                      weight_hard_loss, weight_soft_loss):
+    """Liger's chunked-loss `LigerFusedLinearJSDLoss` without ignored labels: hard CE on the unscaled logits
+    plus its `distillation_loss_fn` on the logits / T, each summed and divided by the token count. That
+    function is TRL's formula (above) with the mixture taken as the log of the mean probability."""
+    student_logits = student_input @ student_weight.t()
+    teacher_logits = teacher_input @ teacher_weight.t()
+    hard = F.cross_entropy(student_logits, labels, reduction="sum") / labels.shape[0]
+    return weight_hard_loss * hard + weight_soft_loss * gkd(student_logits, teacher_logits, beta, temperature)
+
+
+def liger_fused_linear_cross_entropy(hidden, weight, labels, ignore_index=-100):
+    """Liger's `LigerFusedLinearCrossEntropyLoss` (mean over the non-ignored tokens)."""
+    return F.cross_entropy(hidden @ weight.t(), labels, ignore_index=ignore_index)
