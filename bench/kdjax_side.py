@@ -48,7 +48,7 @@ def engine_program(case: str, split: Split, teacher_params, cached: bool, member
     keys = jax.numpy.stack([jax.random.key(seed) for seed in seeds])
     orders = jax.numpy.stack([epoch_order(key, 0, len(split), batch) for key in keys])
     member_list = [Member.of(method.name, seed) for seed in seeds]
-    rest = (orders, np.int32(0), split.images, split.labels, teacher_arg, keys, keys,
+    rest = (orders, np.int32(0), split.inputs, split.labels, teacher_arg, keys, keys,
             stack_hyperparameters(member_list))
     # On the device once, as the training loop puts them: a host array would be copied in every step.
     return step, init_states(objective, seeds, 1e-3), jax.device_put(rest)

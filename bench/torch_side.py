@@ -109,7 +109,7 @@ def measure_e2e(args) -> dict:
         from kdjax.data import load_cifar10
 
         data = load_cifar10(args.data_dir).subset(args.e2e_train_size, args.e2e_test_size)
-        train_set, test_set = _tensors(data.train.images, data.train.labels), _tensors(data.test.images, data.test.labels)
+        train_set, test_set = _tensors(data.train.inputs, data.train.labels), _tensors(data.test.inputs, data.test.labels)
     else:
         train_set = _tensors(*synthetic_split(args.e2e_train_size, 0))
         test_set = _tensors(*synthetic_split(args.e2e_test_size, 1))

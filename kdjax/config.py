@@ -17,7 +17,9 @@ from kdjax.optimizers import OPTIMIZERS, SCHEDULES
 
 TUTORIAL_STUDENTS = ("ce", "kd", "cosine", "hint")
 # Experiments that train several methods' students from one teacher: name -> the methods, CE first.
-GROUPS = {"all": TUTORIAL_STUDENTS, "methods": ("ce", *(name for name in methods.METHODS if name != "ce"))}
+GROUPS = {"all": TUTORIAL_STUDENTS, "methods": ("ce", *(name for name in methods.METHODS if name != "ce")),
+          "lm": ("ce", "kd", "gkd")}
+DEFAULT_RECIPES = {"lm": "char-lm"}  # experiment -> the recipe it runs unless --recipe names another
 # Flags that decide where a run writes or how its members are laid out, not its results.
 LAYOUT_SETTINGS = frozenset({"checkpoint_dir", "output_dir", "restart", "distributed", "devices",
                              "members_per_program", "member_batching", "cache", "save_every_steps"})
@@ -34,6 +36,11 @@ RECIPES: dict[str, dict[str, Any]] = {
                  # mdistiller's CIFAR-100 configs (configs/cifar100/*.yaml): KD's weights; DKD's warm-up is set
                  # to 1/12 of training (its 20 of 240 epochs) once the data's size is known (RECIPE_WARMUP).
                  "method_defaults": (("kd", (("aux_weight", 0.9), ("ce_weight", 0.1), ("temperature", 4.0))),)},
+    # char-lm: next-token distillation on Python's help text, character-level (vocabulary 103), windows of 128;
+    # Adam 3e-3, batch 32; KD at T = 1 weighted as GKD (CE 0.5 + 0.5), so that the two divergences compare.
+    "char-lm": {"dataset": "text", "teacher": "causal_conv_128x5", "student": "causal_conv_32x2",
+                "optimizer": "adam", "learning_rate": 3e-3, "batch_size": 32, "epochs": 3, "augment": "none",
+                "method_defaults": (("kd", (("aux_weight", 0.5), ("ce_weight", 0.5), ("temperature", 1.0))),)},
 }
 RECIPE_WARMUP = {"cifar-kd": ("dkd", "warmup_steps", 20 / 240)}  # recipe -> (method, hyperparameter, of training)
 SMALL_LEARNING_RATE_STUDENTS = ("mobilenetv2", "shufflenetv1", "shufflenetv2")  # cifar-kd trains them at 0.01
@@ -90,7 +97,8 @@ class ExperimentConfig:
     milestones: tuple[int, ...] = Settings.milestones
     decay_factor: float = Settings.decay_factor
     warmup_epochs: float = Settings.warmup_epochs
-    dataset: str = "cifar10"  # cifar10 | cifar100 | npz:PATH
+    dataset: str = "cifar10"  # cifar10 | cifar100 | npz:PATH | text | text:PATH | tokens:PATH
+    window: int = 128  # tokens per example of sequence data (text, tokens)
     # imagenet: the tutorial's Normalize; dataset: the training split's own statistics; auto: imagenet for CIFAR-10
     normalize: str = "auto"
     # (mean, std) per channel with `normalize=dataset`: computed when the data loads, then recorded here
@@ -122,7 +130,7 @@ class ExperimentConfig:
 
     @property
     def student_methods(self) -> tuple[str, ...]:
-        if self.name == "methods" and self.methods:
+        if self.name in ("methods", "lm") and self.methods:
             return self.methods
         if self.name in GROUPS:
             return GROUPS[self.name]
@@ -147,10 +155,18 @@ class ExperimentConfig:
                         member_batching=self.member_batching, members_per_program=self.members_per_program,
                         labelled=None if teacher or self.name == "teacher" else self.labelled_size)
 
+    @property
+    def sequence_data(self) -> bool:
+        """Whether `dataset` is next-token data (text or a token array)."""
+        return self.dataset == "text" or self.dataset.startswith(("text:", "tokens:"))
+
     def teacher_cache_off_reason(self) -> str | None:
         """Why the teacher-output cache cannot be used with these settings, or None if it can."""
         if not self.cache:
             return "--no-cache"
+        if self.sequence_data:
+            return ("next-token data: a cache would hold [examples, time, vocab] logits, and a top-k one would change "
+                    "the loss")
         if self.augment != "none":
             return "--augment feeds the teacher a different image of each example every epoch"
         return None
@@ -191,8 +207,12 @@ class ExperimentConfig:
             (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
             (self.normalize in ("auto", "imagenet", "dataset"),
              f"--normalize must be auto, imagenet or dataset, got {self.normalize!r}"),
-            (self.dataset in DATASETS or self.dataset.startswith("npz:"),
-             f"--dataset: unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)} or npz:PATH"),
+            (self.dataset in DATASETS or self.dataset.startswith("npz:") or self.sequence_data,
+             f"--dataset: unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}, npz:PATH, text, "
+             "text:PATH or tokens:PATH"),
+            (self.window >= 1, f"--window must be >= 1, got {self.window}"),
+            (not self.sequence_data or self.augment == "none",
+             f"--augment {self.augment} flips and crops images; next-token data takes --augment none"),
             (len(set(self.seeds)) == len(self.seeds), f"--seeds has a repeated seed: {self.seeds}"),
             (self.train_size is None or self.train_size > 0, f"--train-size must be > 0, got {self.train_size}"),
             (self.test_size is None or self.test_size > 0, f"--test-size must be > 0, got {self.test_size}"),
@@ -266,7 +286,8 @@ def _check_writable(flag: str, directory: pathlib.Path) -> None:
 _HELP = {
     "recipe": "a published training procedure's settings in one flag (cifar-kd: SGD 0.05 momentum 0.9, weight decay "
               "5e-4, batch 64, 240 epochs, x0.1 at 150/180/210, crop-flip; 0.01 for MobileNetV2/ShuffleNet "
-              "students); any flag given overrides it",
+              "students; char-lm, lm's default: Python's help text, causal_conv_128x5 -> causal_conv_32x2, Adam "
+              "3e-3, batch 32, 3 epochs); any flag given overrides it",
     "optimizer": "adam (the tutorial's) or sgd (PyTorch's SGD with momentum)",
     "momentum": "SGD momentum (0: plain SGD)",
     "nesterov": "Nesterov momentum (SGD)",
@@ -277,8 +298,11 @@ _HELP = {
     "warmup_epochs": "scale the learning rate up linearly over this many epochs",
     "normalize": "per-channel normalisation: imagenet (the tutorial's mean and std), dataset (the training "
                  "split's own, computed when the data loads) or auto (imagenet for CIFAR-10, else dataset)",
-    "dataset": "cifar10, cifar100 (fine labels; from --data-dir or tensorflow-datasets), or npz:PATH (x_train, "
-               "y_train, x_test, y_test: uint8 or float [n, h, w(, c)] images, integer labels)",
+    "dataset": "cifar10, cifar100 (fine labels; from --data-dir or tensorflow-datasets), npz:PATH (x_train, "
+               "y_train, x_test, y_test: uint8 or float [n, h, w(, c)] images, integer labels), or next-token data: "
+               "text (Python's help text), text:PATH (a UTF-8 file, one token per character) or tokens:PATH (an .npy "
+               "of token ids), cut into --window tokens",
+    "window": "tokens per example of next-token data (inputs; the labels are the same window shifted by one)",
     "teacher": "the teacher network: deepnn (the tutorial's), or a zoo name such as resnet56, resnet32x4, wrn_40_2",
     "student": "the student network: lightnn (the tutorial's), or a zoo name such as resnet20, resnet8x4, wrn_16_2",
     "epochs": "training epochs of each member",
@@ -360,7 +384,7 @@ def add_flags(parser: argparse.ArgumentParser, experiment: str) -> None:
     if experiment == "teacher":
         skip |= {"student", "baseline", "teacher_epochs", "teacher_seed", "teacher_augment", "cache", "validation_size"}
     parser.add_argument("--seeds", type=_seeds, default=defaults.seeds, help=f"{_HELP['seeds']} (default: 42)")
-    if experiment == "methods":
+    if experiment in ("methods", "lm"):
         parser.add_argument("--methods", type=_names, default=(), help=_HELP["methods"])
     for field in dataclasses.fields(ExperimentConfig):
         if field.name in skip:
@@ -398,7 +422,8 @@ def from_args(name: str, args: argparse.Namespace) -> ExperimentConfig:
     given: dict[str, Any] = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig)
                              if hasattr(args, f.name) and f.name not in ("name", "sweep")}
     student = given.get("student", ExperimentConfig.student)
-    values = recipe_values(given.get("recipe"), student) | given
+    given.setdefault("recipe", DEFAULT_RECIPES.get(name))
+    values = recipe_values(given["recipe"], student) | given
     values["hyperparameters"] = tuple(sorted((key[3:], value) for key, value in vars(args).items()
                                              if key.startswith("hp_") and value is not None))
     values["sweep"] = tuple(getattr(args, "sweep", []) or ())

@@ -46,6 +46,7 @@ from kdjax.data.pipeline import (TUTORIAL_NORMALIZATION, Batch, Normalization, a
 from kdjax.network import Network
 from kdjax.optimizers import make_optimizer
 from kdjax.parallel import batch_mesh, batch_sharding, check_batch_size, replicate
+from kdjax.tasks import NEXT_TOKEN, Task
 from kdjax.train import (Objective, TrainState, build_objective, create_train_state, eval_step, teacher_outputs,
                          train_step)
 
@@ -235,8 +236,8 @@ class ProgramSpec:
     data_groups: tuple[int, ...] = ()
 
 
-def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index: jax.Array, images: jax.Array,
-                 labels: jax.Array, teacher: Any, data_keys: jax.Array, dropout_keys: jax.Array,
+def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index: jax.Array,
+                 data: dict[str, jax.Array], teacher: Any, data_keys: jax.Array, dropout_keys: jax.Array,
                  hyperparameters: Mapping[str, jax.Array], *, spec: ProgramSpec) -> tuple[TrainState, dict]:
     """Advance every member by batch `index` of its own epoch order.
 
@@ -248,7 +249,7 @@ def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index:
       states: stacked train states, `[members, ...]` per leaf.
       orders: `[members, num_batches * batch_size]` int32, each member's epoch order.
       epoch, index: int32 scalars, the epoch and the batch within it.
-      images, labels: the whole split, `[n, ...]` uint8 or float32 and `[n]`; shared.
+      data: the whole split's `Split.arrays()` (inputs, labels[, mask]), `[n, ...]`; shared.
       teacher: `{role: [n, ...]}` output cache (`spec.cached`), the teacher's `(params, state)`, or None.
       data_keys, dropout_keys: `[members]` keys; hyperparameters: name -> `[members]` float32.
 
@@ -261,7 +262,7 @@ def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index:
 
     def prepare(order, data_key, reads):
         """The batch of `order` and, if `reads` names roles, the teacher's outputs for it."""
-        batch = augment_views(gather(images, labels, order, index), spec.augment, data_key, epoch, index,
+        batch = augment_views(gather(data, order, index), spec.augment, data_key, epoch, index,
                               spec.normalization)
         if spec.labelled is not None:
             batch = batch | {"labelled": batch["index"] < spec.labelled}
@@ -272,7 +273,7 @@ def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index:
             if spec.cached:
                 outputs = {role: rows[batch["index"]] for role, rows in teacher.items()}
             else:
-                outputs = teacher_outputs(spec.teacher, teacher, batch["image"], reads)
+                outputs = teacher_outputs(spec.teacher, teacher, batch["inputs"], reads)
         return batch, outputs
 
     if not spec.unroll:
@@ -369,6 +370,17 @@ def evaluate_members(objective: Objective, states: TrainState, split: Split, bat
     return 100.0 * totals["correct"] / count, totals["loss_sum"] / count
 
 
+def score_text(task: Task, accuracy: np.ndarray, loss: np.ndarray) -> str:
+    """The epoch log's test figures: accuracy, or bits per token and token accuracy, as a value or a range."""
+    def span(values: np.ndarray, digits: int, unit: str = "") -> str:
+        low, high = float(np.min(values)), float(np.max(values))
+        return f"{low:.{digits}f}{unit}" if low == high else f"{low:.{digits}f}-{high:.{digits}f}{unit}"
+
+    if task is NEXT_TOKEN:
+        return f"test {span(np.asarray(loss) / np.log(2), 3)} bits/token, token accuracy {span(accuracy, 2, '%')}"
+    return f"test accuracy {span(accuracy, 2, '%')}"
+
+
 def model_variables(states: TrainState, member: int = 0) -> tuple[Any, Any]:
     """Member `member`'s model `(params, state)` out of stacked train states: what a teacher runs on."""
     return jax.tree.map(lambda leaf: leaf[member], (states.params["model"], states.model_state["model"]))
@@ -424,6 +436,8 @@ def train_program(
     mesh = batch_mesh(settings.devices or None)
     check_batch_size(settings.batch_size, mesh)
     n, batch_size = len(train_split), settings.batch_size
+    if train_split.task is NEXT_TOKEN and settings.augment != "none":
+        raise ValueError(f"augment {settings.augment!r} flips and crops images; token windows take augment 'none'")
     if batch_size > n:
         raise ValueError(f"batch size {batch_size} is larger than the {n} training examples")
     unroll = unrolls(settings, mesh)
@@ -478,7 +492,8 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
     step = _jitted_step(spec)
     states, dropout_keys, data_keys, teacher_arg = replicate((states, dropout_keys, data_keys, teacher_arg), mesh)
     hyperparameters = replicate(stack_hyperparameters(members), mesh)
-    images, labels = replicate((train_split.images, train_split.labels), mesh)
+    data = replicate(train_split.arrays(), mesh)
+    task, positions = train_split.task, int(np.prod(train_split.labels.shape[1:]))  # tokens per example, or 1
     orders_for = jax.jit(jax.vmap(lambda key, epoch: epoch_order(key, epoch, n, spec.batch_size), in_axes=(0, None)))
     first_bad = jnp.full((count,), -1, jnp.int32)
     trained = 0
@@ -506,7 +521,7 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
             # Logs that are no terminal (CI, nohup, SLURM) get the per-epoch line alone, not every refresh.
             bar = tqdm(total=batches, initial=start_batch, desc=f"{desc} {epoch + 1}/{settings.epochs}", unit="batch",
                        leave=False, dynamic_ncols=True, disable=jax.process_index() != 0 or not sys.stderr.isatty())
-            epoch_start, images_done = time.perf_counter(), 0
+            epoch_start, examples_done = time.perf_counter(), 0
             seconds_so_far = seconds_before
             for index in range(start_batch, batches):
                 if interrupt.requested:  # between steps, so the checkpoint and the running sums agree
@@ -516,18 +531,18 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
                         save(Position(epoch, index), loss_sums, bar)
                         log(f"{desc}: interrupted; saved epoch {epoch + 1}, batch {index} in {checkpoints.directory}")
                     raise KeyboardInterrupt
-                states, metrics = step(states, orders, np.int32(epoch), np.int32(index), images, labels, teacher_arg,
+                states, metrics = step(states, orders, np.int32(epoch), np.int32(index), data, teacher_arg,
                                        data_keys, dropout_keys, hyperparameters)
                 loss_sums = loss_sums + metrics["loss"]
                 first_bad = first_nonfinite(first_bad, metrics["finite"], states.step - 1)
-                images_done += min(spec.batch_size, n - index * spec.batch_size)
+                examples_done += min(spec.batch_size, n - index * spec.batch_size) * positions
                 trained += 1
                 done = index + 1
                 if done % PROGRESS_EVERY == 0 or done == batches:
                     check_finite(bar)
                     elapsed = time.perf_counter() - epoch_start
                     bar.set_postfix(loss=f"{float(jnp.mean(loss_sums)) / done:.4f}",
-                                    img_s=f"{count * images_done / elapsed:,.0f}")
+                                    per_s=f"{count * examples_done / elapsed:,.0f}")
                     bar.update(done - bar.n)
                 if settings.save_every_steps and done % settings.save_every_steps == 0 and done < batches:
                     seconds_so_far = seconds_before + time.perf_counter() - epoch_start
@@ -543,16 +558,17 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
                 history[i].append({"epoch": epoch + 1, "train_loss": float(train_loss[i]),
                                    "test_accuracy": float(accuracy[i]), "test_loss": float(test_loss[i]),
                                    "seconds": seconds_before + elapsed,
-                                   "images_per_second": images_done / elapsed})
+                                   "images_per_second": examples_done / elapsed})
             seconds_so_far = 0.0
             save(Position(epoch + 1, 0), np.zeros(count), bar)
             if count == 1:
-                log(f"{desc} epoch {epoch + 1}/{settings.epochs}: loss {train_loss[0]:.4f}, test accuracy "
-                    f"{accuracy[0]:.2f}%, {elapsed:.1f} s, {images_done / elapsed:,.0f} images/s")
+                log(f"{desc} epoch {epoch + 1}/{settings.epochs}: loss {train_loss[0]:.4f}, "
+                    f"{score_text(task, accuracy[:1], test_loss[:1])}, {elapsed:.1f} s, "
+                    f"{examples_done / elapsed:,.0f} {task.examples}/s")
             else:
-                log(f"{desc} epoch {epoch + 1}/{settings.epochs}: loss {train_loss.mean():.4f}, test accuracy "
-                    f"{accuracy.min():.2f}-{accuracy.max():.2f}% over {count} members, {elapsed:.1f} s, "
-                    f"{count * images_done / elapsed:,.0f} images/s")
+                log(f"{desc} epoch {epoch + 1}/{settings.epochs}: loss {train_loss.mean():.4f}, "
+                    f"{score_text(task, accuracy, test_loss)} over {count} members, {elapsed:.1f} s, "
+                    f"{count * examples_done / elapsed:,.0f} {task.examples}/s")
     return states, dropout_keys, trained
 
 
@@ -566,8 +582,7 @@ def member_bytes(objective: Objective, train_split: Split, settings: Settings, t
     # Shapes only: a restored teacher's arrays live on one device, which a program over a wider mesh cannot take
     # as they are (the step itself gets them replicated onto its mesh).
     teacher_arg = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), teacher_arg)
-    images = jax.ShapeDtypeStruct(train_split.images.shape, train_split.images.dtype)
-    labels = jax.ShapeDtypeStruct(train_split.labels.shape, train_split.labels.dtype)
+    data = {name: jax.ShapeDtypeStruct(array.shape, array.dtype) for name, array in train_split.arrays().items()}
     order_length = num_batches(len(train_split), settings.batch_size) * settings.batch_size
 
     def state_shapes(count: int) -> TrainState:
@@ -578,14 +593,14 @@ def member_bytes(objective: Objective, train_split: Split, settings: Settings, t
         keys = jax.eval_shape(lambda: jnp.stack([jax.random.key(i) for i in range(count)]))
         hp = {name: jax.ShapeDtypeStruct((count,), jnp.float32) for name in objective.method.hyperparameters}
         orders = jax.ShapeDtypeStruct((count, order_length), jnp.int32)
-        lowered = step.lower(state_shapes(count), orders, np.int32(0), np.int32(0), images, labels, teacher_arg,
+        lowered = step.lower(state_shapes(count), orders, np.int32(0), np.int32(0), data, teacher_arg,
                              keys, keys, hp)
         analysis = lowered.compile().memory_analysis()
         if analysis is None:
             return None
         return analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
 
-    return memory.measure(compiled_bytes, (images, labels, teacher_arg), memory.nbytes(state_shapes(1)))
+    return memory.measure(compiled_bytes, (data, teacher_arg), memory.nbytes(state_shapes(1)))
 
 
 def plan_program_size(objectives: Mapping[str, Objective], members: Sequence[Member], train_split: Split,

@@ -21,7 +21,7 @@ from flax import linen as nn
 from kdjax import losses
 from kdjax.models import Regressor, flatten_channel_major
 
-Outputs = Mapping[str, jax.Array]  # "logits" and each role read, `[batch, ...]`
+Outputs = Mapping[str, jax.Array]  # "logits" (`[batch, classes]` or `[batch, time, vocab]`) and each role read
 Hyperparameters = Mapping[str, jax.Array]
 
 
@@ -29,8 +29,8 @@ Hyperparameters = Mapping[str, jax.Array]
 class Context:
     """What a loss may need besides the two networks' outputs."""
 
-    labels: jax.Array  # `[batch]` int32
-    where: jax.Array | None  # `[batch]` bool, the real (non-padding) examples
+    labels: jax.Array  # `[batch]` int32 (`[batch, time]` next tokens for a language model)
+    where: jax.Array | None  # the labels' shape, bool: the positions that count (padding excluded)
     step: jax.Array  # the member's optimiser step before this update, int32 (for warm-ups)
 
 
@@ -259,3 +259,16 @@ SP = register(Method(
     "sp", "similarity-preserving KD (Tung & Mori 2019) on the last feature maps",
     reads=("feature_map",), loss=_sp, title="CE + SP",
     hyperparameters={"ce_weight": 1.0, "aux_weight": 3000.0}))
+
+
+def _gkd(student: Outputs, teacher: Outputs, hp: Hyperparameters, context: Context) -> jax.Array:
+    return losses.generalized_jsd_loss(student["logits"], teacher["logits"], beta=hp["beta"],
+                                       temperature=hp["temperature"], where=context.where)
+
+
+GKD = register(Method(
+    "gkd", "GKD's generalised Jensen-Shannon divergence (Agarwal et al. 2024; TRL's loss): beta = 0 forward KL, "
+    "1 reverse KL, between a mixture",
+    reads=("logits",), loss=_gkd, title="CE + GKD-JSD",
+    # beta 0.5: TRL's default; T = 1 (TRL samples at 0.9 but computes the loss at the temperature it is given).
+    hyperparameters={"ce_weight": 0.5, "aux_weight": 0.5, "beta": 0.5, "temperature": 1.0}))

@@ -45,7 +45,8 @@ class Network:
       roles: role name -> module path whose output that role reads.
       init: `key -> (params, state)`: the trainable parameters and the model's other state.
       apply: `(params, state, images, train, key, paths) -> (model output, {path: array}, state)`.
-      logits: model output -> logits `[batch, classes]`.
+      logits: model output -> logits `[batch, classes]` (`[batch, time, vocab]` for a language model).
+      input_dtype: what `init` and the shape probes feed: float32 images, or int32 token ids.
     """
 
     name: str
@@ -54,13 +55,14 @@ class Network:
     init: Callable[[jax.Array], tuple[Params, State]]
     apply: Apply
     logits: Callable[[Any], jax.Array]
+    input_dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:
         check_inference_keeps_state(self)
 
-    def forward(self, params: Params, state: State, images: jax.Array, *, train: bool, key: jax.Array | None = None,
+    def forward(self, params: Params, state: State, inputs: jax.Array, *, train: bool, key: jax.Array | None = None,
                 roles: Sequence[str] = ()) -> tuple[jax.Array, dict[str, jax.Array], State]:
-        """`(logits, {role: output}, state)` for `images` `[batch, *input_shape]`.
+        """`(logits, {role: output}, state)` for `inputs` `[batch, *input_shape]` (images or token ids).
 
         With `train`, BatchNorm normalises by the batch's statistics and the returned state
         holds the updated running averages; `key` drives dropout. Otherwise the model runs
@@ -71,18 +73,21 @@ class Network:
             raise ValueError(f"{self.name} has no output for {missing}: give the network roles={{{missing[0]!r}: "
                              f"'<module path>'}} (it has {dict(self.roles) or 'none'})")
         paths = [self.roles[role] for role in roles]
-        output, captured, new_state = self.apply(params, state, images, train, key, paths)
+        output, captured, new_state = self.apply(params, state, inputs, train, key, paths)
         return self.logits(output), {role: captured[self.roles[role]] for role in roles}, new_state
 
     def output_shapes(self, roles: Sequence[str], batch: int = 2) -> dict[str, tuple[int, ...]]:
         """Shapes of `forward`'s logits (under `"logits"`) and `roles` for a batch of `batch`, abstractly."""
         def run(key):
             params, state = self.init(key)
-            logits, outs, _ = self.forward(params, state, jnp.zeros((batch, *self.input_shape)), train=False,
-                                           roles=roles)
+            logits, outs, _ = self.forward(params, state, self.example_inputs(batch), train=False, roles=roles)
             return {"logits": logits, **outs}
 
         return {name: tuple(a.shape) for name, a in jax.eval_shape(run, jax.random.key(0)).items()}
+
+    def example_inputs(self, batch: int) -> jax.Array:
+        """Zeros `[batch, *input_shape]` of `input_dtype`: what initialisation and shape probes feed."""
+        return jnp.zeros((batch, *self.input_shape), self.input_dtype)
 
 
 def check_inference_keeps_state(network: Network) -> None:
@@ -98,7 +103,7 @@ def check_inference_keeps_state(network: Network) -> None:
         params, state = network.init(key)
         before = jax.tree.leaves_with_path(state)
         values = [leaf for _, leaf in before]  # NNX shares variables with the state it merges: keep the values
-        _, _, after = network.apply(params, state, jnp.zeros((2, *network.input_shape)), False, None, [])
+        _, _, after = network.apply(params, state, network.example_inputs(2), False, None, [])
         written.extend(jax.tree_util.keystr(path) for (path, _), old, new in
                        zip(before, values, jax.tree.leaves(after)) if old is not new)
 
@@ -111,7 +116,7 @@ def check_inference_keeps_state(network: Network) -> None:
 
 def linen_network(module: nn.Module, *, input_shape: Sequence[int], roles: Mapping[str, str] | None = None,
                   logits: Callable[[Any], jax.Array] | None = None, train_argument: str | None = "train",
-                  name: str | None = None) -> Network:
+                  name: str | None = None, input_dtype: Any = jnp.float32) -> Network:
     """A `flax.linen` module as a `Network`.
 
     Args:
@@ -122,10 +127,11 @@ def linen_network(module: nn.Module, *, input_shape: Sequence[int], roles: Mappi
       roles: role -> submodule path (see `kdjax.features`).
       logits: picks the logits out of the module's output (default: the output itself).
       train_argument: the keyword that switches training mode (dropout, BatchNorm), or None if there is none.
+      input_dtype: float32 for images, an integer type for token ids (`nn.Embed` takes no floats).
     """
     def init(key: jax.Array) -> tuple[Params, State]:
         kwargs = {train_argument: False} if train_argument else {}
-        variables = dict(module.init(key, jnp.zeros((1, *input_shape), jnp.float32), **kwargs))
+        variables = dict(module.init(key, jnp.zeros((1, *input_shape), input_dtype), **kwargs))
         state = {name: value for name, value in variables.items() if name not in NOT_STATE_COLLECTIONS}
         return variables.get("params", {}), state
 
@@ -141,7 +147,7 @@ def linen_network(module: nn.Module, *, input_shape: Sequence[int], roles: Mappi
         return output, captured, {name: new_state.get(name, value) for name, value in state.items()}
 
     return Network(name or type(module).__name__, tuple(input_shape), dict(roles or {}), init, apply,
-                   logits or (lambda output: output))
+                   logits or (lambda output: output), input_dtype)
 
 
 # NNX state the engine carries: every variable but the trained params, the RNG streams (rebuilt from the
@@ -151,7 +157,7 @@ _NNX_STATE = nnx.Not(nnx.Any(nnx.Param, nnx.RngState, nnx.Intermediate))
 
 def nnx_network(factory: Callable[[nnx.Rngs], nnx.Module], *, input_shape: Sequence[int],
                 roles: Mapping[str, str] | None = None, logits: Callable[[Any], jax.Array] | None = None,
-                name: str | None = None) -> Network:
+                name: str | None = None, input_dtype: Any = jnp.float32) -> Network:
     """An `flax.nnx` model as a `Network`: `factory(nnx.Rngs(key))` builds it.
 
     Its `nnx.Param`s are trained; its other variables (`nnx.BatchStat`, ...) are its state,
@@ -177,7 +183,7 @@ def nnx_network(factory: Callable[[nnx.Rngs], nnx.Module], *, input_shape: Seque
         return output, captured, nnx.state(model, _NNX_STATE)
 
     return Network(name or type(abstract).__name__, tuple(input_shape), dict(roles or {}), init, apply,
-                   logits or (lambda output: output))
+                   logits or (lambda output: output), input_dtype)
 
 
 def _tutorial(module: nn.Module, feature_map: str) -> Network:

@@ -15,17 +15,59 @@ one, paired by seed (e.g. a sweep with the CE baseline that another command trai
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pathlib
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kdjax import methods
 from kdjax.config import LAYOUT_SETTINGS
 from kdjax.loop import Member, MemberResult
 from kdjax.stats import holm_adjusted, paired_comparison, summarize
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+    """The figure a run is judged by: test accuracy for classification, bits per token for next-token data."""
+
+    name: str  # "accuracy"
+    unit: str  # appended to values: "%" or ""
+    difference_unit: str  # of a difference to CE: "points" or "bits"
+    digits: int
+    history_key: str  # the per-epoch history's column it is computed from
+    lower_is_better: bool = False
+    scale: float = 1.0  # value = history column * scale
+
+    def of(self, result: MemberResult) -> float:
+        """The final value (`MemberResult` holds the last epoch's figures under the history's names)."""
+        return getattr(result, self.history_key) * self.scale
+
+    def at(self, row: dict[str, float]) -> float:
+        return row[self.history_key] * self.scale
+
+    def text(self, value: float) -> str:
+        return f"{value:.{self.digits}f}{self.unit}"
+
+
+ACCURACY = Score("accuracy", "%", "points", 2, "test_accuracy")
+BITS_PER_TOKEN = Score("bits per token", "", "bits", 3, "test_loss", lower_is_better=True, scale=1 / math.log(2))
+
+
+def score_for(config: dict[str, Any]) -> Score:
+    """The score of a run whose config (or first source's config) names its task."""
+    sources = config.get("sources") or []
+    task = config.get("task") or next((s["config"].get("task") for s in sources), None)
+    return BITS_PER_TOKEN if task == "next-token" else ACCURACY
+
+
+def _verdict(comparison, score: Score) -> str:
+    """"better", "worse" or "unclear" for the student, whichever way the score points."""
+    if not score.lower_is_better:
+        return comparison.verdict
+    return {"better": "worse", "worse": "better"}.get(comparison.verdict, comparison.verdict)
 
 
 class RunFolderError(ValueError):
@@ -49,28 +91,33 @@ def group_by_config(results: Sequence[MemberResult]) -> dict[tuple, list[MemberR
     return dict(groups)
 
 
-def _interval(low: float, high: float, signed: bool = False) -> str:
-    fmt = "{:+.2f}" if signed else "{:.2f}"
+def _interval(low: float, high: float, signed: bool = False, digits: int = 2, bounded: bool = True) -> str:
+    fmt = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
     text = f"[{fmt.format(low)}, {fmt.format(high)}]"
-    if not signed and (low < 0 or high > 100):
+    if bounded and not signed and (low < 0 or high > 100):
         text += " (beyond 0-100 %: too few seeds for a useful interval)"
     return text
 
 
-def summary_table(results: Sequence[MemberResult]) -> str:
-    """Per configuration: seeds, mean, std and 95 % CI of the final test accuracy, and training wall time."""
+def summary_table(results: Sequence[MemberResult], score: Score = ACCURACY) -> str:
+    """Per configuration: seeds, mean, std and 95 % CI of the final score, and training wall time (and, for
+    bits per token, the token accuracy)."""
     validated = all(r.validation_accuracy is not None for r in results)
-    lines = ["| network | method | setting | seeds | mean accuracy | std | 95% CI | "
-             + "mean validation accuracy | " * validated + "training (min) |",
-             "|---|---|---|---:|---:|---:|---|" + "---:|" * validated + "---:|"]
+    tokens = score is BITS_PER_TOKEN
+    lines = [f"| network | method | setting | seeds | mean {score.name} | std | 95% CI | "
+             + "mean token accuracy | " * tokens + "mean validation accuracy | " * validated + "training (min) |",
+             "|---|---|---|---:|---:|---:|---|" + "---:|" * (validated + tokens) + "---:|"]
     for (network, method, _), group in group_by_config(results).items():
-        s = summarize([r.test_accuracy for r in group])
+        s = summarize([score.of(r) for r in group])
         many = s.n > 1
-        interval = _interval(s.ci_low, s.ci_high) if many else "n/a (one seed)"
+        interval = _interval(s.ci_low, s.ci_high, digits=score.digits, bounded=score is ACCURACY) if many \
+            else "n/a (one seed)"
+        token_accuracy = f"{sum(r.test_accuracy for r in group) / len(group):.2f}% | " if tokens else ""
         validation = f"{sum(r.validation_accuracy for r in group) / len(group):.2f}% | " if validated else ""
         minutes = max(r.train_seconds for r in group) / 60  # members of a program share its wall time
-        lines.append(f"| {network} | {title(method)} | {setting_text(group[0])} | {s.n} | {s.mean:.2f}% | "
-                     f"{f'{s.std:.2f}' if many else 'n/a'} | {interval} | {validation}{minutes:.1f} |")
+        lines.append(f"| {network} | {title(method)} | {setting_text(group[0])} | {s.n} | {score.text(s.mean)} | "
+                     f"{f'{s.std:.{score.digits}f}' if many else 'n/a'} | {interval} | {token_accuracy}{validation}"
+                     f"{minutes:.1f} |")
     return "\n".join(lines)
 
 
@@ -90,35 +137,35 @@ def pairs_with_ce(results: Sequence[MemberResult]) -> dict[tuple, list[tuple[Mem
     return out
 
 
-def paired_table(results: Sequence[MemberResult]) -> str | None:
+def paired_table(results: Sequence[MemberResult], score: Score = ACCURACY) -> str | None:
     """Each distillation configuration minus CE on the same network, seed by seed; None without such pairs."""
-    compared = [((method, pairs[0][0]), paired_comparison([a.test_accuracy for a, _ in pairs],
-                                                          [b.test_accuracy for _, b in pairs]))
+    compared = [((method, pairs[0][0]), paired_comparison([score.of(a) for a, _ in pairs],
+                                                          [score.of(b) for _, b in pairs]))
                 for (_, method, _), pairs in pairs_with_ce(results).items()]
     if not compared:
         return None
     adjusted = holm_adjusted([c.p_value for _, c in compared])
     tested = sum(not math.isnan(p) for p in adjusted)
     holm = f"p, Holm over {tested} comparisons" if tested else "p, Holm"
-    lines = [(f"| method | setting | paired seeds | accuracy − CE (points) | 95% CI | p (paired t) | {holm} | verdict |"),
-             "|---|---|---:|---:|---|---:|---:|---|"]
+    lines = [(f"| method | setting | paired seeds | {score.name} − CE ({score.difference_unit}) | 95% CI | "
+              f"p (paired t) | {holm} | verdict |"), "|---|---|---:|---:|---|---:|---:|---|"]
     for ((method, example), c), holm in zip(compared, adjusted):
         many = c.n > 1
-        verdict = {"better": "beats CE", "worse": "worse than CE"}.get(c.verdict, "no clear difference")
-        lines.append(f"| {title(method)} | {setting_text(example)} | {c.n} | {c.mean_difference:+.2f} | "
-                     f"{_interval(c.ci_low, c.ci_high, signed=True) if many else 'n/a'} | "
+        verdict = {"better": "beats CE", "worse": "worse than CE"}.get(_verdict(c, score), "no clear difference")
+        lines.append(f"| {title(method)} | {setting_text(example)} | {c.n} | {c.mean_difference:+.{score.digits}f} | "
+                     f"{_interval(c.ci_low, c.ci_high, signed=True, digits=score.digits) if many else 'n/a'} | "
                      f"{_p_text(c.p_value)} | {_p_text(holm)} | {verdict if many else 'n/a (one seed)'} |")
     return "\n".join(lines)
 
 
-def epoch_differences(results: Sequence[MemberResult]) -> dict[tuple, list]:
+def epoch_differences(results: Sequence[MemberResult], score: Score = ACCURACY) -> dict[tuple, list]:
     """Per distillation configuration, its paired difference to CE at every epoch (`PairedComparison`s)."""
     out = {}
     for key, pairs in pairs_with_ce(results).items():
         epochs = min(min(len(a.history), len(b.history)) for a, b in pairs)
         if len(pairs) > 1 and epochs > 1:
-            out[key] = [paired_comparison([a.history[e]["test_accuracy"] for a, _ in pairs],
-                                          [b.history[e]["test_accuracy"] for _, b in pairs]) for e in range(epochs)]
+            out[key] = [paired_comparison([score.at(a.history[e]) for a, _ in pairs],
+                                          [score.at(b.history[e]) for _, b in pairs]) for e in range(epochs)]
     return out
 
 
@@ -133,25 +180,27 @@ def _epoch_ranges(epochs: Sequence[int]) -> str:
     return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in ranges)
 
 
-def epoch_table(results: Sequence[MemberResult]) -> str | None:
+def epoch_table(results: Sequence[MemberResult], score: Score = ACCURACY) -> str | None:
     """Per configuration: the epochs at which it is ahead of (behind) CE beyond the 95 % interval."""
-    differences = epoch_differences(results)
+    differences = epoch_differences(results, score)
     if not differences:
         return None
-    lines = ["| method | setting | epochs ahead of CE (CI above 0) | epochs behind CE (CI below 0) | "
-             "last epoch: accuracy − CE |", "|---|---|---|---|---|"]
+    below = "below" if score.lower_is_better else "above"
+    above = "above" if score.lower_is_better else "below"
+    lines = [f"| method | setting | epochs ahead of CE (CI {below} 0) | epochs behind CE (CI {above} 0) | "
+             f"last epoch: {score.name} − CE |", "|---|---|---|---|---|"]
     groups = group_by_config(results)
     for key, comparisons in differences.items():
-        ahead = [e + 1 for e, c in enumerate(comparisons) if c.verdict == "better"]
-        behind = [e + 1 for e, c in enumerate(comparisons) if c.verdict == "worse"]
+        ahead = [e + 1 for e, c in enumerate(comparisons) if _verdict(c, score) == "better"]
+        behind = [e + 1 for e, c in enumerate(comparisons) if _verdict(c, score) == "worse"]
         last = comparisons[-1]
         lines.append(f"| {title(key[1])} | {setting_text(groups[key][0])} | {_epoch_ranges(ahead) or 'none'} | "
-                     f"{_epoch_ranges(behind) or 'none'} | {last.mean_difference:+.2f} "
-                     f"{_interval(last.ci_low, last.ci_high, signed=True)} |")
+                     f"{_epoch_ranges(behind) or 'none'} | {last.mean_difference:+.{score.digits}f} "
+                     f"{_interval(last.ci_low, last.ci_high, signed=True, digits=score.digits)} |")
     return "\n".join(lines)
 
 
-def plot_differences(results: Sequence[MemberResult], path: pathlib.Path) -> None:
+def plot_differences(results: Sequence[MemberResult], path: pathlib.Path, score: Score = ACCURACY) -> None:
     """Each configuration's paired difference to CE per epoch: mean line, 95 % CI band, zero line."""
     import matplotlib
 
@@ -161,7 +210,7 @@ def plot_differences(results: Sequence[MemberResult], path: pathlib.Path) -> Non
 
     groups = group_by_config(results)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, comparisons in epoch_differences(results).items():
+    for key, comparisons in epoch_differences(results, score).items():
         epochs = range(1, len(comparisons) + 1)
         line, = ax.plot(epochs, [c.mean_difference for c in comparisons], label=f"{title(key[1])}"
                         + (f" ({setting_text(groups[key][0])})" if groups[key][0].member.hyperparameters else ""))
@@ -170,7 +219,7 @@ def plot_differences(results: Sequence[MemberResult], path: pathlib.Path) -> Non
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("test accuracy − CE's, same seed (points)")
+    ax.set_ylabel(f"test {score.name} − CE's, same seed ({score.difference_unit})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -188,8 +237,9 @@ def member_row(result: MemberResult, role: str) -> dict[str, Any]:
             "history": result.history}
 
 
-def plot_curves(results: Sequence[MemberResult], path: pathlib.Path, metric: str, ylabel: str) -> None:
-    """`metric` per epoch: one line per configuration (mean over seeds), the seeds' range as a band."""
+def plot_curves(results: Sequence[MemberResult], path: pathlib.Path, value: Callable[[dict], float],
+                ylabel: str) -> None:
+    """`value(history row)` per epoch: one line per configuration (mean over seeds), the seeds' range as a band."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,7 +249,7 @@ def plot_curves(results: Sequence[MemberResult], path: pathlib.Path, metric: str
     fig, ax = plt.subplots(figsize=(6, 4))
     for (network, method, _), group in group_by_config(results).items():
         epochs = [row["epoch"] for row in group[0].history]
-        columns = list(zip(*[[row[metric] for row in r.history] for r in group]))
+        columns = list(zip(*[[value(row) for row in r.history] for r in group]))
         means = [sum(column) / len(column) for column in columns]
         label = f"{network} {title(method)}" + (f" ({setting_text(group[0])})" if group[0].member.hyperparameters
                                                else "") + (f", {len(group)} seeds" if len(group) > 1 else "")
@@ -217,8 +267,8 @@ def plot_curves(results: Sequence[MemberResult], path: pathlib.Path, metric: str
     plt.close(fig)
 
 
-def plot_ranking(results: Sequence[MemberResult], path: pathlib.Path) -> None:
-    """Configurations sorted by mean final test accuracy with 95 % CI bars; CE's interval as a band."""
+def plot_ranking(results: Sequence[MemberResult], path: pathlib.Path, score: Score = ACCURACY) -> None:
+    """Configurations sorted by mean final score with 95 % CI bars; CE's interval as a band."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -228,10 +278,10 @@ def plot_ranking(results: Sequence[MemberResult], path: pathlib.Path) -> None:
     settings_per_method = Counter(method for _, method, _ in groups)
     rows = []
     for (_, method, _), group in groups.items():
-        s = summarize([r.test_accuracy for r in group])
+        s = summarize([score.of(r) for r in group])
         label = title(method) + (f" ({setting_text(group[0])})" if settings_per_method[method] > 1 else "")
         rows.append((s, label, method == "ce"))
-    rows.sort(key=lambda row: row[0].mean)
+    rows.sort(key=lambda row: row[0].mean, reverse=score.lower_is_better)  # the best at the top
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(rows) + 1.2))
     for y, (s, label, is_ce) in enumerate(rows):
         error = [[s.mean - s.ci_low], [s.ci_high - s.mean]] if s.n > 1 else None
@@ -240,8 +290,9 @@ def plot_ranking(results: Sequence[MemberResult], path: pathlib.Path) -> None:
             ax.axvspan(s.ci_low, s.ci_high, color="gray", alpha=0.2, label="CE's 95% CI")
     ax.set_yticks(range(len(rows)), [label for _, label, _ in rows], fontsize=8)
     seeds = max(s.n for s, _, _ in rows)
-    ax.set_xlabel(f"final test accuracy (%), mean and 95% CI over {seeds} seeds" if seeds > 1
-                  else "final test accuracy (%), one seed each: no interval")
+    unit = f" ({score.unit})" if score.unit else ""
+    ax.set_xlabel(f"final test {score.name}{unit}, mean and 95% CI over {seeds} seeds" if seeds > 1
+                  else f"final test {score.name}{unit}, one seed each: no interval")
     ax.grid(axis="x", alpha=0.3)
     if any(is_ce and s.n > 1 for s, _, is_ce in rows):
         ax.legend(fontsize=7, loc="lower right")
@@ -267,27 +318,32 @@ def sources_table(sources: Sequence[dict[str, Any]]) -> str:
 
 def summary(config: dict[str, Any], teacher: Sequence[MemberResult], students: Sequence[MemberResult]) -> str:
     """The Markdown summary of a run."""
+    score = score_for(config)
     sections = [f"# {config['name']}"]
     if config.get("sources"):
         sections += ["Students of several runs, paired by seed.", sources_table(config["sources"])]
     if teacher and students:
-        accuracies = ", ".join(f"{r.test_accuracy:.2f}% (seed {r.member.seed})" for r in teacher)
+        accuracies = ", ".join(f"{score.text(score.of(r))}{' bits per token' * score.lower_is_better} "
+                               f"(seed {r.member.seed})" for r in teacher)
         epochs = len(teacher[0].history)
         line = f"Teacher: {teacher[0].network}, {accuracies} after {epochs} epoch{'s' * (epochs != 1)}"
         if teacher[0].view_accuracy is not None:
             augment = config.get("augment", "augmented")
             line += f"; {teacher[0].view_accuracy:.2f}% on one {augment} view of each test image"
         sections.append(line + ".")
-    sections += ["## Test accuracy per configuration", summary_table(students or teacher)]
-    paired = paired_table(students)
+    sections += [f"## Test {score.name} per configuration", summary_table(students or teacher, score)]
+    if score is BITS_PER_TOKEN:
+        sections.append("Bits per token: the mean cross-entropy per test token in bits (bits per character for a "
+                        "character vocabulary); lower is better.")
+    paired = paired_table(students, score)
     if paired:
         sections += ["## Against CE over the same seeds", paired]
-    by_epoch = epoch_table(students)
+    by_epoch = epoch_table(students, score)
     if by_epoch:
         sections += ["## Against CE, epoch by epoch", by_epoch, "![difference to CE per epoch](difference.png)"]
     if len(group_by_config(students)) > 2:
-        sections += ["![configurations by mean test accuracy](ranking.png)"]
-    sections += ["![test accuracy per epoch](accuracy.png)",
+        sections += [f"![configurations by mean test {score.name}](ranking.png)"]
+    sections += [f"![test {score.name} per epoch](accuracy.png)",
                  "Training loss per epoch, [loss.png](loss.png): each method's own objective (CE plus its weighted "
                  "distillation term), so its level is not comparable between methods."]
     return "\n\n".join(sections) + "\n"
@@ -301,13 +357,13 @@ def write_run(run_dir: pathlib.Path, config: dict[str, Any], teacher: Sequence[M
     with open(run_dir / "members.jsonl", "w") as f:
         f.writelines(json.dumps(member_row(r, role)) + "\n"
                      for role, group in (("teacher", teacher), ("student", students)) for r in group)
-    shown = students or teacher
-    plot_curves(shown, run_dir / "accuracy.png", "test_accuracy", "test accuracy (%)")
-    plot_curves(shown, run_dir / "loss.png", "train_loss", "train loss")
+    shown, score = students or teacher, score_for(config)
+    plot_curves(shown, run_dir / "accuracy.png", score.at, f"test {score.name}" + (f" ({score.unit})" * bool(score.unit)))
+    plot_curves(shown, run_dir / "loss.png", lambda row: row["train_loss"], "train loss")
     if len(group_by_config(students)) > 2:
-        plot_ranking(students, run_dir / "ranking.png")
-    if epoch_differences(students):
-        plot_differences(students, run_dir / "difference.png")
+        plot_ranking(students, run_dir / "ranking.png", score)
+    if epoch_differences(students, score):
+        plot_differences(students, run_dir / "difference.png", score)
     text = summary(config, teacher, students)
     (run_dir / "summary.md").write_text(text)
     return text

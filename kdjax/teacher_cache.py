@@ -28,7 +28,7 @@ def compute_teacher_cache(teacher: Network, variables: tuple[Any, Any], split: S
 
     @jax.jit
     def forward(variables, batch):
-        return teacher_outputs(teacher, variables, batch["image"], reads)
+        return teacher_outputs(teacher, variables, batch["inputs"], reads)
 
     loader = ResidentLoader(split, batch_size, jax.random.key(0), shuffle=False, normalization=normalization)
     chunks = [forward(variables, batch) for batch in loader.epoch(0)]

@@ -3,8 +3,10 @@
 A member trains a student `Network` on a `Method` (`kdjax.methods`). Its params are
 `{"model": student params, "adapter": adapter params}` (the adapter only for methods that
 declare one); its `model_state` has the same keys and holds what each keeps besides params
-(BatchNorm's running statistics), updated by every train step and never differentiated. A batch is a dict: `image` `[batch, *input_shape]` float32, `label` `[batch]`
-int32, and optionally `mask` `[batch]` bool marking real (non-padding) examples. Nothing
+(BatchNorm's running statistics), updated by every train step and never differentiated.
+A batch is a dict (`kdjax.tasks`): `inputs` `[batch, *input_shape]` (float32 images or int32
+token ids), `label` (`[batch]` classes, or `[batch, time]` next tokens) and optionally `mask`
+of the labels' shape, marking the positions that count (padding excluded). Nothing
 here reads files or prints; `kdjax.loop` runs these steps for N members on a device mesh.
 """
 
@@ -96,13 +98,16 @@ def create_train_state(objective: Objective, key: jax.Array, *, learning_rate: f
 
 
 def check_batch(network: Network, batch: Batch) -> None:
-    image, label = batch["image"], batch["label"]
-    if tuple(image.shape[1:]) != network.input_shape or label.shape != image.shape[:1]:
-        raise ValueError(f"{network.name} takes image [batch, {', '.join(map(str, network.input_shape))}] and "
-                         f"label [batch], got {tuple(image.shape)} and {tuple(label.shape)}")
+    inputs, label = batch["inputs"], batch["label"]
+    tokens = jnp.issubdtype(network.input_dtype, jnp.integer)
+    label_shape = tuple(inputs.shape) if tokens else tuple(inputs.shape[:1])
+    if tuple(inputs.shape[1:]) != network.input_shape or label.shape != label_shape:
+        labels = "label [batch, time]" if tokens else "label [batch]"
+        raise ValueError(f"{network.name} takes inputs [batch, {', '.join(map(str, network.input_shape))}] and "
+                         f"{labels}, got {tuple(inputs.shape)} and {tuple(label.shape)}")
 
 
-def teacher_outputs(teacher: Network, variables: tuple[Any, Any], images: jax.Array,
+def teacher_outputs(teacher: Network, variables: tuple[Any, Any], inputs: jax.Array,
                     method_reads: tuple[str, ...]) -> dict:
     """The teacher's inference-mode `{"logits": ..., role: ...}` for what a method reads.
 
@@ -111,7 +116,7 @@ def teacher_outputs(teacher: Network, variables: tuple[Any, Any], images: jax.Ar
     """
     params, state = variables
     roles = tuple(role for role in method_reads if role != "logits")
-    logits, outs, _ = teacher.forward(params, state, images, train=False, roles=roles)
+    logits, outs, _ = teacher.forward(params, state, inputs, train=False, roles=roles)
     return {"logits": logits, **outs}
 
 
@@ -122,11 +127,14 @@ def objective_loss(
     """The weighted objective for one batch, its metrics and the updated model state (`step`: the optimiser
     step, for warm-ups).
 
-    `teacher` holds the teacher's outputs for `batch["image"]` (None for methods without a
+    `teacher` holds the teacher's outputs for `batch["inputs"]` (None for methods without a
     loss); they are wrapped in `stop_gradient` here, however they were computed.
     """
     method, where, labelled = objective.method, batch.get("mask"), batch.get("labelled")
-    logits, outs, new_model_state = objective.student.forward(params["model"], model_state["model"], batch["image"],
+    if labelled is not None:  # per example; a sequence's positions inherit it
+        labelled = jnp.broadcast_to(labelled.reshape(labelled.shape + (1,) * (batch["label"].ndim - 1)),
+                                    batch["label"].shape)
+    logits, outs, new_model_state = objective.student.forward(params["model"], model_state["model"], batch["inputs"],
                                                               train=True, key=dropout_key, roles=method.roles)
     new_state = {"model": new_model_state}
     ce_where = where if labelled is None else labelled if where is None else jnp.logical_and(where, labelled)
@@ -177,10 +185,10 @@ def eval_step(params: Any, model_state: Any, batch: Batch, *, network: Network) 
 
     `params` and `model_state` are the model's (`state.params["model"]`,
     `state.model_state["model"]`). Returns `correct` (right top-1
-    predictions), `loss_sum` (summed CE, nats) and `count` (examples included, honouring `mask`).
+    predictions), `loss_sum` (summed CE, nats) and `count` (examples, or tokens, included, honouring `mask`).
     """
     check_batch(network, batch)
-    logits, _, _ = network.forward(params, model_state, batch["image"], train=False)
+    logits, _, _ = network.forward(params, model_state, batch["inputs"], train=False)
     mask = batch.get("mask", jnp.ones(batch["label"].shape, bool))
     per_example = optax.losses.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     return {

@@ -35,7 +35,7 @@ def main() -> None:
     tmp = pathlib.Path(sys.argv[1])
     out = {"device_count": jax.device_count()}
     batch = next(iter(ResidentLoader(tiny_data().train, 32, jax.random.key(0), mesh=batch_mesh(4)).epoch(0)))
-    out["rows_per_device"] = sorted(shard.data.shape[0] for shard in batch["image"].addressable_shards)
+    out["rows_per_device"] = sorted(shard.data.shape[0] for shard in batch["inputs"].addressable_shards)
     for devices in (1, 4):
         out[f"params_{devices}"] = flat_params(run(tmp, f"d{devices}", devices, epochs=2))
     run(tmp, "resume", 4, epochs=1)  # written on 4 devices ...

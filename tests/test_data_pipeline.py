@@ -42,11 +42,11 @@ def _collect(loader, epoch):
 
 def test_an_epoch_covers_every_example_once_and_masks_the_padding():
     split = _split(250)
-    split.images[:, 0, 0, 0] = np.arange(250)  # tag each image with its index
+    split.inputs[:, 0, 0, 0] = np.arange(250)  # tag each image with its index
     batches = _collect(ResidentLoader(split, 128, jax.random.key(1)), 0)
     assert [int(b["mask"].sum()) for b in batches] == [128, 122]
     masks = np.concatenate([b["mask"] for b in batches])
-    red = np.concatenate([b["image"] for b in batches])[masks][:, 0, 0, 0]
+    red = np.concatenate([b["inputs"] for b in batches])[masks][:, 0, 0, 0]
     indices = np.round((red * STD[0] + MEAN[0]) * 255.0).astype(int)
     assert sorted(indices) == list(range(250))
     labels = np.concatenate([b["label"] for b in batches])[masks]
@@ -57,7 +57,7 @@ def test_epochs_differ_and_no_recompilation_across_epochs():
     loader = ResidentLoader(_split(300), 128, jax.random.key(2))
     first, second = _collect(loader, 0), _collect(loader, 1)
     assert not np.array_equal(first[0]["label"], second[0]["label"]) or not np.array_equal(
-        first[0]["image"], second[0]["image"]
+        first[0]["inputs"], second[0]["inputs"]
     )
     assert loader._gather._cache_size() >= 1
     before = loader._gather._cache_size()
@@ -71,7 +71,7 @@ def test_starting_mid_epoch_yields_the_remaining_batches():
     whole = _collect(loader, 1)
     rest = list(loader.epoch(1, start=1))
     assert len(rest) == 2
-    np.testing.assert_array_equal(rest[0]["image"], whole[1]["image"])
+    np.testing.assert_array_equal(rest[0]["inputs"], whole[1]["inputs"])
 
 
 def test_augmentation_flips_some_images_reproducibly():
@@ -81,20 +81,20 @@ def test_augmentation_flips_some_images_reproducibly():
     flipped = augment_batch(batch, key, 0, 0)
     again = jax.jit(augment_batch)(batch, key, 0, 0)
     other_epoch = augment_batch(batch, key, 1, 0)
-    np.testing.assert_array_equal(flipped["image"], again["image"])
-    mirrored = np.all(np.asarray(flipped["image"]) == np.asarray(batch["image"])[:, :, ::-1], axis=(1, 2, 3))
-    kept = np.all(np.asarray(flipped["image"]) == np.asarray(batch["image"]), axis=(1, 2, 3))
+    np.testing.assert_array_equal(flipped["inputs"], again["inputs"])
+    mirrored = np.all(np.asarray(flipped["inputs"]) == np.asarray(batch["inputs"])[:, :, ::-1], axis=(1, 2, 3))
+    kept = np.all(np.asarray(flipped["inputs"]) == np.asarray(batch["inputs"]), axis=(1, 2, 3))
     assert np.all(mirrored | kept) and 80 < mirrored.sum() < 176
-    assert not np.array_equal(flipped["image"], other_epoch["image"])
+    assert not np.array_equal(flipped["inputs"], other_epoch["inputs"])
 
 
 def test_crops_are_windows_of_the_black_padded_image_then_flipped():
     split = _split(64)
     (batch,) = _collect(ResidentLoader(split, 64, jax.random.key(4), shuffle=False), 0)
-    out = np.asarray(jax.jit(functools.partial(augment_batch, crop=4))(batch, jax.random.key(9), 0, 0)["image"])
+    out = np.asarray(jax.jit(functools.partial(augment_batch, crop=4))(batch, jax.random.key(9), 0, 0)["inputs"])
     black = (0.0 - np.asarray(MEAN, np.float32)) / np.asarray(STD, np.float32)
     padded = np.broadcast_to(black, (64, 40, 40, 3)).copy()
-    padded[:, 4:36, 4:36] = np.asarray(batch["image"])
+    padded[:, 4:36, 4:36] = np.asarray(batch["inputs"])
     offsets = []
     for image, source in zip(out, padded):
         matches = [(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (False, True)

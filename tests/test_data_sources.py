@@ -24,10 +24,10 @@ def test_local_layouts_load_exactly(tmp_path, layout, as_tar):
     for given in (path, tmp_path):  # the copy itself, or the folder that holds it
         data = load_cifar10(given, strict=False)
         images, labels = expected_split([0, 1, 2, 3, 4], 7)
-        np.testing.assert_array_equal(data.train.images, images)
+        np.testing.assert_array_equal(data.train.inputs, images)
         np.testing.assert_array_equal(data.train.labels, labels)
         test_images, test_labels = expected_split([5], 7)
-        np.testing.assert_array_equal(data.test.images, test_images)
+        np.testing.assert_array_equal(data.test.inputs, test_images)
         np.testing.assert_array_equal(data.test.labels, test_labels)
         assert data.origin.startswith(f"{layout}-{'tar' if as_tar else 'dir'} ")
 
@@ -37,7 +37,7 @@ def test_binary_record_layout_is_label_then_rgb_planes():
     planes[0, 0, 0, 1], planes[0, 1, 2, 3], planes[0, 2, 31, 30] = 11, 22, 33  # R(0,1) G(2,3) B(31,30)
     split = parse_binary_batch(binary_bytes(planes, np.array([6], np.uint8)), "x", expected=1)
     assert split.labels[0] == 6
-    assert (split.images[0, 0, 1, 0], split.images[0, 2, 3, 1], split.images[0, 31, 30, 2]) == (11, 22, 33)
+    assert (split.inputs[0, 0, 1, 0], split.inputs[0, 2, 3, 1], split.inputs[0, 31, 30, 2]) == (11, 22, 33)
 
 
 def test_strict_mode_demands_canonical_record_counts(tmp_path):
@@ -108,7 +108,7 @@ def test_tfds_source_with_mock_data(monkeypatch):
         data = load_cifar10(source="tfds")
     assert data.origin.endswith("(downloaded)")
     for split in (data.train, data.test):
-        assert split.images.shape == (12, 32, 32, 3) and split.images.dtype == np.uint8
+        assert split.inputs.shape == (12, 32, 32, 3) and split.inputs.dtype == np.uint8
         assert split.labels.dtype == np.int32 and split.labels.min() >= 0 and split.labels.max() < 10
 
 
@@ -138,7 +138,7 @@ def test_subsets_are_the_first_examples(tmp_path):
     write_copy(tmp_path, "binary", records=4)
     data = load_cifar10(tmp_path, strict=False)
     small = data.subset(train_size=6, test_size=3)
-    np.testing.assert_array_equal(small.train.images, data.train.images[:6])
+    np.testing.assert_array_equal(small.train.inputs, data.train.inputs[:6])
     assert (len(small.train), len(small.test)) == (6, 3)
     assert small.fingerprint != data.fingerprint
     with pytest.raises(ValueError, match="subset size must be positive"):
@@ -152,5 +152,5 @@ def test_full_local_copy(tmp_path):
     assert (len(data.train), len(data.test)) == (50_000, 10_000)
     np.testing.assert_array_equal(np.bincount(data.train.labels), [5_000] * 10)
     np.testing.assert_array_equal(np.bincount(data.test.labels), [1_000] * 10)
-    channel_mean = data.train.images.reshape(-1, 3).mean(axis=0) / 255.0
+    channel_mean = data.train.inputs.reshape(-1, 3).mean(axis=0) / 255.0
     np.testing.assert_allclose(channel_mean, (0.491, 0.482, 0.447), atol=0.01)

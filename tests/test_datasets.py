@@ -49,7 +49,7 @@ def test_cifar100_reads_its_fine_labels_from_each_layout(tmp_path, layout, as_ta
     data = load_dataset("cifar100", tmp_path, strict=False)
     assert (data.name, data.num_classes, len(data.train), len(data.test)) == ("cifar100", 100, 9, 9)
     planes, _, fine = _cifar100_split(0, 9)
-    np.testing.assert_array_equal(data.train.images, planes.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(data.train.inputs, planes.transpose(0, 2, 3, 1))
     np.testing.assert_array_equal(data.train.labels, fine)
     with pytest.raises(ValueError, match="expected 50,000 records, found 9"):
         load_dataset("cifar100", tmp_path)  # strict: a truncated copy is named
@@ -68,9 +68,9 @@ def test_arrays_of_any_shape_and_class_count_become_a_dataset(tmp_path):
     images, labels = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8), rng.integers(0, 7, 20)
     np.savez(tmp_path / "digits.npz", x_train=images[:14], y_train=labels[:14], x_test=images[14:], y_test=labels[14:])
     data = load_npz(tmp_path / "digits.npz", num_classes=7)
-    assert (data.image_shape, data.num_classes, len(data.train)) == ((28, 28, 1), 7, 14)
+    assert (data.input_shape, data.num_classes, len(data.train)) == ((28, 28, 1), 7, 14)
     floats = from_arrays(rng.random((6, 8, 8, 5)), np.arange(6) % 3, rng.random((2, 8, 8, 5)), np.array([0, 2]))
-    assert (floats.num_classes, floats.image_shape) == (3, (8, 8, 5))
+    assert (floats.num_classes, floats.input_shape) == (3, (8, 8, 5))
 
 
 @pytest.mark.parametrize("arrays, message", [
@@ -79,7 +79,7 @@ def test_arrays_of_any_shape_and_class_count_become_a_dataset(tmp_path):
     ((np.zeros((0, 8, 8, 3), np.uint8), np.zeros(0, int), np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1])),
      "the train split is empty"),
     ((np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4, int), np.zeros((2, 9, 8, 3), np.uint8), np.array([0, 1])),
-     r"train images are \(8, 8, 3\) but test images are \(9, 8, 3\)"),
+     r"train inputs are uint8 \(8, 8, 3\) but test inputs are uint8 \(9, 8, 3\)"),
     ((np.zeros((4, 8, 8), np.uint8), np.zeros(4, int), np.zeros((2, 8, 8), np.uint8), np.array([0, 1])),
      r"add a channel axis to greyscale images"),
     ((np.zeros((4, 8, 8, 3), np.uint8), np.zeros(3, int), np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1])),

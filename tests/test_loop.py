@@ -72,7 +72,7 @@ def _teacher_forwards(groups: tuple[int, ...]) -> int:
     keys = jax.numpy.stack([jax.random.key(s) for s in (0, 0, 1)])
     jaxpr = jax.make_jaxpr(lambda *args: loop.program_step(*args, spec=spec))(
         loop.init_states(objectives[0], [0, 0, 1], 1e-3), jax.numpy.zeros((3, 160), jax.numpy.int32), np.int32(0),
-        np.int32(0), data.train.images, data.train.labels, teacher_params(), keys, keys,
+        np.int32(0), data.train.arrays(), teacher_params(), keys, keys,
         loop.stack_hyperparameters(members))
 
     def count(jaxpr) -> int:
@@ -102,8 +102,8 @@ def test_the_program_step_compiles_once_across_epochs_batches_and_hyperparameter
     keys = jax.numpy.stack([jax.random.key(0), jax.random.key(1)])
     orders = jax.numpy.zeros((2, 160), jax.numpy.int32)
     for epoch, index in ((0, 0), (0, 3), (2, 1)):
-        states, metrics = step(states, orders, np.int32(epoch), np.int32(index), data.train.images,
-                               data.train.labels, teacher_params(), keys, keys, loop.stack_hyperparameters(members))
+        states, metrics = step(states, orders, np.int32(epoch), np.int32(index), data.train.arrays(),
+                               teacher_params(), keys, keys, loop.stack_hyperparameters(members))
     assert metrics["loss"].shape == (2,)
     chex.clear_trace_counter()
 
@@ -170,7 +170,7 @@ def test_a_corrupt_newest_step_is_moved_aside_and_written_again(tmp_path, capsys
 def test_a_diverging_member_stops_the_program_naming_it(tmp_path):
     member = Member.of("ce", 0)
     data = tiny_data()
-    data.train.images[:] = 0
+    data.train.inputs[:] = 0
     with pytest.raises(TrainingDivergedError, match=r"ce\[seed=0\] at step 2.*last good checkpoint"):
         run_members(tmp_path, [member], data=data, learning_rate=float("nan"))
 
@@ -227,8 +227,8 @@ def test_evaluating_on_augmented_views_scores_the_views_a_training_step_draws(au
     hits, losses = 0, []
     for index in range(2):
         labels = data.test.labels[32 * index:32 * (index + 1)]
-        batch = {"image": normalize(data.test.images[32 * index:32 * (index + 1)]), "label": labels}
-        view = augment_batch(batch, key, 0, index, crop=4 if augment == "crop-flip" else 0)["image"]
+        batch = {"inputs": normalize(data.test.inputs[32 * index:32 * (index + 1)]), "label": labels}
+        view = augment_batch(batch, key, 0, index, crop=4 if augment == "crop-flip" else 0)["inputs"]
         logits, _, _ = teacher.forward(*teacher_params(), view, train=False)
         hits += int(np.sum(np.argmax(logits, -1) == labels))
         losses.append(optax.softmax_cross_entropy_with_integer_labels(logits, labels))

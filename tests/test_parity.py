@@ -138,7 +138,7 @@ def _objective_fn(objective: str, teacher_params):
 
     def loss(params, images, labels):
         outputs = teacher_outputs(tutorial_teacher(), (teacher_params, {}), images, built.method.reads)
-        batch = {"image": images, "label": labels}
+        batch = {"inputs": images, "label": labels}
         return objective_loss(params, {"model": {}}, batch, jax.random.key(0), outputs, hp, objective=built)[0]
 
     return loss
@@ -165,11 +165,11 @@ def test_params_after_adam_steps(ref, batches, teacher_params, objective):
 
     @jax.jit
     def step(state, batch):
-        outputs = teacher_outputs(tutorial_teacher(), (teacher_params, {}), batch["image"], built.method.reads)
+        outputs = teacher_outputs(tutorial_teacher(), (teacher_params, {}), batch["inputs"], built.method.reads)
         return train_step(state, batch, jax.random.key(0), outputs, hp, objective=built)
 
     images, labels = batches
     for index in range(weights.STEPS):
-        state, _ = step(state, {"image": jnp.asarray(images[index]), "label": jnp.asarray(labels[index])})
+        state, _ = step(state, {"inputs": jnp.asarray(images[index]), "label": jnp.asarray(labels[index])})
     for name, value in _torch_names(state.params).items():
         _assert_matches_stored(ref, f"params/{objective}/{name}", value)

@@ -70,7 +70,7 @@ def test_nnx_batch_stats_are_the_state_a_trained_member_is_evaluated_with(tmp_pa
     assert not np.allclose(state["norm"]["mean"].get_value(), initial["norm"]["mean"].get_value())
     model = nnx.merge(nnx.graphdef(NnxBatchNormCNN(nnx.Rngs(0))), params, state)
     model.eval()
-    logits = model(normalize(data.test.images))
+    logits = model(normalize(data.test.inputs))
     expected = 100.0 * np.mean(np.argmax(logits, -1) == data.test.labels)
     np.testing.assert_allclose(program.results[0].test_accuracy, expected, rtol=1e-6)
 
@@ -117,7 +117,7 @@ def test_an_adapter_with_batchnorm_carries_its_statistics():
     state = create_train_state(objective, jax.random.key(0))
     assert set(state.model_state) == {"model", "adapter"} and "batch_stats" in state.model_state["adapter"]
     teacher = teacher_outputs(network, network.init(jax.random.key(5)), IMAGES, method.reads)
-    new, metrics = jax.jit(lambda s: train_step(s, {"image": IMAGES, "label": LABELS}, jax.random.key(1), teacher,
+    new, metrics = jax.jit(lambda s: train_step(s, {"inputs": IMAGES, "label": LABELS}, jax.random.key(1), teacher,
                                                 method.resolve(), objective=objective))(state)
     assert bool(metrics["finite"])
     for part in ("model", "adapter"):

@@ -17,7 +17,7 @@ OBJECTIVES = ("ce", "kd", "cosine", "hint")
 
 def _batch(seed: int, size: int = 8) -> dict[str, jax.Array]:
     key_image, key_label = jax.random.split(jax.random.key(seed))
-    return {"image": jax.random.normal(key_image, (size, 32, 32, 3)),
+    return {"inputs": jax.random.normal(key_image, (size, 32, 32, 3)),
             "label": jax.random.randint(key_label, (size,), 0, 10)}
 
 
@@ -37,7 +37,7 @@ def _step(name: str, teacher_params, dropout_rate: float = 0.1, **overrides):
 
     @jax.jit
     def step(state, batch, key):
-        outputs = teacher_outputs(tutorial_teacher(), teacher_params, batch["image"], objective.method.reads)
+        outputs = teacher_outputs(tutorial_teacher(), teacher_params, batch["inputs"], objective.method.reads)
         return train_step(state, batch, key, outputs if objective.method.needs_teacher else None, hp,
                           objective=objective)
 
@@ -51,7 +51,7 @@ def test_teacher_receives_no_gradient(name, teacher_params):
     batch = _batch(1)
 
     def loss_wrt_teacher(teacher_params):
-        outputs = teacher_outputs(tutorial_teacher(), teacher_params, batch["image"], objective.method.reads)
+        outputs = teacher_outputs(tutorial_teacher(), teacher_params, batch["inputs"], objective.method.reads)
         return objective_loss(state.params, state.model_state, batch, jax.random.key(2), outputs,
                               methods.get(name).resolve(), objective=objective)[0]
 
@@ -59,8 +59,8 @@ def test_teacher_receives_no_gradient(name, teacher_params):
         np.testing.assert_array_equal(leaf, 0.0)
     # ...while without the stop-gradient the same term would move the teacher.
     raw = jax.grad(lambda t: losses.kd_loss(
-        LightNN().apply({"params": state.params["model"]}, batch["image"]).logits,
-        DeepNN().apply({"params": t[0]}, batch["image"]).logits))(teacher_params)
+        LightNN().apply({"params": state.params["model"]}, batch["inputs"]).logits,
+        DeepNN().apply({"params": t[0]}, batch["inputs"]).logits))(teacher_params)
     assert any(np.abs(leaf).max() > 0 for leaf in jax.tree.leaves(raw))
 
 
@@ -112,9 +112,9 @@ def test_padding_rows_contribute_nothing(teacher_params):
     objective, step = _step("kd", teacher_params, dropout_rate=0.0)
     state = create_train_state(objective, jax.random.key(0))
     real = _batch(6, size=6)
-    padded = {"image": jnp.concatenate([real["image"], jnp.full((2, 32, 32, 3), 1e3)]),
+    padded = {"inputs": jnp.concatenate([real["inputs"], jnp.full((2, 32, 32, 3), 1e3)]),
               "label": jnp.concatenate([real["label"], jnp.array([9, 9])]), "mask": jnp.arange(8) < 6}
-    other_padding = dict(padded, image=padded["image"].at[6:].set(-7.0), label=padded["label"].at[6:].set(0))
+    other_padding = dict(padded, image=padded["inputs"].at[6:].set(-7.0), label=padded["label"].at[6:].set(0))
     new_a, metrics_a = step(state, padded, jax.random.key(1))
     new_b, _ = step(state, other_padding, jax.random.key(1))
     jax.tree.map(np.testing.assert_array_equal, new_a.params, new_b.params)  # bitwise
@@ -128,7 +128,7 @@ def test_eval_step_counts_and_sums():
     params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
     batch = _batch(7, size=10) | {"mask": jnp.arange(10) < 7}
     result = jax.jit(lambda p, b: eval_step(p, {}, b, network=tutorial_student()))(params, batch)
-    logits = model.apply({"params": params}, batch["image"]).logits[:7]
+    logits = model.apply({"params": params}, batch["inputs"]).logits[:7]
     labels = batch["label"][:7]
     assert int(result["count"]) == 7
     assert int(result["correct"]) == int(jnp.sum(logits.argmax(-1) == labels))
@@ -140,7 +140,7 @@ def test_step_rejects_missing_teacher_and_bad_batches():
     state = create_train_state(objective, jax.random.key(0))
     with pytest.raises(ValueError, match="needs the teacher's outputs"):
         train_step(state, _batch(0), jax.random.key(0), None, methods.get("kd").resolve(), objective=objective)
-    bad = {"image": jnp.zeros((4, 3, 32, 32)), "label": jnp.zeros((4,), jnp.int32)}
+    bad = {"inputs": jnp.zeros((4, 3, 32, 32)), "label": jnp.zeros((4,), jnp.int32)}
     with pytest.raises(ValueError, match=r"LightNN takes image \[batch, 32, 32, 3\]"):
         train_step(state, bad, jax.random.key(0), None, {}, objective=_objective("ce"))
     with pytest.raises(ValueError, match="needs a teacher network"):
@@ -152,10 +152,10 @@ def test_unlabelled_rows_take_the_distillation_term_but_no_cross_entropy(teacher
     state = create_train_state(objective, jax.random.key(0))
     params = state.params
     batch = _batch(3) | {"labelled": jnp.arange(8) < 3}
-    teacher = teacher_outputs(tutorial_teacher(), teacher_params, batch["image"], ("logits",))
+    teacher = teacher_outputs(tutorial_teacher(), teacher_params, batch["inputs"], ("logits",))
     hp = methods.get("kd").resolve({})
     loss, _ = objective_loss(params, state.model_state, batch, jax.random.key(1), teacher, hp, objective=objective)
-    logits, _, _ = objective.student.forward(params["model"], {}, batch["image"], train=False)
+    logits, _, _ = objective.student.forward(params["model"], {}, batch["inputs"], train=False)
     expected = (0.75 * losses.cross_entropy(logits[:3], batch["label"][:3])
                 + 0.25 * losses.kd_loss(logits, teacher["logits"], temperature=2.0))
     np.testing.assert_allclose(loss, expected, rtol=1e-5)

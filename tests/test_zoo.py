@@ -144,7 +144,7 @@ def test_every_method_trains_between_zoo_pairs(teacher_name, student_name):
 
     teacher, student = zoo.network(teacher_name), zoo.network(student_name)
     images = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
-    batch = {"image": images, "label": jax.random.randint(jax.random.key(1), (8,), 0, 10)}
+    batch = {"inputs": images, "label": jax.random.randint(jax.random.key(1), (8,), 0, 10)}
     reads = tuple(dict.fromkeys(role for method in methods.METHODS.values() for role in method.reads))
     outputs = jax.jit(lambda v: teacher_outputs(teacher, v, images, reads))(teacher.init(jax.random.key(2)))
     initial = create_train_state(build_objective(methods.get("ce"), student), jax.random.key(3)).model_state

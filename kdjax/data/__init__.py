@@ -1,11 +1,12 @@
-"""Image data sets (CIFAR-10, CIFAR-100, a user's arrays) from tensorflow-datasets or local files, onto the device
-in batches."""
+"""Data sets (CIFAR-10, CIFAR-100, a user's image arrays, token arrays and text) from tensorflow-datasets or local
+files, onto the device in batches."""
 
 from kdjax.data.formats import Split
 from kdjax.data.pipeline import (MEAN, STD, TUTORIAL_NORMALIZATION, Normalization, ResidentLoader, augment_batch,
                                   channel_statistics, epoch_order, gather_batch, normalize)
 from kdjax.data.sources import (DATA_DIR_ENV, DATASETS, DataNotFoundError, Dataset, from_arrays, load_cifar10,
                                  load_dataset, load_npz)
+from kdjax.data.text import PYTHON_TEXT, from_tokens, load_text, windows
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -16,6 +17,7 @@ __all__ = [
     "Dataset",
     "Normalization",
     "DataNotFoundError",
+    "PYTHON_TEXT",
     "ResidentLoader",
     "Split",
     "augment_batch",
@@ -23,8 +25,11 @@ __all__ = [
     "epoch_order",
     "gather_batch",
     "from_arrays",
+    "from_tokens",
     "load_cifar10",
     "load_dataset",
     "load_npz",
+    "load_text",
     "normalize",
+    "windows",
 ]

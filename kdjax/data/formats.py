@@ -15,6 +15,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from kdjax.data.safe_io import load_pickle, read_tar_members
+from kdjax.tasks import NEXT_TOKEN, Task, task_of
 
 NUM_CLASSES = 10
 RECORDS_PER_FILE = 10_000
@@ -52,19 +53,24 @@ CANONICAL_NAMES = CIFAR10.canonical
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """One split: `images` `[n, height, width, channels]` (uint8 pixels, or floats already scaled), `labels` `[n]`
-    integers."""
+    """One split of examples (`kdjax.tasks`): images `[n, height, width, channels]` (uint8 pixels, or floats
+    already scaled) with labels `[n]`, or token windows `[n, time]` with next-token labels `[n, time]` and an
+    optional boolean `mask` `[n, time]` of the positions that count."""
 
-    images: np.ndarray
+    inputs: np.ndarray
     labels: np.ndarray
+    mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        images, labels = self.images, self.labels
-        if images.ndim != 4 or not (images.dtype == np.uint8 or np.issubdtype(images.dtype, np.floating)):
-            raise ValueError(f"images must be uint8 or float [n, height, width, channels], got {images.dtype} "
-                             f"{images.shape} (add a channel axis to greyscale images: images[..., None])")
-        if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"labels must be {len(images)} integers [n], got {labels.dtype} {labels.shape}")
+        task = task_of(self.inputs, self.labels)
+        if self.mask is not None and (task is not NEXT_TOKEN or self.mask.shape != self.labels.shape
+                                      or self.mask.dtype != np.bool_):
+            raise ValueError(f"a mask must be boolean [n, time] beside token windows, got {self.mask.dtype} "
+                             f"{self.mask.shape} for {task.name} labels {self.labels.shape}")
+
+    @property
+    def task(self) -> Task:
+        return task_of(self.inputs, self.labels)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -75,12 +81,22 @@ class Split:
             return self
         if n <= 0:
             raise ValueError(f"subset size must be positive, got {n}")
-        return Split(self.images[:n], self.labels[:n])
+        return self.rows(slice(0, n))
+
+    def rows(self, which: slice) -> "Split":
+        """The examples `which` selects, with their mask."""
+        return Split(self.inputs[which], self.labels[which], None if self.mask is None else self.mask[which])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """`{"inputs", "labels"[, "mask"]}`: what the engine puts on the device and gathers batches from."""
+        return {"inputs": self.inputs, "labels": self.labels, **({} if self.mask is None else {"mask": self.mask})}
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
-        digest.update(np.ascontiguousarray(self.images).tobytes())
+        digest.update(np.ascontiguousarray(self.inputs).tobytes())
         digest.update(self.labels.astype("<i4").tobytes())
+        if self.mask is not None:
+            digest.update(self.mask.tobytes())
         return digest.hexdigest()
 
 
@@ -131,7 +147,7 @@ def parse_python_batch(data: bytes, source: str, expected: int | None = RECORDS_
 
 
 def _concat(splits: list[Split]) -> Split:
-    return Split(np.concatenate([s.images for s in splits]), np.concatenate([s.labels for s in splits]))
+    return Split(np.concatenate([s.inputs for s in splits]), np.concatenate([s.labels for s in splits]))
 
 
 def read_local(path: pathlib.Path, fmt: LocalFormat, *, strict: bool = True,

@@ -5,8 +5,8 @@ The whole split lives on the device; each epoch is a permutation drawn there fro
 calls inside its train step; `ResidentLoader` for evaluation), so a step costs no host work
 beyond passing its index.
 
-A batch is `{"image": [b, 32, 32, 3] float32, "label": [b] int32, "mask": [b] bool,
-"index": [b] int32}`, `index` being each example's position in the split. `augment_batch` crops
+A batch is `{"inputs": [b, 32, 32, 3] float32, "label": [b] int32, "mask": [b] bool,
+"index": [b] int32}` (token windows: `inputs`, `label` and `mask` `[b, time]`, see `kdjax.tasks`), `index` being each example's position in the split. `augment_batch` crops
 (optionally) and mirrors each image at random, drawn from (key, epoch, batch). The
 last batch of an epoch is padded to the full batch size and `mask` marks the real examples
 (50,000 = 390 * 128 + 80, so the tutorial's last 80 images are trained on without a
@@ -92,14 +92,21 @@ def _slice_order(order: jax.Array, index: jax.Array, *, batch_size: int, num_exa
     return indices, mask
 
 
-def gather_batch(images, labels, order, index, *, batch_size: int, num_examples: int,
+def gather_batch(data: dict[str, jax.Array], order, index, *, batch_size: int, num_examples: int,
                  normalization: Normalization = TUTORIAL_NORMALIZATION) -> Batch:
-    """Batch `index` of epoch `order` gathered from the whole split (uint8 images normalised here)."""
-    indices, mask = _slice_order(order, index, batch_size=batch_size, num_examples=num_examples)
-    batch_images = images[indices]
-    if batch_images.dtype == jnp.uint8:
-        batch_images = normalize(batch_images, normalization)
-    return {"image": batch_images, "label": labels[indices], "mask": mask, "index": indices}
+    """Batch `index` of epoch `order` gathered from a whole split's `Split.arrays()` (uint8 images normalised here).
+
+    `mask` has the labels' shape: `[batch]` for images, `[batch, time]` for token windows
+    (the padding rows' positions and the split's own masked positions are False).
+    """
+    indices, present = _slice_order(order, index, batch_size=batch_size, num_examples=num_examples)
+    inputs, labels = data["inputs"][indices], data["labels"][indices]
+    if inputs.dtype == jnp.uint8:
+        inputs = normalize(inputs, normalization)
+    mask = jnp.broadcast_to(present.reshape(present.shape + (1,) * (labels.ndim - 1)), labels.shape)
+    if "mask" in data:
+        mask = jnp.logical_and(mask, data["mask"][indices])
+    return {"inputs": inputs, "label": labels, "mask": mask, "index": indices}
 
 
 @functools.lru_cache
@@ -119,7 +126,7 @@ def augment_batch(batch: Batch, key: jax.Array, epoch: jax.Array, index: jax.Arr
     each image is then mirrored with probability 1/2. Pure and jittable: the engine calls it
     inside the train step, so members that share a seed see the same augmented batch.
     """
-    images = batch["image"]
+    images = batch["inputs"]
     if crop:
         crop_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, _CROP_STREAM), epoch), index)
         offsets = jax.random.randint(crop_key, (images.shape[0], 2), 0, 2 * crop + 1)
@@ -132,7 +139,7 @@ def augment_batch(batch: Batch, key: jax.Array, epoch: jax.Array, index: jax.Arr
     flip_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, _FLIP_STREAM), epoch), index)
     flip = jax.random.bernoulli(flip_key, 0.5, images.shape[:1])
     flipped = jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
-    return batch | {"image": flipped}
+    return batch | {"inputs": flipped}
 
 
 class ResidentLoader:
@@ -151,10 +158,7 @@ class ResidentLoader:
             check_batch_size(batch_size, mesh)
         self.mesh, self.num_examples, self.batch_size = mesh, len(split), batch_size
         self.key, self.shuffle = key, shuffle
-        if mesh is None:
-            self.images, self.labels = jax.device_put((split.images, split.labels))
-        else:
-            self.images, self.labels = replicate((split.images, split.labels), mesh)
+        self.data = jax.device_put(split.arrays()) if mesh is None else replicate(split.arrays(), mesh)
         self._gather = _batch_gatherer(batch_size, self.num_examples, None if mesh is None else batch_sharding(mesh),
                                        tuple(map(tuple, normalization)))
 
@@ -169,4 +173,4 @@ class ResidentLoader:
         """The batches of `epoch` from batch `start` on."""
         order = self.order(epoch) if self.mesh is None else np.asarray(self.order(epoch))
         for index in range(start, len(self)):
-            yield self._gather(self.images, self.labels, order, np.int32(index))
+            yield self._gather(self.data, order, np.int32(index))

@@ -14,6 +14,7 @@ from kdjax.data import tfds_source
 import numpy as np
 
 from kdjax.data.formats import CIFAR10, LAYOUTS, Layout, Split, detect_local, read_local
+from kdjax.tasks import Task
 
 DATA_DIR_ENV = "KDJAX_DATA_DIR"
 Source = Literal["auto", "local", "tfds"]
@@ -25,7 +26,8 @@ class DataNotFoundError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """Both splits of an image classification data set, its class count and where it came from."""
+    """Both splits of a data set (images and classes, or token windows and a vocabulary: `kdjax.tasks`), its
+    class count (vocabulary size) and where it came from."""
 
     train: Split
     test: Split
@@ -42,13 +44,17 @@ class Dataset:
             if low < 0 or high >= self.num_classes:
                 raise ValueError(f"{self.name}: {split_name} labels must lie in [0, {self.num_classes}), found "
                                  f"{low}..{high}")
-        if self.train.images.shape[1:] != self.test.images.shape[1:]:
-            raise ValueError(f"{self.name}: train images are {self.train.images.shape[1:]} but test images are "
-                             f"{self.test.images.shape[1:]}")
+        if self.train.inputs.shape[1:] != self.test.inputs.shape[1:] or self.train.task != self.test.task:
+            raise ValueError(f"{self.name}: train inputs are {self.train.inputs.dtype} {self.train.inputs.shape[1:]} "
+                             f"but test inputs are {self.test.inputs.dtype} {self.test.inputs.shape[1:]}")
 
     @property
-    def image_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.images.shape[1:])
+    def task(self) -> Task:
+        return self.train.task
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.inputs.shape[1:])
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -196,10 +202,18 @@ DATASETS = ("cifar10", "cifar100")
 
 
 def load_dataset(dataset: str, data_dir: str | os.PathLike | None = None, *, source: Source = "auto",
-                 strict: bool = True) -> Dataset:
-    """`dataset` (`cifar10`, `cifar100` or `npz:PATH`), from `data_dir` / tensorflow-datasets where that applies."""
+                 strict: bool = True, window: int = 128) -> Dataset:
+    """`dataset` (`cifar10`, `cifar100` or `npz:PATH`), from `data_dir` / tensorflow-datasets where that applies;
+    next-token data (`text`, `text:PATH`, `tokens:PATH` of an `.npy` of ids) in windows of `window` tokens."""
+    from kdjax.data import text
+
     if dataset.startswith("npz:"):
         return load_npz(dataset[4:])
+    if dataset == "text" or dataset.startswith("text:"):
+        return text.load_text(dataset[5:] or None, time=window)
+    if dataset.startswith("tokens:"):
+        return text.load_tokens(dataset[7:], time=window)
     if dataset not in LAYOUTS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)} or npz:PATH")
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)} or npz:PATH (sequence data: "
+                         "kdjax.data.load_text)")
     return load_cifar10(data_dir, source=source, strict=strict, layout=LAYOUTS[dataset])

@@ -22,6 +22,7 @@ from kdjax.checkpoint import CheckpointMismatchError, RunCheckpoints, saved_iden
 from kdjax.config import (LAYOUT_SETTINGS, RECIPE_WARMUP, ConfigError, ExperimentConfig, OneLineParser, UsageError,
                           add_flags, check_experiment, from_args)
 from kdjax.data import DataNotFoundError, Dataset, Split, channel_statistics, load_dataset
+from kdjax.tasks import CLASSIFICATION
 from kdjax.loop import (Member, MemberResult, Settings, TrainingDivergedError, evaluate_members, model_variables,
                         program_name, reads_teacher,
                         train_members, unrolls)
@@ -60,13 +61,13 @@ def fingerprint(value: Any) -> str:
 
 def network(name: str, data: Dataset) -> Network:
     """The network `--teacher` or `--student` names, for `data`'s images and classes (built once per process)."""
-    return _network(name, data.num_classes, data.image_shape)
+    return _network(name, data.num_classes, data.input_shape)
 
 
 @functools.cache
-def _network(name: str, num_classes: int, image_shape: tuple[int, ...]) -> Network:
+def _network(name: str, num_classes: int, input_shape: tuple[int, ...]) -> Network:
     try:
-        return zoo.network(name, num_classes=num_classes, input_shape=image_shape)
+        return zoo.network(name, num_classes=num_classes, input_shape=input_shape)
     except ValueError as error:
         raise ConfigError(str(error)) from None
 
@@ -88,7 +89,8 @@ def check_networks(config: ExperimentConfig, data: Dataset) -> None:
 
 
 def load_data(config: ExperimentConfig) -> Dataset:
-    data = load_dataset(config.dataset, config.data_dir, source=config.data_source)  # type: ignore[arg-type]
+    data = load_dataset(config.dataset, config.data_dir, source=config.data_source,  # type: ignore[arg-type]
+                        window=config.window)
     for flag, size, available in (("--train-size", config.train_size, len(data.train)),
                                   ("--test-size", config.test_size, len(data.test))):
         if size is not None and size > available:
@@ -210,8 +212,7 @@ def student_data(config: ExperimentConfig, data: Dataset) -> tuple[Dataset, Spli
     if not config.validation_size:
         return data, None
     keep = len(data.train) - config.validation_size
-    images, labels = data.train.images, data.train.labels
-    return dataclasses.replace(data, train=Split(images[:keep], labels[:keep])), Split(images[keep:], labels[keep:])
+    return dataclasses.replace(data, train=data.train.rows(slice(0, keep))), data.train.rows(slice(keep, None))
 
 
 def train_students(config: ExperimentConfig, data: Dataset, checkpoints: Checkpoints,
@@ -288,10 +289,13 @@ def parse_config(name: str, argv: list[str] | None) -> ExperimentConfig:
             "all": "The whole tutorial: the teacher, then the four students",
             "methods": "Every registered method's student from one teacher, seeds paired across methods",
             "baseline": "The student (--student, LightNN by default) with CE alone"}
-    parser = OneLineParser(
-        prog=f"python -m kdjax.experiments.{name}",
-        description=f"{what.get(name) or methods.get(name).summary} on CIFAR-10 (or --dataset), with the PyTorch "
-                    "Knowledge Distillation Tutorial's settings by default.")
+    if name == "lm":
+        description = ("CE, KD and GKD students of a causal language model from one teacher, seeds paired across "
+                       "methods, on Python's help text (or --dataset text:PATH / tokens:PATH) with the char-lm recipe.")
+    else:
+        description = (f"{what.get(name) or methods.get(name).summary} on CIFAR-10 (or --dataset), with the PyTorch "
+                       "Knowledge Distillation Tutorial's settings by default.")
+    parser = OneLineParser(prog=f"python -m kdjax.experiments.{name}", description=description)
     add_flags(parser, name)
     return from_args(name, parser.parse_args(argv)).validate()
 
@@ -319,8 +323,9 @@ def run(name: str, argv: list[str] | None = None) -> int:
             raise DataNotFoundError(str(error)) from error
         check_networks(config, data)  # traces the networks: after the backends' set-up above
         config = with_recipe_warmup(config, len(data.train))
-        if config.normalize == "dataset" or (config.normalize == "auto" and data.name != "cifar10"):
-            config = dataclasses.replace(config, normalization=channel_statistics(data.train.images))
+        images = data.task is CLASSIFICATION
+        if images and (config.normalize == "dataset" or (config.normalize == "auto" and data.name != "cifar10")):
+            config = dataclasses.replace(config, normalization=channel_statistics(data.train.inputs))
             log(f"normalization: the training images' mean {config.normalization[0]}, std {config.normalization[1]}")
         start = time.perf_counter()
         taught, (learners, validation) = teacher_data(config, data), student_data(config, data)
@@ -338,7 +343,7 @@ def run(name: str, argv: list[str] | None = None) -> int:
         else:
             teacher_results = []
             students = train_students(config, learners, student_checkpoints, None, validation)
-        outputs = {**dataclasses.asdict(config), "machine": machine_line(),
+        outputs = {**dataclasses.asdict(config), "task": data.task.name, "machine": machine_line(),
                    "seconds_this_invocation": time.perf_counter() - start}
         run_dir = pathlib.Path(config.output_dir) / f"{name}-{fingerprint(run_identity(config))}"
         if jax.process_index() == 0:
@@ -357,7 +362,7 @@ def run(name: str, argv: list[str] | None = None) -> int:
 # Settings added after runs were first written: left out of identities at their defaults, so those runs keep theirs.
 TRAINING_SETTINGS = ("optimizer", "momentum", "nesterov", "weight_decay", "schedule", "milestones", "decay_factor",
                      "warmup_epochs", "normalization")
-LATER_SETTINGS = frozenset({"teacher", "student", "recipe", "normalize", "method_defaults", "dataset", "baseline",
+LATER_SETTINGS = frozenset({"teacher", "student", "recipe", "normalize", "method_defaults", "dataset", "baseline", "window",
                             *TRAINING_SETTINGS})
 
 

@@ -9,17 +9,21 @@ the network's state), parameters named after the PyTorch definition's `state_dic
 (`kdjax.convert.from_torch` loads the benchmarks' checkpoints) and the roles the methods read:
 `feature_map` (the last stage's output), `pooled` (the penultimate vector), `stageK` and,
 where the references take them, `preactK` (before the last ReLU). They take 32x32 RGB images.
+
+The language models (`kdjax.zoo.language`, `causal_conv_*`) take token ids `[batch, time]`
+and give next-token logits `[batch, time, vocab]`; `num_classes` is the vocabulary size.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+import jax.numpy as jnp
 from flax import linen as nn
 
 from kdjax.models import IMAGE_SHAPE
 from kdjax.network import Network, linen_network, tutorial_student, tutorial_teacher
-from kdjax.zoo import mobilenetv2, resnet, shufflenet, vgg, wrn
+from kdjax.zoo import language, mobilenetv2, resnet, shufflenet, vgg, wrn
 
 TUTORIAL = {"deepnn": tutorial_teacher, "lightnn": tutorial_student}
 # name -> (module constructor taking num_classes, roles)
@@ -29,6 +33,7 @@ ZOO: dict[str, tuple[Callable[..., nn.Module], Mapping[str, str]]] = {
     **{name: (make, vgg.roles(name)) for name, make in vgg.NETWORKS.items()},
     **{name: (make, mobilenetv2.ROLES) for name, make in mobilenetv2.NETWORKS.items()},
     **{name: (make, shufflenet.ROLES) for name, make in shufflenet.NETWORKS.items()},
+    **{name: (make, {}) for name, make in language.NETWORKS.items()},
 }
 
 
@@ -45,8 +50,9 @@ def module(name: str, *, num_classes: int = 10) -> nn.Module:
 
 
 def network(name: str, *, num_classes: int = 10, input_shape: tuple[int, ...] = IMAGE_SHAPE) -> Network:
-    """The network called `name` (see `names()`), with a head of `num_classes`, for images of `input_shape`
-    (`[height, width, channels]`: the zoo's networks take any, the tutorial's 32x32x3 only)."""
+    """The network called `name` (see `names()`), with a head of `num_classes`, for examples of `input_shape`
+    (images `[height, width, channels]`: the zoo's networks take any, the tutorial's 32x32x3 only; a
+    language model's `[time]`)."""
     input_shape = tuple(input_shape)
     if name in TUTORIAL:
         if input_shape != IMAGE_SHAPE:
@@ -55,6 +61,14 @@ def network(name: str, *, num_classes: int = 10, input_shape: tuple[int, ...] = 
         return TUTORIAL[name](num_classes=num_classes)
     if name not in ZOO:
         raise ValueError(f"unknown network {name!r}; known: {', '.join(names())}")
+    is_language_model = name in language.NETWORKS
+    if is_language_model != (len(input_shape) == 1):
+        wanted = "token windows [time]" if is_language_model else "images [height, width, channels]"
+        raise ValueError(f"{name} takes {wanted}, but the data's examples have shape {input_shape}; pick a "
+                         f"{'zoo image network' if is_language_model else 'language model (causal_conv_*)'}")
+    if is_language_model:
+        return linen_network(module(name, num_classes=num_classes), input_shape=input_shape, roles={},
+                             train_argument=None, name=name, input_dtype=jnp.int32)
     return linen_network(module(name, num_classes=num_classes), input_shape=input_shape, roles=ZOO[name][1],
                          name=name)
 

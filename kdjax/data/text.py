@@ -1,0 +1,87 @@
+"""Sequences for next-token language modelling: a token array or a text file cut into windows.
+
+A window is `time + 1` consecutive tokens: its first `time` are the inputs, its last `time`
+the labels (the next token at each position). Windows start every `stride` tokens (default
+`time`: they tile the text without overlap). The last `test_fraction` of the tokens, taken
+before cutting, is the test split, so no test window shares a token with a training one.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import time as clock
+
+import numpy as np
+
+from kdjax.data.formats import Split
+from kdjax.data.sources import DataNotFoundError, Dataset
+
+PYTHON_TEXT = "python-docs"  # CPython's own help text (`pydoc_data.topics`, ~465k characters, ships with Python)
+
+
+def windows(tokens: np.ndarray, time: int, stride: int | None = None) -> Split:
+    """Token windows `[n, time]` and next-token labels `[n, time]` from `tokens` `[length]`."""
+    stride = time if stride is None else stride
+    if time < 1 or stride < 1:
+        raise ValueError(f"window length and stride must be positive, got {time} and {stride}")
+    if len(tokens) < time + 1:
+        raise ValueError(f"{len(tokens):,} tokens cannot fill one window of {time} + 1; use a shorter --window")
+    starts = np.arange(0, len(tokens) - time, stride)
+    cut = tokens[starts[:, None] + np.arange(time + 1)[None, :]].astype(np.int32)
+    return Split(cut[:, :-1], cut[:, 1:])
+
+
+def from_tokens(tokens: np.ndarray, *, time: int, vocab_size: int | None = None, stride: int | None = None,
+                test_fraction: float = 0.1, name: str = "tokens") -> Dataset:
+    """A next-token data set from `tokens` `[length]` integers in `[0, vocab_size)` (default: the largest + 1)."""
+    start = clock.perf_counter()
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"{name}: tokens must be integers [length], got {tokens.dtype} {tokens.shape}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"{name}: test_fraction must be in (0, 1), got {test_fraction}")
+    vocab_size = int(tokens.max(initial=-1)) + 1 if vocab_size is None else vocab_size
+    cut = int(round(len(tokens) * (1 - test_fraction)))
+    train, test = windows(tokens[:cut], time, stride), windows(tokens[cut:], time)
+    return Dataset(train, test, name, clock.perf_counter() - start, vocab_size, name)
+
+
+def python_text() -> str:
+    from pydoc_data import topics
+
+    return "\n".join(topics.topics[name] for name in sorted(topics.topics))
+
+
+def load_text(path: str | os.PathLike | None = None, *, time: int = 128, stride: int | None = None,
+              test_fraction: float = 0.1) -> Dataset:
+    """A character-level data set: the UTF-8 text at `path` (default: Python's help text), one token per
+    distinct character, numbered in sorted order."""
+    if path is None:
+        text, name = python_text(), PYTHON_TEXT
+    else:
+        path = pathlib.Path(path).expanduser()
+        if not path.is_file():
+            raise DataNotFoundError(f"text file {path} does not exist")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        name = f"text {path}"
+    alphabet = sorted(set(text))
+    ids = np.searchsorted(np.array(alphabet), np.array(list(text))).astype(np.int32)
+    return from_tokens(ids, time=time, vocab_size=len(alphabet), stride=stride, test_fraction=test_fraction,
+                       name=name)
+
+
+def load_tokens(path: str | os.PathLike, *, time: int = 128, stride: int | None = None,
+                test_fraction: float = 0.1) -> Dataset:
+    """A next-token data set from an `.npy` file of token ids `[length]` (loaded without pickle)."""
+    path = pathlib.Path(path).expanduser()
+    if not path.is_file():
+        raise DataNotFoundError(f"token file {path} does not exist")
+    try:
+        tokens = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable .npy array of token ids ({error})") from None
+    return from_tokens(tokens, time=time, stride=stride, test_fraction=test_fraction, name=f"tokens {path}")
