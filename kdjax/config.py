@@ -39,7 +39,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # char-lm: next-token distillation on Python's help text, character-level (vocabulary 103), windows of 128;
     # Adam 3e-3, batch 32; KD at T = 1 weighted as GKD (CE 0.5 + 0.5), so that the two divergences compare.
     "char-lm": {"dataset": "text", "teacher": "causal_conv_128x5", "student": "causal_conv_32x2",
-                "optimizer": "adam", "learning_rate": 3e-3, "batch_size": 32, "epochs": 3, "augment": "none",
+                "optimizer": "adam", "learning_rate": 3e-3, "batch_size": 32, "epochs": 10, "augment": "none",
                 "method_defaults": (("kd", (("aux_weight", 0.5), ("ce_weight", 0.5), ("temperature", 1.0))),)},
 }
 RECIPE_WARMUP = {"cifar-kd": ("dkd", "warmup_steps", 20 / 240)}  # recipe -> (method, hyperparameter, of training)
@@ -106,6 +106,7 @@ class ExperimentConfig:
     batch_size: int = Settings.batch_size
     seeds: tuple[int, ...] = (42,)  # each seed is a member: initial weights, data order and dropout
     teacher_seed: int = 42  # the teacher the students learn from
+    teacher_weights: str | None = None  # a trained teacher's PyTorch state_dict (.pth/.pt, or .npz): not trained here
     methods: tuple[str, ...] = ()  # `methods` experiment only: which methods (empty: every registered one)
     hyperparameters: tuple[tuple[str, float], ...] = ()  # overrides of the methods' defaults
     method_defaults: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()  # a recipe's: method -> values
@@ -211,6 +212,10 @@ class ExperimentConfig:
              f"--dataset: unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}, npz:PATH, text, "
              "text:PATH or tokens:PATH"),
             (self.window >= 1, f"--window must be >= 1, got {self.window}"),
+            (self.teacher_weights is None or pathlib.Path(self.teacher_weights).expanduser().is_file(),
+             f"--teacher-weights {self.teacher_weights} is not a file"),
+            (self.teacher_weights is None or pathlib.Path(self.teacher_weights).suffix in (".pth", ".pt", ".npz"),
+             f"--teacher-weights {self.teacher_weights}: expected a PyTorch .pth/.pt or an .npz of its state_dict"),
             (not self.sequence_data or self.augment == "none",
              f"--augment {self.augment} flips and crops images; next-token data takes --augment none"),
             (len(set(self.seeds)) == len(self.seeds), f"--seeds has a repeated seed: {self.seeds}"),
@@ -287,7 +292,7 @@ _HELP = {
     "recipe": "a published training procedure's settings in one flag (cifar-kd: SGD 0.05 momentum 0.9, weight decay "
               "5e-4, batch 64, 240 epochs, x0.1 at 150/180/210, crop-flip; 0.01 for MobileNetV2/ShuffleNet "
               "students; char-lm, lm's default: Python's help text, causal_conv_128x5 -> causal_conv_32x2, Adam "
-              "3e-3, batch 32, 3 epochs); any flag given overrides it",
+              "3e-3, batch 32, 10 epochs); any flag given overrides it",
     "optimizer": "adam (the tutorial's) or sgd (PyTorch's SGD with momentum)",
     "momentum": "SGD momentum (0: plain SGD)",
     "nesterov": "Nesterov momentum (SGD)",
@@ -312,6 +317,9 @@ _HELP = {
     "methods": "comma-separated methods to train, CE among them for the comparison (default: every registered one)",
     "seeds": "comma-separated seeds, one member each (initial weights, data order, dropout); same seed = paired",
     "teacher_seed": "seed of the teacher the students learn from",
+    "teacher_weights": "the students learn from this trained --teacher instead of training one: its PyTorch "
+                       "state_dict (a .pth/.pt as RepDistiller and mdistiller release them, read with torch; or an "
+                       ".npz of the same keys and arrays, which needs no torch)",
     "teacher_augment": "augmentation of the teacher's own training (default: --augment)",
     "data_source": "auto (local if --data-dir/$KDJAX_DATA_DIR is set, else tensorflow-datasets), local or tfds",
     "data_dir": "local copy of the --dataset: cifar-10-batches-bin/-py (cifar-100-binary/-python), their .tar.gz, "
@@ -382,7 +390,8 @@ def add_flags(parser: argparse.ArgumentParser, experiment: str) -> None:
     defaults = ExperimentConfig()
     skip = {"name", "hyperparameters", "sweep", "seeds", "methods", "normalization", "method_defaults"}
     if experiment == "teacher":
-        skip |= {"student", "baseline", "teacher_epochs", "teacher_seed", "teacher_augment", "cache", "validation_size"}
+        skip |= {"student", "baseline", "teacher_epochs", "teacher_seed", "teacher_augment", "cache", "validation_size",
+                 "teacher_weights"}
     parser.add_argument("--seeds", type=_seeds, default=defaults.seeds, help=f"{_HELP['seeds']} (default: 42)")
     if experiment in ("methods", "lm"):
         parser.add_argument("--methods", type=_names, default=(), help=_HELP["methods"])

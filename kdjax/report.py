@@ -326,7 +326,9 @@ def summary(config: dict[str, Any], teacher: Sequence[MemberResult], students: S
         accuracies = ", ".join(f"{score.text(score.of(r))}{' bits per token' * score.lower_is_better} "
                                f"(seed {r.member.seed})" for r in teacher)
         epochs = len(teacher[0].history)
-        line = f"Teacher: {teacher[0].network}, {accuracies} after {epochs} epoch{'s' * (epochs != 1)}"
+        trained = (f"from {config['teacher_weights']}" if config.get("teacher_weights")
+                   else f"after {epochs} epoch{'s' * (epochs != 1)}")
+        line = f"Teacher: {teacher[0].network}, {accuracies} {trained}"
         if teacher[0].view_accuracy is not None:
             augment = config.get("augment", "augmented")
             line += f"; {teacher[0].view_accuracy:.2f}% on one {augment} view of each test image"

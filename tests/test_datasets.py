@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from cifar_fakes import add_member
 
-from kdjax.data import Dataset, from_arrays, load_dataset, load_npz
+from kdjax.data import DataNotFoundError, Dataset, from_arrays, load_cifar10, load_dataset, load_npz
 from kdjax.experiments.common import run
 
 
@@ -120,3 +120,10 @@ def test_a_dataset_checks_its_own_labels():
 
     with pytest.raises(ValueError, match=r"test labels must lie in \[0, 2\)"):
         Dataset(Split(split, np.array([0, 1])), Split(split, np.array([0, 2])), "x", 0.0, 2, "x")
+
+
+def test_a_folder_of_npy_files_is_told_how_to_become_a_data_set(tmp_path):
+    np.save(tmp_path / "x_train.npy", np.zeros((4, 28, 28), np.uint8))
+    with pytest.raises(DataNotFoundError, match=r"holds x_train.npy: .* --dataset npz:FILE") as error:
+        load_cifar10(tmp_path)
+    assert "\n" not in str(error.value)

@@ -274,3 +274,25 @@ def test_ctrl_c_saves_where_training_stands_then_the_rerun_resumes_there(tmp_pat
                            cwd=tmp_path)
     saved = int(out.split("saved epoch 2, batch ")[1].split(" ")[0])
     assert 0 < saved < 188 and f"resuming at epoch 2, batch {saved} " in rerun.stdout
+
+
+def test_students_learn_from_a_converted_pytorch_teacher(tmp_path, full_size_copy, capsys):
+    """--teacher-weights: a state_dict in PyTorch's layout (.npz here: the tests never import torch) is the teacher;
+    nothing trains it, and the accuracy logged is that of its weights on the test images."""
+    from kdjax import convert, zoo
+    from kdjax.data import load_cifar10, normalize
+
+    net = zoo.network("resnet8", num_classes=10)
+    params, state = net.init(jax.random.key(3))
+    np.savez(tmp_path / "resnet8.npz", **convert.zoo_to_torch({"params": params, **state}))
+    weights = ["--teacher-weights", str(tmp_path / "resnet8.npz"), "--student", "resnet8"]
+    assert run("kd", _flags(tmp_path, full_size_copy, "--teacher", "resnet8", *weights)) == 0
+    out = capsys.readouterr().out
+    assert "teacher epoch" not in out
+    test = load_cifar10(full_size_copy, strict=False).test.take(64)
+    logits, _, _ = net.forward(params, state, normalize(jax.numpy.asarray(test.inputs)), train=False)
+    expected = 100 * np.mean(np.argmax(logits, -1) == test.labels)
+    assert f"teacher: resnet8 from {tmp_path / 'resnet8.npz'}, test accuracy {expected:.2f}%" in out
+    assert run("kd", _flags(tmp_path, full_size_copy, "--teacher", "resnet20", *weights)) == 1  # another network's
+    err = capsys.readouterr().err.strip()
+    assert "does not match resnet20" in err and "\n" not in err

@@ -87,6 +87,12 @@ def _load_from_dir(path: pathlib.Path, strict: bool, layout: Layout = CIFAR10) -
     if path.is_dir() and tfds_source.is_tfds_dir(path, layout.name):
         train, test = tfds_source.read_tfds(path, download=False, name=layout.name)
         return train, test, f"tfds {path}"
+    arrays = sorted(p.name for p in path.iterdir() if p.suffix in (".npy", ".npz"))[:4] if path.is_dir() else []
+    if arrays:
+        raise DataNotFoundError(
+            f"no {layout.title} found in {path}, which holds {', '.join(arrays)}: for your own images save one .npz "
+            "(np.savez(FILE, x_train=..., y_train=..., x_test=..., y_test=...)) and pass --dataset npz:FILE; for "
+            "token ids, --dataset tokens:FILE.npy")
     raise DataNotFoundError(f"no {layout.title} found in {path}. {_how_to_point(layout)}")
 
 

@@ -31,7 +31,7 @@ from kdjax.network import Network
 from kdjax.parallel import batch_mesh
 from kdjax.report import write_run
 from kdjax.teacher_cache import compute_teacher_cache
-from kdjax.train import build_objective
+from kdjax.train import TrainState, build_objective
 
 FORMAT = 2  # checkpoint layout: params {"model", "adapter"}, stacked [members, ...]
 
@@ -202,6 +202,61 @@ def train_teacher(config: ExperimentConfig, data: Dataset, checkpoints: Checkpoi
     return results, states
 
 
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+    """A PyTorch `state_dict` from a `.pth`/`.pt` (also mdistiller's `{"model": ...}`; needs torch) or an `.npz`."""
+    path = pathlib.Path(path).expanduser()
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return {key: archive[key] for key in archive.files}
+        try:
+            import torch
+        except ImportError:
+            raise ConfigError(f"--teacher-weights {path}: reading a .pth needs torch (pip install torch), or save "
+                              "the state_dict as an .npz: np.savez(FILE, **{k: v.numpy() for k, v in "
+                              "state_dict.items()})") from None
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ConfigError(f"--teacher-weights {path}: not a readable state_dict ({error})") from None
+    for key in ("model", "state_dict"):  # mdistiller's and Lightning-style wrappers
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+    return {key: value.numpy() for key, value in checkpoint.items() if hasattr(value, "numpy")}
+
+
+def load_teacher(config: ExperimentConfig, data: Dataset) -> tuple[list[MemberResult], Any]:
+    """The `--teacher-weights` teacher: (its result on the test split, its variables stacked as one member)."""
+    from kdjax import convert
+
+    teacher = network(config.teacher, data)
+    state_dict = read_state_dict(config.teacher_weights)
+    try:
+        if config.teacher in zoo.TUTORIAL:
+            variables = dict(convert.from_torch(state_dict))
+        else:
+            variables = dict(convert.zoo_from_torch(config.teacher, state_dict, num_classes=data.num_classes))
+    except (ValueError, KeyError) as error:
+        raise ConfigError(f"--teacher-weights {config.teacher_weights} for --teacher {config.teacher}: "
+                          f"{str(error).splitlines()[0]}") from None
+    params = variables.pop("params")
+    states = TrainState(step=jnp.zeros((1,), jnp.int32), apply_fn=None, params={"model": _stacked(params)}, tx=None,
+                        opt_state=None, model_state={"model": _stacked(variables)})
+    objective = build_objective(methods.get("ce"), teacher)
+    settings = config.settings(teacher=True)
+    mesh = batch_mesh(settings.devices or None)
+    accuracy, loss = evaluate_members(objective, states, data.test, settings.batch_size, unrolls(settings, mesh),
+                                      mesh, normalization=settings.normalization)
+    parameters = sum(leaf.size for leaf in jax.tree.leaves(params))
+    log(f"teacher: {config.teacher} from {config.teacher_weights}, test accuracy {accuracy[0]:.2f}%")
+    result = MemberResult(Member.of("ce", config.teacher_seed), teacher.name, parameters, float(accuracy[0]),
+                          float(loss[0]), 0.0, 0.0, [])
+    return [result], states
+
+
+def _stacked(tree: Any) -> Any:
+    return jax.tree.map(lambda leaf: jnp.asarray(leaf)[None], tree)
+
+
 def teacher_data(config: ExperimentConfig, data: Dataset) -> Dataset:
     """What the teacher learns from: the labelled images alone under `--labelled-size`."""
     return data.subset(config.labelled_size) if config.labelled_size else data
@@ -335,7 +390,10 @@ def run(name: str, argv: list[str] | None = None) -> int:
             teacher_results, _ = train_teacher(config, taught, teacher_checkpoints, config.seeds)
             students = []
         elif config.needs_teacher:
-            teacher_results, states = train_teacher(config, taught, teacher_checkpoints)
+            if config.teacher_weights:
+                teacher_results, states = load_teacher(config, data)
+            else:
+                teacher_results, states = train_teacher(config, taught, teacher_checkpoints)
             if config.augment != "none":
                 teacher_results = with_view_accuracy(config, data, teacher_results, states)
             students = train_students(config, learners, student_checkpoints,
