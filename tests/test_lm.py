@@ -85,7 +85,7 @@ def test_language_models_refuse_images_and_image_networks_refuse_tokens():
 
 def _train(tmp, members, data, name):
     student = zoo.network("causal_conv_32x2", num_classes=VOCAB, input_shape=(TIME,))
-    teacher = zoo.network("causal_conv_128x5", num_classes=VOCAB, input_shape=(TIME,))
+    teacher = zoo.network("causal_conv_32x2", num_classes=VOCAB, input_shape=(TIME,))  # any network can teach
     teacher_variables = teacher.init(jax.random.key(7))
     settings = Settings(epochs=1, batch_size=16, learning_rate=3e-3, save_every_steps=0)
     return train_members(members, student, data.train, data.test, settings,
@@ -132,6 +132,7 @@ def test_init_states_feed_token_ids():
 def test_the_lm_command_reports_bits_per_token_with_intervals_over_paired_seeds(tmp_path, capsys):
     np.save(tmp_path / "tokens.npy", _tokens(3000))
     flags = ["--dataset", f"tokens:{tmp_path / 'tokens.npy'}", "--window", str(TIME), "--seeds", "0,1,2",
+             "--teacher", "causal_conv_32x2",
              "--epochs", "1", "--batch-size", "16", "--checkpoint-dir", str(tmp_path / "ck"),
              "--output-dir", str(tmp_path / "runs")]
     assert run("lm", flags) == 0

@@ -141,7 +141,7 @@ def test_step_rejects_missing_teacher_and_bad_batches():
     with pytest.raises(ValueError, match="needs the teacher's outputs"):
         train_step(state, _batch(0), jax.random.key(0), None, methods.get("kd").resolve(), objective=objective)
     bad = {"inputs": jnp.zeros((4, 3, 32, 32)), "label": jnp.zeros((4,), jnp.int32)}
-    with pytest.raises(ValueError, match=r"LightNN takes image \[batch, 32, 32, 3\]"):
+    with pytest.raises(ValueError, match=r"LightNN takes inputs \[batch, 32, 32, 3\] and label \[batch\]"):
         train_step(state, bad, jax.random.key(0), None, {}, objective=_objective("ce"))
     with pytest.raises(ValueError, match="needs a teacher network"):
         build_objective(methods.get("kd"), tutorial_student())
