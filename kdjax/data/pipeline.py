@@ -6,7 +6,8 @@ calls inside its train step; `ResidentLoader` for evaluation), so a step costs n
 beyond passing its index.
 
 A batch is `{"inputs": [b, 32, 32, 3] float32, "label": [b] int32, "mask": [b] bool,
-"index": [b] int32}` (token windows: `inputs`, `label` and `mask` `[b, time]`, see `kdjax.tasks`), `index` being each example's position in the split. `augment_batch` crops
+"index": [b] int32}` (token windows: `inputs`, `label` and `mask` `[b, time]`, see `kdjax.tasks`),
+`index` being each example's position in the split. `augment_batch` crops
 (optionally) and mirrors each image at random, drawn from (key, epoch, batch). The
 last batch of an epoch is padded to the full batch size and `mask` marks the real examples
 (50,000 = 390 * 128 + 80, so the tutorial's last 80 images are trained on without a
