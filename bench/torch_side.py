@@ -22,7 +22,7 @@ import zoo_torch  # noqa: E402 - the benchmarks' CIFAR networks, restated for th
 
 from bench.common import (BATCH, STEP_CASES, ZOO_CASES, batch_size, median_rate, run_side, side_parser,
                           steps_per_window, synthetic_split)
-from kdjax.data.pipeline import MEAN, STD
+from kdjax.data.normalization import MEAN, STD
 
 MODELS = {  # case -> (student class, teacher class, loss body)
     "teacher_ce": (tut.DeepNN, None, tut.loss_ce),

@@ -12,6 +12,7 @@ from typing import Any
 
 from kdjax import methods
 from kdjax.data import DATASETS
+from kdjax.data.normalization import CHOICES as NORMALIZE_CHOICES, HELP as NORMALIZE_HELP
 from kdjax.loop import AUGMENTATIONS, MEMBER_BATCHING, Settings
 from kdjax.optimizers import OPTIMIZERS, SCHEDULES
 
@@ -22,7 +23,8 @@ GROUPS = {"all": TUTORIAL_STUDENTS, "methods": ("ce", *(name for name in methods
 DEFAULT_RECIPES = {"lm": "char-lm"}  # experiment -> the recipe it runs unless --recipe names another
 # Flags that decide where a run writes or how its members are laid out, not its results.
 LAYOUT_SETTINGS = frozenset({"checkpoint_dir", "output_dir", "restart", "distributed", "devices",
-                             "members_per_program", "member_batching", "cache", "save_every_steps"})
+                             "members_per_program", "member_batching", "cache", "save_every_steps",
+                             "log_every_steps", "export_weights"})
 # Experiment name -> method trained; `teacher` trains DeepNN, the others LightNN.
 EXPERIMENTS = {"teacher": "ce", "baseline": "ce", **{name: name for name in methods.METHODS if name != "ce"}}
 
@@ -99,14 +101,15 @@ class ExperimentConfig:
     warmup_epochs: float = Settings.warmup_epochs
     dataset: str = "cifar10"  # cifar10 | cifar100 | npz:PATH | text | text:PATH | tokens:PATH
     window: int = 128  # tokens per example of sequence data (text, tokens)
-    # imagenet: the tutorial's Normalize; dataset: the training split's own statistics; auto: imagenet for CIFAR-10
-    normalize: str = "auto"
-    # (mean, std) per channel with `normalize=dataset`: computed when the data loads, then recorded here
+    num_classes: int | None = None  # the class count (vocabulary size); None: the data set's own, or the largest + 1
+    normalize: str = "auto"  # one of kdjax.data.normalization.CHOICES; auto: see its HELP
+    # (mean, std) per channel: resolved when the data loads (`normalization.choose`), then recorded here
     normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     batch_size: int = Settings.batch_size
     seeds: tuple[int, ...] = (42,)  # each seed is a member: initial weights, data order and dropout
     teacher_seed: int = 42  # the teacher the students learn from
     teacher_weights: str | None = None  # a trained teacher's PyTorch state_dict (.pth/.pt, or .npz): not trained here
+    export_weights: str | None = None  # `teacher` only: write the trained teacher's state_dict to this .npz
     methods: tuple[str, ...] = ()  # `methods` experiment only: which methods (empty: every registered one)
     hyperparameters: tuple[tuple[str, float], ...] = ()  # overrides of the methods' defaults
     method_defaults: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()  # a recipe's: method -> values
@@ -123,6 +126,7 @@ class ExperimentConfig:
     baseline: bool = False  # also train (or restore) CE students of the same seeds and compare with them
     augment: str = Settings.augment
     save_every_steps: int = Settings.save_every_steps
+    log_every_steps: int = Settings.log_every_steps
     devices: int = Settings.devices
     members_per_program: int = Settings.members_per_program
     member_batching: str = Settings.member_batching
@@ -152,7 +156,8 @@ class ExperimentConfig:
                         weight_decay=self.weight_decay, schedule=self.schedule, milestones=self.milestones,
                         decay_factor=self.decay_factor, warmup_epochs=self.warmup_epochs,
                         normalization=self.normalization or Settings.normalization,
-                        save_every_steps=self.save_every_steps, augment=augment, devices=self.devices,
+                        save_every_steps=self.save_every_steps, log_every_steps=self.log_every_steps,
+                        augment=augment, devices=self.devices,
                         member_batching=self.member_batching, members_per_program=self.members_per_program,
                         labelled=None if teacher or self.name == "teacher" else self.labelled_size)
 
@@ -206,12 +211,15 @@ class ExperimentConfig:
              f"--milestones must be increasing epochs > 0, got {','.join(map(str, self.milestones))}"),
             (0 < self.decay_factor <= 1, f"--decay-factor must be in (0, 1], got {self.decay_factor}"),
             (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
-            (self.normalize in ("auto", "imagenet", "dataset"),
-             f"--normalize must be auto, imagenet or dataset, got {self.normalize!r}"),
+            (self.normalize in NORMALIZE_CHOICES,
+             f"--normalize must be one of {', '.join(NORMALIZE_CHOICES)}, got {self.normalize!r}"),
+            (self.num_classes is None or self.num_classes >= 1, f"--num-classes must be >= 1, got {self.num_classes}"),
             (self.dataset in DATASETS or self.dataset.startswith("npz:") or self.sequence_data,
              f"--dataset: unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}, npz:PATH, text, "
              "text:PATH or tokens:PATH"),
             (self.window >= 1, f"--window must be >= 1, got {self.window}"),
+            (self.export_weights is None or pathlib.Path(self.export_weights).suffix == ".npz",
+             f"--export-weights {self.export_weights}: the weights are written as an .npz; name the file FILE.npz"),
             (self.teacher_weights is None or pathlib.Path(self.teacher_weights).expanduser().is_file(),
              f"--teacher-weights {self.teacher_weights} is not a file"),
             (self.teacher_weights is None or pathlib.Path(self.teacher_weights).suffix in (".pth", ".pt", ".npz"),
@@ -229,6 +237,7 @@ class ExperimentConfig:
              f"--labelled-size: {', '.join(n for n in self.student_methods if methods.get(n).uses_labels)} reads "
              "every example's label, which unlabelled examples lack; leave it out of partly labelled runs"),
             (self.save_every_steps >= 0, f"--save-every-steps must be >= 0, got {self.save_every_steps}"),
+            (self.log_every_steps >= 0, f"--log-every-steps must be >= 0, got {self.log_every_steps}"),
             (self.data_source in ("auto", "local", "tfds"),
              f"--data-source must be auto, local or tfds, got {self.data_source!r}"),
             (self.devices >= 0, f"--devices must be >= 0 (0: all devices), got {self.devices}"),
@@ -253,7 +262,9 @@ class ExperimentConfig:
                 raise ConfigError(f"--data-dir {self.data_dir} does not exist")
             if not os.access(path, os.R_OK):
                 raise ConfigError(f"--data-dir {self.data_dir} is not readable")
-        for flag, directory in (("--checkpoint-dir", self.checkpoint_dir), ("--output-dir", self.output_dir)):
+        for flag, directory in (("--checkpoint-dir", self.checkpoint_dir), ("--output-dir", self.output_dir),
+                                *((("--export-weights", pathlib.Path(self.export_weights).expanduser().parent),)
+                                  if self.export_weights else ())):
             _check_writable(flag, pathlib.Path(directory))
         return self
 
@@ -301,8 +312,9 @@ _HELP = {
     "milestones": "comma-separated epochs at which the step schedule decays",
     "decay_factor": "the step schedule's factor per milestone",
     "warmup_epochs": "scale the learning rate up linearly over this many epochs",
-    "normalize": "per-channel normalisation: imagenet (the tutorial's mean and std), dataset (the training "
-                 "split's own, computed when the data loads) or auto (imagenet for CIFAR-10, else dataset)",
+    "normalize": NORMALIZE_HELP,
+    "num_classes": "the class count (vocabulary size of token data); labels must lie in [0, N) (default: the data "
+                   "set's own, or the largest label + 1)",
     "dataset": "cifar10, cifar100 (fine labels; from --data-dir or tensorflow-datasets), npz:PATH (x_train, "
                "y_train, x_test, y_test: uint8 or float [n, h, w(, c)] images, integer labels), or next-token data: "
                "text (Python's help text), text:PATH (a UTF-8 file, one token per character) or tokens:PATH (an .npy "
@@ -321,6 +333,8 @@ _HELP = {
                        "state_dict (a .pth/.pt as RepDistiller and mdistiller release them, read with torch; or an "
                        ".npz of the same keys and arrays, which needs no torch)",
     "teacher_augment": "augmentation of the teacher's own training (default: --augment)",
+    "export_weights": "write the trained teacher's weights to this .npz in PyTorch state_dict names (first seed), "
+                      "which --teacher-weights reads",
     "data_source": "auto (local if --data-dir/$KDJAX_DATA_DIR is set, else tensorflow-datasets), local or tfds",
     "data_dir": "local copy of the --dataset: cifar-10-batches-bin/-py (cifar-100-binary/-python), their .tar.gz, "
                 "a tfds data dir, or a folder holding one",
@@ -339,6 +353,8 @@ _HELP = {
                "left-right, crop-flip also takes random 32x32 crops of the 4-pixel padded image; "
                "--augment alone means flip",
     "save_every_steps": "also checkpoint every N steps inside an epoch (0: only at epoch ends)",
+    "log_every_steps": "where the output is no terminal, a progress line (step, images/s, time left) every N steps "
+                       "(0: none; a terminal shows a progress bar)",
     "devices": "train data-parallel on the first N devices, the batch split between them (0: all devices)",
     "members_per_program": "at most N members per compiled program (0: as many as fit in memory)",
     "member_batching": "how members share a program: unroll (one after another), vmap, or auto (unroll on CPU)",
@@ -353,32 +369,38 @@ def check_experiment(name: str) -> None:
         raise ConfigError(f"unknown experiment {name!r}; choose from {', '.join([*EXPERIMENTS, *GROUPS])}")
 
 
-def _seeds(text: str) -> tuple[int, ...]:
+def _items(text: str, what: str) -> list[str]:
+    """The comma-separated items of `text`; an empty item (`0,,1`, a trailing comma) is an error."""
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"takes comma-separated {what} without empty items, got {text!r}")
+    return items
+
+
+def _integers(text: str, what: str) -> tuple[int, ...]:
     try:
-        values = tuple(int(item) for item in text.split(",") if item.strip())
+        return tuple(int(item) for item in _items(text, what))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"takes comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("needs at least one seed")
-    return values
+        raise argparse.ArgumentTypeError(f"takes comma-separated {what}, got {text!r}") from None
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    return _integers(text, "integers")
 
 
 def _epochs(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(item) for item in text.split(",") if item.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"takes comma-separated epochs, got {text!r}") from None
+    return _integers(text, "epochs")
 
 
 def _names(text: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(",") if item.strip())
+    return tuple(_items(text, "names"))
 
 
 def _grid_axis(text: str) -> tuple[str, tuple[float, ...]]:
     name, _, values = text.partition("=")
     try:
-        parsed = tuple(float(v) for v in values.split(",") if v.strip())
-    except ValueError:
+        parsed = tuple(float(v) for v in _items(values, "values"))
+    except (ValueError, argparse.ArgumentTypeError):
         parsed = ()
     if not name or not parsed:
         raise argparse.ArgumentTypeError(f"takes NAME=V1,V2,..., got {text!r}")
@@ -389,6 +411,8 @@ def add_flags(parser: argparse.ArgumentParser, experiment: str) -> None:
     """One flag per config field, plus the hyperparameters of the experiment's methods."""
     defaults = ExperimentConfig()
     skip = {"name", "hyperparameters", "sweep", "seeds", "methods", "normalization", "method_defaults"}
+    if experiment != "teacher":
+        skip.add("export_weights")
     if experiment == "teacher":
         skip |= {"student", "baseline", "teacher_epochs", "teacher_seed", "teacher_augment", "cache", "validation_size",
                  "teacher_weights"}
@@ -433,6 +457,8 @@ def from_args(name: str, args: argparse.Namespace) -> ExperimentConfig:
     student = given.get("student", ExperimentConfig.student)
     given.setdefault("recipe", DEFAULT_RECIPES.get(name))
     values = recipe_values(given["recipe"], student) | given
+    if given.get("teacher_weights") and "normalize" not in given:
+        values["normalize"] = "auto"  # a released teacher's own normalisation, not the recipe's data statistics
     values["hyperparameters"] = tuple(sorted((key[3:], value) for key, value in vars(args).items()
                                              if key.startswith("hp_") and value is not None))
     values["sweep"] = tuple(getattr(args, "sweep", []) or ())

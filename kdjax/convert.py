@@ -182,3 +182,31 @@ def zoo_to_torch(variables: Mapping[str, Any], *, shapes_only: bool = False) -> 
     if shapes_only:
         return {key: shape for key, shape in flat.items() if not key.endswith("num_batches_tracked")}
     return flat
+
+
+def state_dict(name: str, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Network `name`'s Flax variables (`{"params": ..., "batch_stats": ...}`) as a PyTorch `state_dict` of numpy
+    arrays: what `--teacher-weights` reads back (`np.savez(FILE, **state_dict(...))`)."""
+    from kdjax import zoo
+
+    return to_torch(variables) if name in zoo.TUTORIAL else zoo_to_torch(variables)
+
+
+def state_dict_shapes(name: str, *, num_classes: int = 10) -> dict[str, tuple[int, ...]]:
+    """The PyTorch `state_dict` keys and shapes that network `name` (the tutorial's or the zoo's) loads from:
+    what `--teacher-weights` expects. `python -m kdjax.convert NAME [CLASSES]` prints them."""
+    from kdjax import zoo
+
+    params, state = zoo.network(name, num_classes=num_classes).init(jax.random.key(0))
+    return {key: tuple(np.shape(value)) for key, value in state_dict(name, {"params": params, **state}).items()
+            if not key.endswith("num_batches_tracked")}
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: python -m kdjax.convert NETWORK [CLASSES]: the state_dict keys and shapes it loads")
+    for key, shape in state_dict_shapes(sys.argv[1], num_classes=int(sys.argv[2]) if len(sys.argv) == 3 else 10
+                                        ).items():
+        print(key, tuple(shape))

@@ -25,7 +25,6 @@ import dataclasses
 import functools
 import itertools
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,15 +35,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh
-from tqdm.auto import tqdm
 
 from kdjax import memory, methods
 from kdjax.checkpoint import Position, RunCheckpoints
 from kdjax.data import ResidentLoader, Split
-from kdjax.data.pipeline import (TUTORIAL_NORMALIZATION, Batch, Normalization, augment_batch, epoch_order,
-                                  gather_batch, num_batches)
+from kdjax.data.normalization import TUTORIAL_NORMALIZATION, Normalization
+from kdjax.data.pipeline import Batch, augment_batch, epoch_order, gather_batch, num_batches
 from kdjax.network import Network
 from kdjax.optimizers import make_optimizer
+from kdjax.progress import EpochProgress
 from kdjax.parallel import batch_mesh, batch_sharding, check_batch_size, replicate
 from kdjax.tasks import NEXT_TOKEN, Task
 from kdjax.train import (Objective, TrainState, build_objective, create_train_state, eval_step, teacher_outputs,
@@ -149,13 +148,14 @@ class Settings:
     milestones: tuple[int, ...] = ()  # epochs, for the step schedule
     decay_factor: float = 0.1
     warmup_epochs: float = 0.0  # linear warm-up of the rate over this many epochs
-    normalization: Normalization = TUTORIAL_NORMALIZATION  # (mean, std) per channel the uint8 images are scaled by
+    normalization: Normalization = TUTORIAL_NORMALIZATION  # (mean, std) per channel of [0, 1] pixels (uint8 / 255)
     save_every_steps: int = 200  # checkpoint cadence inside an epoch, besides every epoch end
     augment: str = "none"  # none | flip | crop-flip (4-pixel padded crops, then flips); per (seed, epoch, batch)
     devices: int = 0  # data-parallel over the first N devices (0: all)
     member_batching: str = "auto"  # auto: unroll on CPU, vmap elsewhere
     members_per_program: int = 0  # 0: as many as fit in the device's memory
     labelled: int | None = None  # only the first N examples' labels count (CE); None: all
+    log_every_steps: int = 100  # a progress line every N steps where the log is no terminal (0: none)
 
 
 @dataclasses.dataclass
@@ -165,11 +165,12 @@ class MemberResult:
     parameters: int  # trainable, adapter included
     test_accuracy: float  # percent, after the last epoch
     test_loss: float  # mean cross-entropy, nats
-    train_seconds: float  # the program's training wall time over all epochs, all invocations
+    train_seconds: float  # the program's training wall time over all epochs, all invocations (shared by its members)
     images_per_second: float  # this member's training images / train_seconds
     history: list[dict[str, float]]
     validation_accuracy: float | None = None  # percent, on a split held out of the training images, if any
     view_accuracy: float | None = None  # percent, a teacher's on its students' augmented test views
+    program: str | None = None  # the methods of the program it trained in ("kd+dkd": they share its wall time)
 
 
 @dataclasses.dataclass
@@ -480,7 +481,7 @@ def train_program(
         seconds = sum(row["seconds"] for row in history[i])
         results.append(MemberResult(member, objective.student.name, parameters, final["test_accuracy"],
                                     final["test_loss"], seconds, len(history[i]) * n / seconds if seconds else 0.0,
-                                    history[i]))
+                                    history[i], program=program_name(members)))
     return ProgramResult(results, states, trained)
 
 
@@ -497,6 +498,16 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
     orders_for = jax.jit(jax.vmap(lambda key, epoch: epoch_order(key, epoch, n, spec.batch_size), in_axes=(0, None)))
     first_bad = jnp.full((count,), -1, jnp.int32)
     trained = 0
+
+    methods_of = [m.method for m in members]
+
+    def loss_text(losses: np.ndarray) -> str:
+        """The mean loss, per method where methods differ: their objectives are not comparable."""
+        names = list(dict.fromkeys(methods_of))
+        if len(names) == 1:
+            return f"{float(np.mean(losses)):.4f}"
+        return ", ".join(f"{name} {float(np.mean([v for v, m in zip(losses, methods_of) if m == name])):.4f}"
+                         for name in names)
 
     def check_finite(bar) -> None:
         bad = np.asarray(first_bad)
@@ -518,9 +529,8 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
             loss_sums = jnp.asarray(running if start_batch else np.zeros(count), jnp.float32)
             seconds_before = partial_seconds if start_batch else 0.0  # spent on this epoch by an interrupted run
             orders = orders_for(data_keys, epoch)
-            # Logs that are no terminal (CI, nohup, SLURM) get the per-epoch line alone, not every refresh.
-            bar = tqdm(total=batches, initial=start_batch, desc=f"{desc} {epoch + 1}/{settings.epochs}", unit="batch",
-                       leave=False, dynamic_ncols=True, disable=jax.process_index() != 0 or not sys.stderr.isatty())
+            bar = EpochProgress(f"{desc} {epoch + 1}/{settings.epochs}", batches, start_batch, task.examples,
+                                log=log, log_every=settings.log_every_steps, enabled=jax.process_index() == 0)
             epoch_start, examples_done = time.perf_counter(), 0
             seconds_so_far = seconds_before
             for index in range(start_batch, batches):
@@ -538,12 +548,12 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
                 examples_done += min(spec.batch_size, n - index * spec.batch_size) * positions
                 trained += 1
                 done = index + 1
-                if done % PROGRESS_EVERY == 0 or done == batches:
+                if index == start_batch:  # the rate leaves compilation out
+                    jax.block_until_ready(loss_sums)
+                    bar.first_step_done(done, count * examples_done)
+                if done % PROGRESS_EVERY == 0 or done % max(settings.log_every_steps, 1) == 0 or done == batches:
                     check_finite(bar)
-                    elapsed = time.perf_counter() - epoch_start
-                    bar.set_postfix(loss=f"{float(jnp.mean(loss_sums)) / done:.4f}",
-                                    per_s=f"{count * examples_done / elapsed:,.0f}")
-                    bar.update(done - bar.n)
+                    bar.update(done, count * examples_done, loss_text(np.asarray(loss_sums) / done))
                 if settings.save_every_steps and done % settings.save_every_steps == 0 and done < batches:
                     seconds_so_far = seconds_before + time.perf_counter() - epoch_start
                     save(Position(epoch, done), loss_sums, bar)
@@ -561,14 +571,10 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
                                    "images_per_second": examples_done / elapsed})
             seconds_so_far = 0.0
             save(Position(epoch + 1, 0), np.zeros(count), bar)
-            if count == 1:
-                log(f"{desc} epoch {epoch + 1}/{settings.epochs}: loss {train_loss[0]:.4f}, "
-                    f"{score_text(task, accuracy[:1], test_loss[:1])}, {elapsed:.1f} s, "
-                    f"{examples_done / elapsed:,.0f} {task.examples}/s")
-            else:
-                log(f"{desc} epoch {epoch + 1}/{settings.epochs}: loss {train_loss.mean():.4f}, "
-                    f"{score_text(task, accuracy, test_loss)} over {count} members, {elapsed:.1f} s, "
-                    f"{count * examples_done / elapsed:,.0f} {task.examples}/s")
+            members_text = "" if count == 1 else f" over {count} members"
+            log(f"{desc} epoch {epoch + 1}/{settings.epochs}: loss {loss_text(train_loss)}, "
+                f"{score_text(task, accuracy, test_loss)}{members_text}, {elapsed:.1f} s, "
+                f"{count * examples_done / elapsed:,.0f} {task.examples}/s")
     return states, dropout_keys, trained
 
 

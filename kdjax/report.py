@@ -40,9 +40,14 @@ class Score:
     history_key: str  # the per-epoch history's column it is computed from
     lower_is_better: bool = False
     scale: float = 1.0  # value = history column * scale
+    best: bool = False  # a member's best epoch (mdistiller's convention) instead of its last (RepDistiller's)
 
     def of(self, result: MemberResult) -> float:
-        """The final value (`MemberResult` holds the last epoch's figures under the history's names)."""
+        """The final value (`MemberResult` holds the last epoch's figures under the history's names), or with `best`
+        the best over the member's epochs."""
+        if self.best and result.history:
+            values = [self.at(row) for row in result.history]
+            return min(values) if self.lower_is_better else max(values)
         return getattr(result, self.history_key) * self.scale
 
     def at(self, row: dict[str, float]) -> float:
@@ -54,6 +59,11 @@ class Score:
 
 ACCURACY = Score("accuracy", "%", "points", 2, "test_accuracy")
 BITS_PER_TOKEN = Score("bits per token", "", "bits", 3, "test_loss", lower_is_better=True, scale=1 / math.log(2))
+
+
+def best_epoch(score: Score) -> Score:
+    """`score` taken at each member's best epoch."""
+    return dataclasses.replace(score, name=f"best-epoch {score.name}", best=True)
 
 
 def score_for(config: dict[str, Any]) -> Score:
@@ -115,9 +125,11 @@ def summary_table(results: Sequence[MemberResult], score: Score = ACCURACY) -> s
         token_accuracy = f"{sum(r.test_accuracy for r in group) / len(group):.2f}% | " if tokens else ""
         validation = f"{sum(r.validation_accuracy for r in group) / len(group):.2f}% | " if validated else ""
         minutes = max(r.train_seconds for r in group) / 60  # members of a program share its wall time
+        shared = sorted({r.program for r in group if r.program and "+" in r.program})
+        minutes_text = f"{minutes:.1f}" + (f" (shared: {', '.join(shared)})" if shared else "")
         lines.append(f"| {network} | {title(method)} | {setting_text(group[0])} | {s.n} | {score.text(s.mean)} | "
                      f"{f'{s.std:.{score.digits}f}' if many else 'n/a'} | {interval} | {token_accuracy}{validation}"
-                     f"{minutes:.1f} |")
+                     f"{minutes_text} |")
     return "\n".join(lines)
 
 
@@ -200,31 +212,54 @@ def epoch_table(results: Sequence[MemberResult], score: Score = ACCURACY) -> str
     return "\n".join(lines)
 
 
+def _epoch_axis(ax, epochs: int) -> None:
+    """Whole epochs only: a tick per epoch up to 20, the axis padded by half an epoch (one epoch is one tick)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    if epochs <= 20:
+        ax.set_xticks(range(1, epochs + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0.5, epochs + 0.5)
+
+
+def _legend_outside(ax) -> None:
+    """The legend to the right of the axes, clear of the data and of the y label."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+
+
+def _save(fig, path: pathlib.Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
 def plot_differences(results: Sequence[MemberResult], path: pathlib.Path, score: Score = ACCURACY) -> None:
     """Each configuration's paired difference to CE per epoch: mean line, 95 % CI band, zero line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     groups = group_by_config(results)
     fig, ax = plt.subplots(figsize=(6, 4))
+    longest = 1
     for key, comparisons in epoch_differences(results, score).items():
+        longest = max(longest, len(comparisons))
         epochs = range(1, len(comparisons) + 1)
         line, = ax.plot(epochs, [c.mean_difference for c in comparisons], label=f"{title(key[1])}"
                         + (f" ({setting_text(groups[key][0])})" if groups[key][0].member.hyperparameters else ""))
         ax.fill_between(epochs, [c.ci_low for c in comparisons], [c.ci_high for c in comparisons], alpha=0.15,
                         color=line.get_color())
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _epoch_axis(ax, longest)
     ax.set_ylabel(f"test {score.name} − CE's, same seed ({score.difference_unit})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _legend_outside(ax)
+    _save(fig, path)
 
 
 def member_row(result: MemberResult, role: str) -> dict[str, Any]:
@@ -234,6 +269,7 @@ def member_row(result: MemberResult, role: str) -> dict[str, Any]:
             "train_seconds": result.train_seconds, "images_per_second": result.images_per_second,
             **({"validation_accuracy": result.validation_accuracy} if result.validation_accuracy is not None else {}),
             **({"view_accuracy": result.view_accuracy} if result.view_accuracy is not None else {}),
+            **({"program": result.program} if result.program else {}),
             "history": result.history}
 
 
@@ -244,27 +280,28 @@ def plot_curves(results: Sequence[MemberResult], path: pathlib.Path, value: Call
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    longest = 1
     for (network, method, _), group in group_by_config(results).items():
         epochs = [row["epoch"] for row in group[0].history]
+        longest = max([longest, *epochs])
         columns = list(zip(*[[value(row) for row in r.history] for r in group]))
         means = [sum(column) / len(column) for column in columns]
         label = f"{network} {title(method)}" + (f" ({setting_text(group[0])})" if group[0].member.hyperparameters
                                                else "") + (f", {len(group)} seeds" if len(group) > 1 else "")
         line, = ax.plot(epochs, means, marker="o", label=label)
-        if len(group) > 1:
+        if len(group) > 1 and len(epochs) > 1:
             ax.fill_between(epochs, [min(c) for c in columns], [max(c) for c in columns], alpha=0.15,
                             color=line.get_color())
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        elif len(group) > 1:  # one epoch: the seeds' range as a bar, a band would be a line
+            ax.vlines(epochs, [min(c) for c in columns], [max(c) for c in columns], color=line.get_color(),
+                      alpha=0.4, linewidth=4)
+    _epoch_axis(ax, longest)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _legend_outside(ax)
+    _save(fig, path)
 
 
 def plot_ranking(results: Sequence[MemberResult], path: pathlib.Path, score: Score = ACCURACY) -> None:
@@ -282,23 +319,45 @@ def plot_ranking(results: Sequence[MemberResult], path: pathlib.Path, score: Sco
         label = title(method) + (f" ({setting_text(group[0])})" if settings_per_method[method] > 1 else "")
         rows.append((s, label, method == "ce"))
     rows.sort(key=lambda row: row[0].mean, reverse=score.lower_is_better)  # the best at the top
+    low, high = _ranking_limits([s for s, _, _ in rows], score)
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(rows) + 1.2))
+    clipped = False
     for y, (s, label, is_ce) in enumerate(rows):
-        error = [[s.mean - s.ci_low], [s.ci_high - s.mean]] if s.n > 1 else None
-        ax.errorbar(s.mean, y, xerr=error, fmt="o", color="black" if is_ce else "tab:blue", capsize=3)
+        color = "black" if is_ce else "tab:blue"
+        ax.plot([s.mean], [y], "o", color=color)
+        if s.n > 1:
+            left, right = max(s.ci_low, low), min(s.ci_high, high)
+            ax.hlines(y, left, right, color=color)
+            for end, inside, marker in ((s.ci_low, left, "<"), (s.ci_high, right, ">")):
+                cut = end != inside
+                clipped |= cut
+                ax.plot([inside], [y], marker if cut else "|", color=color, markersize=7 if cut else 9)
         if is_ce and s.n > 1:
-            ax.axvspan(s.ci_low, s.ci_high, color="gray", alpha=0.2, label="CE's 95% CI")
+            ax.axvspan(max(s.ci_low, low), min(s.ci_high, high), color="gray", alpha=0.2, label="CE's 95% CI")
+    ax.set_xlim(low, high)
     ax.set_yticks(range(len(rows)), [label for _, label, _ in rows], fontsize=8)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
     seeds = max(s.n for s, _, _ in rows)
     unit = f" ({score.unit})" if score.unit else ""
-    ax.set_xlabel(f"final test {score.name}{unit}, mean and 95% CI over {seeds} seeds" if seeds > 1
-                  else f"final test {score.name}{unit}, one seed each: no interval")
+    xlabel = (f"final test {score.name}{unit}, mean and 95% CI over {seeds} seeds" if seeds > 1
+              else f"final test {score.name}{unit}, one seed each: no interval")
+    ax.set_xlabel(xlabel + ("\n< >: the interval goes on beyond the axis" if clipped else ""))
     ax.grid(axis="x", alpha=0.3)
-    if any(is_ce and s.n > 1 for s, _, is_ce in rows):
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _legend_outside(ax)
+    _save(fig, path)
+
+
+def _ranking_limits(summaries: Sequence[Any], score: Score) -> tuple[float, float]:
+    """x limits: the means with a margin of the typical (median) half-interval, not the widest interval, which
+    with 3 seeds can span tens of points and squeeze every mean into one spot; wider intervals are clipped."""
+    means = [s.mean for s in summaries]
+    halves = sorted((s.ci_high - s.ci_low) / 2 for s in summaries if s.n > 1)
+    typical = halves[len(halves) // 2] if halves else 0.0
+    margin = max(0.6 * (max(means) - min(means)), typical, 10 ** (1 - score.digits))
+    low, high = min(means) - margin, max(means) + margin
+    if score is ACCURACY:
+        low, high = max(low, 0.0), min(high, 100.0)
+    return low, high
 
 
 def sources_table(sources: Sequence[dict[str, Any]]) -> str:
@@ -314,6 +373,33 @@ def sources_table(sources: Sequence[dict[str, Any]]) -> str:
         lines.append(f"| `{source['run']}` | {config.get('name', '?')} | {', '.join(source['methods'])} | "
                      f"{differences} |")
     return "\n".join(lines)
+
+
+def chance_level(score: Score, classes: int) -> float:
+    """The score of guessing uniformly among `classes`: 100 / classes percent, or log2(classes) bits."""
+    return math.log2(classes) if score.lower_is_better else 100.0 / classes
+
+
+def teacher_warnings(teacher: Sequence[MemberResult], students: Sequence[MemberResult], score: Score,
+                     classes: int | None) -> list[str]:
+    """Warnings about a teacher with nothing to teach: at or below chance, or worse than its CE students."""
+    if not teacher:
+        return []
+    value = sum(score.of(r) for r in teacher) / len(teacher)
+    better = (lambda a, b: a < b) if score.lower_is_better else (lambda a, b: a > b)
+    unit = " bits per token" * score.lower_is_better
+    warnings = []
+    chance = chance_level(score, classes) if classes else None
+    if chance is not None and (not better(value, chance) or math.isclose(value, chance, rel_tol=1e-9)):
+        warnings.append(f"the teacher scores {score.text(value)}{unit} on the test split, at or below chance "
+                        f"({score.text(chance)}{unit} for {classes} classes): it has nothing to "
+                        "teach; train it longer, or check its weights and normalisation")
+    ce = [score.of(r) for r in students if r.member.method == "ce"]
+    if ce and better(sum(ce) / len(ce), value):
+        warnings.append(f"the teacher ({score.text(value)}{unit}) is worse than its students trained with CE alone "
+                        f"({score.text(sum(ce) / len(ce))}{unit}, mean of {len(ce)}): imitating it can only pull "
+                        "students down; train the teacher longer or use a stronger one")
+    return warnings
 
 
 def summary(config: dict[str, Any], teacher: Sequence[MemberResult], students: Sequence[MemberResult]) -> str:
@@ -333,13 +419,31 @@ def summary(config: dict[str, Any], teacher: Sequence[MemberResult], students: S
             augment = config.get("augment", "augmented")
             line += f"; {teacher[0].view_accuracy:.2f}% on one {augment} view of each test image"
         sections.append(line + ".")
+    if config.get("num_classes"):
+        sections.append(f"Data: {config.get('dataset')}, {config['num_classes']:,} classes, "
+                        f"{config.get('train_examples', 0):,} training and {config.get('test_examples', 0):,} test "
+                        "examples.")
+    sections += [f"**Warning:** {warning}." for warning in
+                 teacher_warnings(teacher, students, score, config.get("num_classes"))]
     sections += [f"## Test {score.name} per configuration", summary_table(students or teacher, score)]
+    if any(r.program and "+" in r.program for r in students):
+        sections.append("Methods joined by + trained in one compiled program (members of one seed share each batch "
+                        "and teacher forward): its wall time is the whole program's, shared between them.")
     if score is BITS_PER_TOKEN:
         sections.append("Bits per token: the mean cross-entropy per test token in bits (bits per character for a "
                         "character vocabulary); lower is better.")
     paired = paired_table(students, score)
     if paired:
         sections += ["## Against CE over the same seeds", paired]
+    if any(len(r.history) > 1 for r in students):
+        best = best_epoch(score)
+        sections += ["## At each member's best epoch",
+                     f"The tables above take each member's last epoch (RepDistiller's convention); these take its "
+                     f"best test {score.name} over its epochs (mdistiller's), which favours noisier configurations.",
+                     summary_table(students, best)]
+        best_paired = paired_table(students, best)
+        if best_paired:
+            sections.append(best_paired)
     by_epoch = epoch_table(students, score)
     if by_epoch:
         sections += ["## Against CE, epoch by epoch", by_epoch, "![difference to CE per epoch](difference.png)"]
@@ -391,7 +495,7 @@ def read_run(run_dir: pathlib.Path) -> tuple[dict[str, Any], list[MemberResult],
                                                                      row["hyperparameters"].items())))
             result = MemberResult(member, row["network"], row["parameters"], row["test_accuracy"], row["test_loss"],
                                   row["train_seconds"], row["images_per_second"], row["history"],
-                                  row.get("validation_accuracy"), row.get("view_accuracy"))
+                                  row.get("validation_accuracy"), row.get("view_accuracy"), row.get("program"))
             (teacher if row["role"] == "teacher" else students).append(result)
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         where = f"members.jsonl line {number}" if number else "config.json"

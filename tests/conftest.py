@@ -43,3 +43,19 @@ def full_size_copy(tmp_path_factory) -> pathlib.Path:
         labels = rng.integers(0, 10, 10_000).astype(np.uint8)
         (folder / name).write_bytes(binary_bytes(planes, labels))
     return root
+
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def cifar10_copy(tmp_path_factory) -> pathlib.Path:
+    """The real CIFAR-10 (a JPEG re-encoding) in its canonical binary layout, where the workspace holds a copy."""
+    import subprocess
+
+    script = SHARED_DATA / "make_cifar10.py"
+    if not script.is_file():
+        pytest.skip(f"no local CIFAR-10 copy at {SHARED_DATA}")
+    root = tmp_path_factory.mktemp("cifar10-real")
+    subprocess.run([sys.executable, str(script), str(root)], check=True, capture_output=True)
+    return root

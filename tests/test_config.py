@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kdjax.config import ConfigError
-from kdjax.data import channel_statistics
+from kdjax.data import channel_statistics, from_arrays
 from kdjax.experiments.common import Checkpoints, parse_config, run_identity, with_recipe_warmup
 
 
@@ -44,7 +44,7 @@ def test_settings_added_later_leave_the_tutorials_identities_alone():
 
 
 def test_the_optimizer_and_its_schedule_are_part_of_a_checkpoints_identity():
-    data = type("Data", (), {"fingerprint": "data"})()
+    data = from_arrays(np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 1]), np.zeros((1, 4, 4, 3), np.uint8), [0])
     plain = Checkpoints(parse_config("kd", []), data, teacher=False).shared
     assert not {"optimizer", "schedule", "epochs"} & set(plain)
     cosine = Checkpoints(parse_config("kd", ["--optimizer", "sgd", "--schedule", "cosine", "--epochs", "7"]), data,
@@ -60,7 +60,7 @@ def test_the_optimizer_and_its_schedule_are_part_of_a_checkpoints_identity():
     (["--optimizer", "lamb"], "--optimizer must be one of adam, sgd"),
     (["--momentum", "1"], "--momentum must be in [0, 1)"),
     (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),
-    (["--normalize", "cifar"], "--normalize must be auto, imagenet or dataset"),
+    (["--normalize", "cifar"], "--normalize must be one of auto, imagenet, cifar10, cifar100, dataset, subset, none"),
 ])
 def test_bad_recipes_and_optimizer_settings_are_refused(flags, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(")", r"\)")):
@@ -73,5 +73,7 @@ def test_channel_statistics_are_each_channels_mean_and_population_std():
     pixels = images.reshape(-1, 2) / 255.0
     np.testing.assert_allclose(mean, pixels.mean(axis=0), atol=1e-6)
     np.testing.assert_allclose(std, pixels.std(axis=0), atol=1e-6)
-    with pytest.raises(ValueError, match="channel_statistics takes uint8"):
-        channel_statistics(images.astype(np.float32))
+    as_floats = channel_statistics(images.astype(np.float32) / 255.0)  # float images are taken as given
+    np.testing.assert_allclose(as_floats, (mean, std), atol=1e-6)
+    with pytest.raises(ValueError, match="channel_statistics takes uint8 or float"):
+        channel_statistics(images.astype(np.int16))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import weights
+from kdjax import convert
 from kdjax.convert import from_torch, model_for_state_dict, to_torch
 from kdjax.models import DeepNN, LightNN
 
@@ -64,3 +67,17 @@ def test_rejects_unknown_missing_and_misshapen_parameters():
         from_torch(incomplete)
     with pytest.raises(ValueError, match=r"'classifier.0.weight' has shape \(1024, 256\)"):
         from_torch(state | {"classifier.0.weight": state["classifier.0.weight"].T})
+
+
+def test_the_names_a_released_teacher_needs_are_pytorchs():
+    """`python -m kdjax.convert NAME` lists the keys of the reference PyTorch model's own state_dict."""
+    import os
+    import subprocess
+    import sys
+
+    reference = np.load(pathlib.Path(__file__).parent / "reference" / "zoo_reference.npz")
+    assert sorted(convert.state_dict_shapes("resnet8", num_classes=100)) == list(reference["resnet8/keys"])
+    assert convert.state_dict_shapes("deepnn")["classifier.0.weight"] == (512, 2048)  # torch's [out, in]
+    listed = subprocess.run([sys.executable, "-m", "kdjax.convert", "resnet8", "100"], check=True,
+                            capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert "fc.weight (100, 64)" in listed.stdout.splitlines() and not listed.stderr

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import pathlib
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -13,8 +9,6 @@ from cifar_fakes import TEST_NAME, binary_bytes, expected_split, fake_batch, pyt
 from kdjax.data import DATA_DIR_ENV, DataNotFoundError, load_cifar10
 from kdjax.data import tfds_source
 from kdjax.data.formats import parse_binary_batch
-
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.mark.parametrize("layout", ["binary", "python"])
@@ -145,10 +139,8 @@ def test_subsets_are_the_first_examples(tmp_path):
         data.subset(train_size=0)
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "make_cifar10.py").is_file(), reason=f"no local CIFAR-10 copy at {SHARED_DATA}")
-def test_full_local_copy(tmp_path):
-    subprocess.run([sys.executable, str(SHARED_DATA / "make_cifar10.py"), str(tmp_path)], check=True, capture_output=True)
-    data = load_cifar10(tmp_path)
+def test_full_local_copy(cifar10_copy):
+    data = load_cifar10(cifar10_copy)
     assert (len(data.train), len(data.test)) == (50_000, 10_000)
     np.testing.assert_array_equal(np.bincount(data.train.labels), [5_000] * 10)
     np.testing.assert_array_equal(np.bincount(data.test.labels), [1_000] * 10)

@@ -109,7 +109,7 @@ def test_commands_train_a_zoo_network_on_greyscale_arrays_and_refuse_the_tutoria
     assert "lightnn is the tutorial's network for 32x32x3 images, not 28x28x1" in capsys.readouterr().err
     assert run("baseline", [*places, "--student", "resnet8", "--augment", "crop-flip"]) == 0
     out = capsys.readouterr().out
-    assert "normalization: the training images' mean (" in out and "outputs in" in out
+    assert "normalization: the training split's mean (" in out and "outputs in" in out
     (summary,) = (tmp_path / "runs").glob("baseline-*/summary.md")
     assert "resnet8" in summary.read_text()
 

@@ -230,6 +230,8 @@ def test_with_augmentation_the_methods_that_read_the_teacher_share_a_program(tmp
     out = capsys.readouterr().out
     assert '"augment": "crop-flip"' in out
     assert {p.name for p in (tmp_path / "ck").iterdir()} == {"teacher", "ce", "kd+at"}
+    (line,) = [line for line in out.splitlines() if line.startswith("student kd+at epoch 1/1: ")]
+    assert line.startswith("student kd+at epoch 1/1: loss kd ") and ", at " in line  # each method's own loss
     (run_dir,) = (tmp_path / "runs").glob("methods-*")
     rows = [json.loads(line) for line in (run_dir / "members.jsonl").read_text().splitlines()]
     assert [(r["method"], r["seed"]) for r in rows[1:]] == [("ce", 42), ("kd", 42), ("at", 42)]
@@ -278,9 +280,11 @@ def test_ctrl_c_saves_where_training_stands_then_the_rerun_resumes_there(tmp_pat
 
 def test_students_learn_from_a_converted_pytorch_teacher(tmp_path, full_size_copy, capsys):
     """--teacher-weights: a state_dict in PyTorch's layout (.npz here: the tests never import torch) is the teacher;
-    nothing trains it, and the accuracy logged is that of its weights on the test images."""
+    nothing trains it, and the accuracy logged is that of its weights on the test images under the normalisation
+    released CIFAR-10 teachers were trained with, whatever the recipe and the training subset."""
     from kdjax import convert, zoo
     from kdjax.data import load_cifar10, normalize
+    from kdjax.data.normalization import NAMED
 
     net = zoo.network("resnet8", num_classes=10)
     params, state = net.init(jax.random.key(3))
@@ -290,9 +294,36 @@ def test_students_learn_from_a_converted_pytorch_teacher(tmp_path, full_size_cop
     out = capsys.readouterr().out
     assert "teacher epoch" not in out
     test = load_cifar10(full_size_copy, strict=False).test.take(64)
-    logits, _, _ = net.forward(params, state, normalize(jax.numpy.asarray(test.inputs)), train=False)
+    logits, _, _ = net.forward(params, state, normalize(jax.numpy.asarray(test.inputs), NAMED["cifar10"]),
+                               train=False)
     expected = 100 * np.mean(np.argmax(logits, -1) == test.labels)
-    assert f"teacher: resnet8 from {tmp_path / 'resnet8.npz'}, test accuracy {expected:.2f}%" in out
+    line = f"teacher: resnet8 from {tmp_path / 'resnet8.npz'}, test accuracy {expected:.2f}%"
+    assert line in out and "normalization: cifar10, mean (0.4914, 0.4822, 0.4465)" in out
+    for size in ("128", "192"):  # the recipe's own-statistics normalisation gives way to the teacher's
+        recipe = ["--recipe", "cifar-kd", "--train-size", size, "--epochs", "1", "--milestones", "1"]
+        assert run("kd", _flags(tmp_path, full_size_copy, "--teacher", "resnet8", *weights, *recipe)) == 0
+        assert line in capsys.readouterr().out
     assert run("kd", _flags(tmp_path, full_size_copy, "--teacher", "resnet20", *weights)) == 1  # another network's
     err = capsys.readouterr().err.strip()
     assert "does not match resnet20" in err and "\n" not in err
+
+
+def test_a_trained_teacher_exports_the_weights_teacher_weights_reads(tmp_path, full_size_copy, capsys):
+    """teacher --export-weights FILE.npz writes its state_dict; distilling from that file (same normalisation)
+    scores the teacher exactly as its own run did."""
+    exported = tmp_path / "teachers" / "resnet8.npz"
+    flags = _flags(tmp_path, full_size_copy, "--teacher", "resnet8", "--train-size", "128")
+    assert run("teacher", [*flags, "--export-weights", str(exported)]) == 0
+    out = capsys.readouterr().out
+    (teacher_run,) = (tmp_path / "runs").glob("teacher-*")
+    accuracy = json.loads((teacher_run / "members.jsonl").read_text().splitlines()[0])["test_accuracy"]
+    import hashlib
+
+    digest = hashlib.sha256(exported.read_bytes()).hexdigest()
+    assert f"test accuracy {accuracy:.2f}%, weights in {exported}" in out and f"SHA-256 {digest}" in out
+    with np.load(exported) as archive:
+        assert "layer1.0.bn1.running_mean" in archive.files and not any("partial" in p.name for p in exported.parent.iterdir())
+    assert run("kd", [*flags, "--student", "resnet8", "--teacher-weights", str(exported), "--normalize",
+                      "imagenet"]) == 0
+    assert f"teacher: resnet8 from {exported}, test accuracy {accuracy:.2f}%" in capsys.readouterr().out
+    assert run("kd", [*flags, "--export-weights", str(tmp_path / "x.npz")]) == 2  # a teacher's flag only

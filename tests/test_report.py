@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -130,3 +131,67 @@ def test_reports_title_methods_as_their_papers_do():
         "CE", "CE + KD", "CE + LS-KD", "CE + DIST", "CE + hint"]
     assert all(title(name) == "CE" or title(name).startswith("CE + ") for name in methods.METHODS)
     assert title("logit_mse") == "CE + logit_mse" == methods.Method("logit_mse", "a user's").title
+
+
+def test_a_useless_teacher_is_warned_about_in_the_summary(tmp_path):
+    """At or below chance (100 / classes %), or worse than the CE students' mean: one warning line each."""
+    from kdjax.report import ACCURACY, BITS_PER_TOKEN, teacher_warnings
+
+    students = [_result("ce", seed, a) for seed, a in enumerate(ACCURACIES["ce"])]
+    weak = [_result("ce", 42, 58.0)]
+    (below_ce,) = teacher_warnings(weak, students, ACCURACY, 10)
+    assert "worse than its students trained with CE alone (60.17%, mean of 3)" in below_ce
+    assert teacher_warnings([_result("ce", 42, 75.0)], students, ACCURACY, 10) == []
+    at_chance = teacher_warnings([_result("ce", 42, 10.0)], [], ACCURACY, 10)
+    assert len(at_chance) == 1 and "at or below chance (10.00% for 10 classes)" in at_chance[0]
+    uniform = MemberResult(Member("ce", 0), "lm", 1, 5.0, np.log(64.0), 1.0, 1.0, [])  # log(64) nats = 6 bits
+    assert "at or below chance (6.000 bits per token for 64 classes)" in teacher_warnings(
+        [uniform], [], BITS_PER_TOKEN, 64)[0]
+    text = write_run(tmp_path, {"name": "methods", "num_classes": 10, "dataset": "cifar10", "train_examples": 3,
+                                "test_examples": 1}, weak, students)
+    assert "**Warning:** the teacher (58.00%) is worse than its students" in text
+    assert "Data: cifar10, 10 classes, 3 training and 1 test examples." in text
+
+
+def test_methods_sharing_a_program_say_their_time_is_shared(tmp_path):
+    students = [dataclasses.replace(_result(m, seed, a), program="kd+at" if m != "ce" else "ce")
+                for m, values in ACCURACIES.items() for seed, a in enumerate(values)]
+    text = write_run(tmp_path, {"name": "methods"}, [], students)
+    assert "| 2.0 (shared: kd+at) |" in text and "| 2.0 |" in text and "shared between them" in text
+    assert read_run(tmp_path)[2][3].program == "kd+at"
+
+
+def test_plots_tick_whole_epochs_and_the_ranking_axis_fits_the_means():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kdjax.report import ACCURACY, _epoch_axis, _ranking_limits
+    from kdjax.stats import summarize
+
+    fig, ax = plt.subplots()
+    ax.plot([1], [50.0], "o")
+    _epoch_axis(ax, 1)
+    assert list(ax.get_xticks()) == [1] and ax.get_xlim() == (0.5, 1.5)
+    plt.close(fig)
+    narrow = [summarize([44.0, 45.0, 46.0]), summarize([35.0, 36.0, 34.0]), summarize([20.0, 45.0, 36.0])]
+    low, high = _ranking_limits(narrow, ACCURACY)
+    assert low <= narrow[1].ci_low and high >= narrow[0].ci_high  # the typical intervals are whole
+    assert low > narrow[2].ci_low and 0 < low < 35 < 45 < high < 60  # the widest is clipped, not the axis stretched
+
+
+def test_best_epoch_tables_take_each_members_best_epoch(tmp_path):
+    """RepDistiller reports the last epoch, mdistiller the best: the summary gives both."""
+    def member(method: str, seed: int, curve: list[float]) -> MemberResult:
+        history = [{"epoch": e + 1, "train_loss": 1.0, "test_accuracy": a, "test_loss": 1.0, "seconds": 1.0,
+                    "images_per_second": 1.0} for e, a in enumerate(curve)]
+        return MemberResult(Member(method, seed), "LightNN", 1, curve[-1], 1.0, 2.0, 1.0, history)
+
+    curves = {"ce": [[50.0, 58.0, 57.0], [51.0, 56.0, 56.5]], "kd": [[52.0, 61.0, 59.0], [50.0, 60.0, 58.5]]}
+    students = [member(m, seed, c) for m, cs in curves.items() for seed, c in enumerate(cs)]
+    text = write_run(tmp_path, {"name": "methods"}, [], students)
+    last, best = text.split("## At each member's best epoch")
+    assert "| 56.75% |" in last and "| 58.75% |" in last  # last epochs: CE (57 + 56.5) / 2, KD (59 + 58.5) / 2
+    assert "| 57.25% |" in best and "| 60.50% |" in best  # best epochs: CE (58 + 56.5) / 2, KD (61 + 60) / 2
+    assert "| CE + KD | — | 2 | +3.25 |" in best.split("## Against CE, epoch by epoch")[0]

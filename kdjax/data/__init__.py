@@ -2,8 +2,9 @@
 files, onto the device in batches."""
 
 from kdjax.data.formats import Split
-from kdjax.data.pipeline import (MEAN, STD, TUTORIAL_NORMALIZATION, Normalization, ResidentLoader, augment_batch,
-                                  channel_statistics, epoch_order, gather_batch, normalize)
+from kdjax.data.normalization import (MEAN, STD, TUTORIAL_NORMALIZATION, Normalization, NormalizationError,
+                                       channel_statistics, normalize)
+from kdjax.data.pipeline import ResidentLoader, augment_batch, epoch_order, gather_batch
 from kdjax.data.sources import (DATA_DIR_ENV, DATASETS, DataNotFoundError, Dataset, from_arrays, load_cifar10,
                                  load_dataset, load_npz)
 from kdjax.data.text import PYTHON_TEXT, from_tokens, load_text, windows
@@ -16,6 +17,7 @@ __all__ = [
     "DATASETS",
     "Dataset",
     "Normalization",
+    "NormalizationError",
     "DataNotFoundError",
     "PYTHON_TEXT",
     "ResidentLoader",

@@ -26,45 +26,12 @@ import numpy as np
 from jax.sharding import Mesh
 
 from kdjax.data.formats import Split
+from kdjax.data.normalization import TUTORIAL_NORMALIZATION, Normalization, normalize
 from kdjax.parallel import batch_sharding, check_batch_size, replicate
 
-# The tutorial's transforms.Normalize: ImageNet's per-channel mean and std, RGB, on [0, 1] pixels.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-Normalization = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) per channel, on [0, 1] pixels
-TUTORIAL_NORMALIZATION: Normalization = (MEAN, STD)
 Batch = dict[str, jax.Array]
 _FLIP_STREAM = 0x666C6970  # folded into the loader key so flips never reuse the permutation's keys
 _CROP_STREAM = 0x63726F70
-
-
-def normalize(images: jax.Array, normalization: Normalization = TUTORIAL_NORMALIZATION) -> jax.Array:
-    """uint8 `[..., c]` -> float32 `(x / 255 - mean) / std`, as `ToTensor()` then `Normalize(mean, std)`."""
-    mean, std = normalization
-    x = images.astype(jnp.float32) / 255.0
-    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-
-
-def channel_statistics(images: np.ndarray, chunk: int = 4096) -> Normalization:
-    """Per-channel mean and (population) std of uint8 images `[n, ..., c]` on [0, 1] pixels, summed in float64.
-
-    The statistics a recipe normalises with when it asks for the data set's own (CIFAR-10's
-    training split: about (0.491, 0.482, 0.447) and (0.247, 0.243, 0.262)).
-    """
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim < 2 or not len(images):
-        raise ValueError(f"channel_statistics takes uint8 [n, ..., channels] with n > 0, got {images.dtype} "
-                         f"{images.shape}")
-    channels = images.shape[-1]
-    total, squares = np.zeros(channels), np.zeros(channels)
-    for start in range(0, len(images), chunk):
-        pixels = images[start:start + chunk].reshape(-1, channels).astype(np.float64) / 255.0
-        total += pixels.sum(axis=0)
-        squares += np.square(pixels).sum(axis=0)
-    count = images.size // channels
-    mean = total / count
-    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
-    return tuple(round(float(m), 6) for m in mean), tuple(round(float(s), 6) for s in std)
 
 
 def num_batches(num_examples: int, batch_size: int) -> int:
@@ -95,14 +62,14 @@ def _slice_order(order: jax.Array, index: jax.Array, *, batch_size: int, num_exa
 
 def gather_batch(data: dict[str, jax.Array], order, index, *, batch_size: int, num_examples: int,
                  normalization: Normalization = TUTORIAL_NORMALIZATION) -> Batch:
-    """Batch `index` of epoch `order` gathered from a whole split's `Split.arrays()` (uint8 images normalised here).
+    """Batch `index` of epoch `order` gathered from a whole split's `Split.arrays()` (images normalised here).
 
     `mask` has the labels' shape: `[batch]` for images, `[batch, time]` for token windows
     (the padding rows' positions and the split's own masked positions are False).
     """
     indices, present = _slice_order(order, index, batch_size=batch_size, num_examples=num_examples)
     inputs, labels = data["inputs"][indices], data["labels"][indices]
-    if inputs.dtype == jnp.uint8:
+    if inputs.dtype == jnp.uint8 or jnp.issubdtype(inputs.dtype, jnp.floating):  # images, not token ids
         inputs = normalize(inputs, normalization)
     mask = jnp.broadcast_to(present.reshape(present.shape + (1,) * (labels.ndim - 1)), labels.shape)
     if "mask" in data:

@@ -14,7 +14,7 @@ from kdjax.data import tfds_source
 import numpy as np
 
 from kdjax.data.formats import CIFAR10, LAYOUTS, Layout, Split, detect_local, read_local
-from kdjax.tasks import Task
+from kdjax.tasks import NEXT_TOKEN, Task
 
 DATA_DIR_ENV = "KDJAX_DATA_DIR"
 Source = Literal["auto", "local", "tfds"]
@@ -40,10 +40,11 @@ class Dataset:
         for split_name, split in (("train", self.train), ("test", self.test)):
             if not len(split):
                 raise ValueError(f"{self.name}: the {split_name} split is empty")
-            low, high = int(split.labels.min()), int(split.labels.max())
-            if low < 0 or high >= self.num_classes:
-                raise ValueError(f"{self.name}: {split_name} labels must lie in [0, {self.num_classes}), found "
-                                 f"{low}..{high}")
+            _check_range(split.labels, self.num_classes, f"{self.name}: {split_name} labels")
+            if split.task is NEXT_TOKEN:
+                _check_range(split.inputs, self.num_classes, f"{self.name}: {split_name} token ids")
+            elif np.issubdtype(split.inputs.dtype, np.floating):
+                _check_finite(split.inputs, f"{self.name}: {split_name} images")
         if self.train.inputs.shape[1:] != self.test.inputs.shape[1:] or self.train.task != self.test.task:
             raise ValueError(f"{self.name}: train inputs are {self.train.inputs.dtype} {self.train.inputs.shape[1:]} "
                              f"but test inputs are {self.test.inputs.dtype} {self.test.inputs.shape[1:]}")
@@ -64,6 +65,44 @@ class Dataset:
     def subset(self, train_size: int | None = None, test_size: int | None = None) -> "Dataset":
         """The first `train_size` / `test_size` examples of each split (the tutorial's CPU subsets)."""
         return dataclasses.replace(self, train=self.train.take(train_size), test=self.test.take(test_size))
+
+
+def _check_range(values: np.ndarray, count: int, what: str) -> None:
+    """ValueError naming the first example of `values` outside `[0, count)`."""
+    bad = (values < 0) | (values >= count)
+    if bad.any():
+        index = int(np.flatnonzero(bad.reshape(len(values), -1).any(axis=1))[0])
+        raise ValueError(f"{what} must lie in [0, {count}), found {int(values.min())}..{int(values.max())} (first "
+                         f"at index {index}: {int(values[index].flat[np.argmax(bad[index].flat)])}); state the class "
+                         "count (num_classes, --num-classes) if there are more, or fix the labels")
+
+
+def _check_finite(images: np.ndarray, what: str) -> None:
+    """ValueError naming the first image of `images` with a NaN or infinite pixel."""
+    for start in range(0, len(images), 4096):  # in chunks: no full-size boolean copy
+        finite = np.isfinite(images[start:start + 4096]).reshape(min(4096, len(images) - start), -1).all(axis=1)
+        if not finite.all():
+            index = start + int(np.flatnonzero(~finite)[0])
+            raise ValueError(f"{what} hold NaN or infinite pixels (first at index {index}): replace or drop those "
+                             "images before training")
+
+
+def integer_labels(labels: np.ndarray, what: str) -> np.ndarray:
+    """`labels` as int32 if they are integers; ValueError otherwise (floats, strings, booleans are not cast)."""
+    labels = np.asarray(labels)
+    if np.issubdtype(labels.dtype, np.integer):
+        if labels.size and (labels.min() < np.iinfo(np.int32).min or labels.max() > np.iinfo(np.int32).max):
+            raise ValueError(f"{what} exceed int32's range ({labels.min()}..{labels.max()})")
+        return labels.astype(np.int32)
+    example = f" ({labels.flat[0].item()!r}, ...)" if labels.size else ""
+    if np.issubdtype(labels.dtype, np.floating):
+        whole = np.isfinite(labels) & (labels == np.round(labels))
+        if whole.all():
+            raise ValueError(f"{what} are {labels.dtype}, not integers: pass them as labels.astype(np.int64)")
+        index = int(np.flatnonzero(~whole)[0])
+        raise ValueError(f"{what} must be integer class ids, got {labels.dtype} with "
+                         f"{labels.flat[index].item()!r} at index {index}")
+    raise ValueError(f"{what} must be integer class ids, got {labels.dtype}{example}: map them to 0..classes-1 first")
 
 
 def _how_to_point(layout: Layout = CIFAR10) -> str:
@@ -159,17 +198,21 @@ def _prepared_in_default_dir(name: str) -> bool:
 
 def from_arrays(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray,
                 test_labels: np.ndarray, *, num_classes: int | None = None, name: str = "arrays") -> Dataset:
-    """A data set of a user's arrays: images `[n, height, width, channels]` uint8 (pixels) or float (already
-    scaled), labels `[n]` integers in `[0, num_classes)` (default: the largest label + 1).
+    """A data set of a user's arrays: images `[n, height, width, channels]` uint8 (pixels) or float (on [0, 1],
+    or already normalised: see `kdjax.data.normalization`), labels `[n]` integers in `[0, num_classes)`
+    (default: the largest label + 1).
 
     Raises:
-      ValueError: mismatched shapes, empty splits, labels out of range, naming what is wrong.
+      ValueError: mismatched shapes, empty splits, labels that are not integers or out of range, NaN or infinite
+        pixels, naming the split and the first bad index.
     """
     start = time.perf_counter()
-    train = Split(np.asarray(train_images), np.asarray(train_labels).astype(np.int32))
-    test = Split(np.asarray(test_images), np.asarray(test_labels).astype(np.int32))
+    train = Split(np.asarray(train_images), integer_labels(train_labels, f"{name}: train labels"))
+    test = Split(np.asarray(test_images), integer_labels(test_labels, f"{name}: test labels"))
     if num_classes is None:
         num_classes = int(max(train.labels.max(initial=-1), test.labels.max(initial=-1))) + 1
+    elif num_classes < 1:
+        raise ValueError(f"{name}: num_classes must be >= 1, got {num_classes}")
     return Dataset(train, test, name, time.perf_counter() - start, num_classes, name)
 
 
@@ -208,18 +251,25 @@ DATASETS = ("cifar10", "cifar100")
 
 
 def load_dataset(dataset: str, data_dir: str | os.PathLike | None = None, *, source: Source = "auto",
-                 strict: bool = True, window: int = 128) -> Dataset:
+                 strict: bool = True, window: int = 128, num_classes: int | None = None) -> Dataset:
     """`dataset` (`cifar10`, `cifar100` or `npz:PATH`), from `data_dir` / tensorflow-datasets where that applies;
-    next-token data (`text`, `text:PATH`, `tokens:PATH` of an `.npy` of ids) in windows of `window` tokens."""
+    next-token data (`text`, `text:PATH`, `tokens:PATH` of an `.npy` of ids) in windows of `window` tokens.
+
+    `num_classes` states the class count (the vocabulary size of token data); by default it is the data set's
+    own (CIFAR's, a text's alphabet) or the largest label (token id) + 1.
+    """
     from kdjax.data import text
 
     if dataset.startswith("npz:"):
-        return load_npz(dataset[4:])
+        return load_npz(dataset[4:], num_classes=num_classes)
     if dataset == "text" or dataset.startswith("text:"):
-        return text.load_text(dataset[5:] or None, time=window)
+        return text.load_text(dataset[5:] or None, time=window, vocab_size=num_classes)
     if dataset.startswith("tokens:"):
-        return text.load_tokens(dataset[7:], time=window)
+        return text.load_tokens(dataset[7:], time=window, vocab_size=num_classes)
     if dataset not in LAYOUTS:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)} or npz:PATH (sequence data: "
                          "kdjax.data.load_text)")
-    return load_cifar10(data_dir, source=source, strict=strict, layout=LAYOUTS[dataset])
+    layout = LAYOUTS[dataset]
+    if num_classes is not None and num_classes != layout.classes:
+        raise ValueError(f"{layout.title} has {layout.classes} classes, not {num_classes}: leave the class count out")
+    return load_cifar10(data_dir, source=source, strict=strict, layout=layout)

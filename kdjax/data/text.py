@@ -25,8 +25,11 @@ def windows(tokens: np.ndarray, time: int, stride: int | None = None) -> Split:
     stride = time if stride is None else stride
     if time < 1 or stride < 1:
         raise ValueError(f"window length and stride must be positive, got {time} and {stride}")
+    if len(tokens) < 2:
+        raise ValueError(f"{len(tokens):,} token(s) cannot make one input and its next token: more text is needed")
     if len(tokens) < time + 1:
-        raise ValueError(f"{len(tokens):,} tokens cannot fill one window of {time} + 1; use a shorter --window")
+        raise ValueError(f"{len(tokens):,} tokens cannot fill one window of {time} + 1; use --window "
+                         f"{len(tokens) - 1} or less, or more text")
     starts = np.arange(0, len(tokens) - time, stride)
     cut = tokens[starts[:, None] + np.arange(time + 1)[None, :]].astype(np.int32)
     return Split(cut[:, :-1], cut[:, 1:])
@@ -39,6 +42,11 @@ def from_tokens(tokens: np.ndarray, *, time: int, vocab_size: int | None = None,
     tokens = np.asarray(tokens)
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
         raise ValueError(f"{name}: tokens must be integers [length], got {tokens.dtype} {tokens.shape}")
+    if len(tokens) and (tokens.min() < 0 or (vocab_size is not None and tokens.max() >= vocab_size)):
+        bad = (tokens < 0) | (tokens >= (vocab_size if vocab_size is not None else np.inf))
+        index = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name}: token ids must lie in [0, {vocab_size if vocab_size is not None else 'vocab'}), "
+                         f"found {int(tokens[index])} at position {index}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"{name}: test_fraction must be in (0, 1), got {test_fraction}")
     vocab_size = int(tokens.max(initial=-1)) + 1 if vocab_size is None else vocab_size
@@ -54,9 +62,9 @@ def python_text() -> str:
 
 
 def load_text(path: str | os.PathLike | None = None, *, time: int = 128, stride: int | None = None,
-              test_fraction: float = 0.1) -> Dataset:
+              test_fraction: float = 0.1, vocab_size: int | None = None) -> Dataset:
     """A character-level data set: the UTF-8 text at `path` (default: Python's help text), one token per
-    distinct character, numbered in sorted order."""
+    distinct character, numbered in sorted order (`vocab_size`, if given, may exceed the alphabet)."""
     if path is None:
         text, name = python_text(), PYTHON_TEXT
     else:
@@ -68,14 +76,16 @@ def load_text(path: str | os.PathLike | None = None, *, time: int = 128, stride:
         except UnicodeDecodeError as error:
             raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
         name = f"text {path}"
+        if not text:
+            raise ValueError(f"{path} is empty: a text data set needs text to cut into windows")
     alphabet = sorted(set(text))
     ids = np.searchsorted(np.array(alphabet), np.array(list(text))).astype(np.int32)
-    return from_tokens(ids, time=time, vocab_size=len(alphabet), stride=stride, test_fraction=test_fraction,
-                       name=name)
+    return from_tokens(ids, time=time, vocab_size=vocab_size or len(alphabet), stride=stride,
+                       test_fraction=test_fraction, name=name)
 
 
 def load_tokens(path: str | os.PathLike, *, time: int = 128, stride: int | None = None,
-                test_fraction: float = 0.1) -> Dataset:
+                test_fraction: float = 0.1, vocab_size: int | None = None) -> Dataset:
     """A next-token data set from an `.npy` file of token ids `[length]` (loaded without pickle)."""
     path = pathlib.Path(path).expanduser()
     if not path.is_file():
@@ -84,4 +94,5 @@ def load_tokens(path: str | os.PathLike, *, time: int = 128, stride: int | None 
         tokens = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
         raise ValueError(f"{path}: not a readable .npy array of token ids ({error})") from None
-    return from_tokens(tokens, time=time, stride=stride, test_fraction=test_fraction, name=f"tokens {path}")
+    return from_tokens(tokens, time=time, vocab_size=vocab_size, stride=stride, test_fraction=test_fraction,
+                       name=f"tokens {path}")

@@ -21,15 +21,16 @@ from kdjax import methods, zoo
 from kdjax.checkpoint import CheckpointMismatchError, RunCheckpoints, saved_identity
 from kdjax.config import (LAYOUT_SETTINGS, RECIPE_WARMUP, ConfigError, ExperimentConfig, OneLineParser, UsageError,
                           add_flags, check_experiment, from_args)
-from kdjax.data import DataNotFoundError, Dataset, Split, channel_statistics, load_dataset
-from kdjax.tasks import CLASSIFICATION
+from kdjax.data import TUTORIAL_NORMALIZATION, DataNotFoundError, Dataset, NormalizationError, Split, load_dataset
+from kdjax.data.normalization import choose as choose_normalization
+from kdjax.tasks import CLASSIFICATION, NEXT_TOKEN
 from kdjax.loop import (Member, MemberResult, Settings, TrainingDivergedError, evaluate_members, model_variables,
                         program_name, reads_teacher,
                         train_members, unrolls)
 from kdjax.memory import ProgramMemoryError
 from kdjax.network import Network
 from kdjax.parallel import batch_mesh
-from kdjax.report import write_run
+from kdjax.report import score_for, teacher_warnings, write_run
 from kdjax.teacher_cache import compute_teacher_cache
 from kdjax.train import TrainState, build_objective
 
@@ -88,14 +89,15 @@ def check_networks(config: ExperimentConfig, data: Dataset) -> None:
                               f"{error}") from None
 
 
-def load_data(config: ExperimentConfig) -> Dataset:
-    data = load_dataset(config.dataset, config.data_dir, source=config.data_source,  # type: ignore[arg-type]
-                        window=config.window)
-    for flag, size, available in (("--train-size", config.train_size, len(data.train)),
-                                  ("--test-size", config.test_size, len(data.test))):
+def load_data(config: ExperimentConfig) -> tuple[ExperimentConfig, Dataset]:
+    """The data set `config` names, cut to its sizes, and `config` with the images' normalisation resolved."""
+    full = load_dataset(config.dataset, config.data_dir, source=config.data_source,  # type: ignore[arg-type]
+                        window=config.window, num_classes=config.num_classes)
+    for flag, size, available in (("--train-size", config.train_size, len(full.train)),
+                                  ("--test-size", config.test_size, len(full.test))):
         if size is not None and size > available:
-            raise ConfigError(f"{flag} {size:,} exceeds the {available:,} images of {data.origin}")
-    data = data.subset(config.train_size, config.test_size)
+            raise ConfigError(f"{flag} {size:,} exceeds the {available:,} images of {full.origin}")
+    data = full.subset(config.train_size, config.test_size)
     if config.batch_size > len(data.train):
         raise ConfigError(f"--batch-size {config.batch_size} exceeds the {len(data.train):,} training images")
     if config.labelled_size is not None and config.labelled_size > len(data.train):
@@ -103,9 +105,34 @@ def load_data(config: ExperimentConfig) -> Dataset:
     if config.validation_size is not None and config.validation_size > len(data.train) - config.batch_size:
         raise ConfigError(f"--validation-size {config.validation_size:,} leaves fewer than --batch-size "
                           f"{config.batch_size} of the {len(data.train):,} training images to train on")
-    log(f"data: {data.origin}; train {len(data.train):,}, test {len(data.test):,} "
-        f"(loaded in {data.load_seconds:.1f} s)")
-    return data
+    log(f"data: {data.origin}; train {len(data.train):,}, test {len(data.test):,}, {data.num_classes:,} "
+        f"{'tokens in the vocabulary' if data.task is NEXT_TOKEN else 'classes'} (loaded in {data.load_seconds:.1f} s)")
+    if data.task is CLASSIFICATION:
+        released = released_normalization(config, data)
+        try:
+            normalization, line = choose_normalization(config.normalize, dataset=data.name,
+                                                       train_images=full.train.inputs, used_images=data.train.inputs,
+                                                       teacher_trained_with=released)
+        except NormalizationError as error:
+            raise ConfigError(str(error)) from None
+        log(line + (" (the released teacher's)" if released and config.normalize == "auto" else ""))
+        config = dataclasses.replace(config, normalization=None if normalization == TUTORIAL_NORMALIZATION
+                                     else normalization)  # None: the default, as identities have always said
+    return config, data
+
+
+def released_normalization(config: ExperimentConfig, data: Dataset) -> str | None:
+    """The named normalisation the `--teacher-weights` teacher was trained with, where it is known."""
+    if not (config.teacher_weights and config.needs_teacher):
+        return None
+    if config.teacher in zoo.TUTORIAL:
+        return "imagenet"  # the tutorial's transforms.Normalize
+    if data.name in ("cifar10", "cifar100"):
+        return data.name
+    if config.normalize == "auto":
+        log(f"--teacher-weights on {data.name}: the teacher's own normalisation is not known here; pass --normalize "
+            "with the one it was trained with if it is not this data set's own statistics")
+    return None
 
 
 class Checkpoints:
@@ -125,6 +152,10 @@ class Checkpoints:
                        "data": data.fingerprint}  # augment: the bool of identities written before crops existed
         if labelled:  # recorded only when set, so that identities written before the option stay valid
             self.shared["labelled"] = labelled
+        if config.num_classes is not None:  # likewise: a stated class count sizes the network's head
+            self.shared["classes"] = data.num_classes
+        if data.train.inputs.dtype.kind == "f":  # float images are normalised too since this entry was added
+            self.shared["float_inputs"] = True
         training, defaults = config.settings(teacher=teacher), Settings()
         for key in TRAINING_SETTINGS:  # likewise: only what differs from the tutorial's Adam and Normalize
             if getattr(training, key) != getattr(defaults, key):
@@ -253,6 +284,21 @@ def load_teacher(config: ExperimentConfig, data: Dataset) -> tuple[list[MemberRe
     return [result], states
 
 
+def export_teacher(config: ExperimentConfig, states: Any, result: MemberResult) -> None:
+    """Write the first teacher member's weights to `--export-weights` as its PyTorch `state_dict` (.npz)."""
+    from kdjax import convert
+
+    params, state = model_variables(states)
+    path = pathlib.Path(config.export_weights).expanduser()
+    arrays = convert.state_dict(config.teacher, {"params": params, **state})
+    partial = path.with_name(path.name + ".partial.npz")  # a crash leaves no half-written file under the name
+    np.savez(partial, **arrays)
+    partial.replace(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    log(f"teacher: seed {result.member.seed}, test accuracy {result.test_accuracy:.2f}%, weights in {path} "
+        f"({len(arrays)} arrays, {path.stat().st_size:,} bytes, SHA-256 {digest})")
+
+
 def _stacked(tree: Any) -> Any:
     return jax.tree.map(lambda leaf: jnp.asarray(leaf)[None], tree)
 
@@ -371,37 +417,43 @@ def run(name: str, argv: list[str] | None = None) -> int:
                               f"device(s) here; pass --devices between 1 and {jax.device_count()} (0: all)")
         log(f"config: {json.dumps(dataclasses.asdict(config))}")
         try:
-            data = load_data(config)
+            config, data = load_data(config)
         except ValueError as error:  # corrupt or unsafe files: the message names the file
             if isinstance(error, ConfigError):
                 raise
             raise DataNotFoundError(str(error)) from error
         check_networks(config, data)  # traces the networks: after the backends' set-up above
         config = with_recipe_warmup(config, len(data.train))
-        images = data.task is CLASSIFICATION
-        if images and (config.normalize == "dataset" or (config.normalize == "auto" and data.name != "cifar10")):
-            config = dataclasses.replace(config, normalization=channel_statistics(data.train.inputs))
-            log(f"normalization: the training images' mean {config.normalization[0]}, std {config.normalization[1]}")
         start = time.perf_counter()
         taught, (learners, validation) = teacher_data(config, data), student_data(config, data)
         teacher_checkpoints = Checkpoints(config, taught, teacher=True)
         student_checkpoints = Checkpoints(config, learners, teacher=False, labelled=config.labelled_size)
+        score = score_for({"task": data.task.name})
         if name == "teacher":
-            teacher_results, _ = train_teacher(config, taught, teacher_checkpoints, config.seeds)
+            teacher_results, states = train_teacher(config, taught, teacher_checkpoints, config.seeds)
             students = []
+            if config.export_weights and jax.process_index() == 0:
+                export_teacher(config, states, teacher_results[0])
+            for warning in teacher_warnings(teacher_results, [], score, data.num_classes):
+                log(f"warning: {warning}")
         elif config.needs_teacher:
             if config.teacher_weights:
                 teacher_results, states = load_teacher(config, data)
             else:
                 teacher_results, states = train_teacher(config, taught, teacher_checkpoints)
+            for warning in teacher_warnings(teacher_results, [], score, data.num_classes):
+                log(f"warning: {warning}")
             if config.augment != "none":
                 teacher_results = with_view_accuracy(config, data, teacher_results, states)
             students = train_students(config, learners, student_checkpoints,
                                       model_variables(states), validation)
+            for warning in teacher_warnings(teacher_results, students, score, None):
+                log(f"warning: {warning}")
         else:
             teacher_results = []
             students = train_students(config, learners, student_checkpoints, None, validation)
-        outputs = {**dataclasses.asdict(config), "task": data.task.name, "machine": machine_line(),
+        outputs = {**dataclasses.asdict(config), "task": data.task.name, "num_classes": data.num_classes,
+                   "train_examples": len(learners.train), "test_examples": len(data.test), "machine": machine_line(),
                    "seconds_this_invocation": time.perf_counter() - start}
         run_dir = pathlib.Path(config.output_dir) / f"{name}-{fingerprint(run_identity(config))}"
         if jax.process_index() == 0:
@@ -421,7 +473,7 @@ def run(name: str, argv: list[str] | None = None) -> int:
 TRAINING_SETTINGS = ("optimizer", "momentum", "nesterov", "weight_decay", "schedule", "milestones", "decay_factor",
                      "warmup_epochs", "normalization")
 LATER_SETTINGS = frozenset({"teacher", "student", "recipe", "normalize", "method_defaults", "dataset", "baseline", "window",
-                            *TRAINING_SETTINGS})
+                            "num_classes", *TRAINING_SETTINGS})
 
 
 def with_recipe_warmup(config: ExperimentConfig, train_examples: int) -> ExperimentConfig:
