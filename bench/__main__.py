@@ -128,6 +128,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="turns each side takes (median over rounds reported)")
     parser.add_argument("--windows", type=int, default=5, help="timed windows per measurement (median reported)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps per timed window (default: each case's own; 1 only checks that every case runs)")
     parser.add_argument("--e2e-train-size", type=int, default=10_000, help="training images in the end-to-end run")
     parser.add_argument("--e2e-test-size", type=int, default=2_000, help="test images in the end-to-end run")
     parser.add_argument("--e2e-epochs", type=int, default=2, help="epochs per model in the end-to-end run")
@@ -140,6 +142,7 @@ def main() -> None:
     passthrough = [f"--windows={args.windows}", f"--e2e-train-size={args.e2e_train_size}",
                    f"--e2e-test-size={args.e2e_test_size}", f"--e2e-epochs={args.e2e_epochs}"]
     passthrough += [f"--data-dir={args.data_dir}"] * bool(args.data_dir) + ["--skip-e2e"] * args.skip_e2e
+    passthrough += [f"--steps={args.steps}"] * (args.steps is not None)
 
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")

@@ -48,6 +48,8 @@ def side_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--json", required=True, help="where to write this side's figures")
     parser.add_argument("--windows", type=int, default=5, help="timed windows per measurement")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps per timed window (default: each case's own; 1 only checks that it runs)")
     parser.add_argument("--e2e-train-size", type=int, default=10_000)
     parser.add_argument("--e2e-test-size", type=int, default=2_000)
     parser.add_argument("--e2e-epochs", type=int, default=2)

@@ -23,7 +23,7 @@ from kdjax.data import Dataset, ResidentLoader, Split, epoch_order, load_cifar10
 from kdjax.loop import Member, ProgramSpec, init_states, model_variables, program_step, stack_hyperparameters
 from kdjax.network import tutorial_student, tutorial_teacher
 from kdjax.parallel import batch_mesh
-from kdjax.teacher_cache import compute_teacher_cache
+from kdjax.teacher import Teacher, cache_outputs
 from kdjax.train import build_objective
 from kdjax.train import eval_step as eval_step_fn
 
@@ -39,36 +39,36 @@ def engine_program(case: str, split: Split, teacher_params, cached: bool, member
         network = teacher if case == "teacher_ce" else tutorial_student()
     method = methods.get(OBJECTIVE.get(case, "ce"))
     objective = build_objective(method, network, teacher if method.needs_teacher else None)
-    spec = ProgramSpec(objective, teacher, cached, batch, len(split), "none", True, batch_mesh(1))
+    spec = ProgramSpec(objective, batch, len(split), "none", True, batch_mesh(1))
     step = jax.jit(functools.partial(program_step, spec=spec), donate_argnums=(0,))
     seeds = list(range(members))
     teacher_arg = None
     if method.needs_teacher:
-        teacher_arg = compute_teacher_cache(teacher, teacher_params, split, method.reads) if cached else teacher_params
+        live = Teacher(teacher, *teacher_params)
+        teacher_arg = cache_outputs(live, split, method.reads) if cached else live
     keys = jax.numpy.stack([jax.random.key(seed) for seed in seeds])
     orders = jax.numpy.stack([epoch_order(key, 0, len(split), batch) for key in keys])
     member_list = [Member.of(method.name, seed) for seed in seeds]
-    rest = (orders, np.int32(0), split.inputs, split.labels, teacher_arg, keys, keys,
-            stack_hyperparameters(member_list))
+    rest = (orders, np.int32(0), split.arrays(), teacher_arg, keys, keys, stack_hyperparameters(member_list))
     # On the device once, as the training loop puts them: a host array would be copied in every step.
     return step, init_states(objective, seeds, 1e-3), jax.device_put(rest)
 
 
 def _time_case(step, states, rest, steps: int, images: int, windows: int, batch: int = BATCH) -> dict:
     """Compile time and steady images/s of `step`, `images` per step, over orders of `batch`-image batches."""
-    orders, epoch, images_arr, labels, teacher_arg, data_keys, dropout_keys, hp = rest
+    orders, epoch, data, teacher_arg, data_keys, dropout_keys, hp = rest
     batches = orders.shape[1] // batch
     start = time.perf_counter()
-    compiled = step.lower(states, orders, epoch, np.int32(0), images_arr, labels, teacher_arg, data_keys,
-                          dropout_keys, hp).compile()
+    compiled = step.lower(states, orders, epoch, np.int32(0), data, teacher_arg, data_keys, dropout_keys,
+                          hp).compile()
     compile_s = time.perf_counter() - start
     box = {"state": states, "index": 0}
 
     def window():
         for _ in range(steps):
             box["index"] = (box["index"] + 1) % batches
-            box["state"], _ = compiled(box["state"], orders, epoch, np.int32(box["index"]), images_arr, labels,
-                                       teacher_arg, data_keys, dropout_keys, hp)
+            box["state"], _ = compiled(box["state"], orders, epoch, np.int32(box["index"]), data, teacher_arg,
+                                       data_keys, dropout_keys, hp)
         jax.block_until_ready(box["state"])
 
     window()  # warm-up: one full window, so each case starts from a settled machine
@@ -84,9 +84,9 @@ def measure_steps(split: Split, args) -> dict:
         step, states, rest = engine_program(case, split, teacher_params, cached)
         name = f"{case}_cached" if cached else case
         batch = batch_size(case)
-        results[name] = _time_case(step, states, rest, steps_per_window(case), batch, windows, batch)
+        results[name] = _time_case(step, states, rest, args.steps or steps_per_window(case), batch, windows, batch)
     step, states, rest = engine_program("kd", split, teacher_params, True, members=MEMBERS)
-    results[f"kd_cached_x{MEMBERS}"] = _time_case(step, states, rest, steps_per_window("kd") // 2,
+    results[f"kd_cached_x{MEMBERS}"] = _time_case(step, states, rest, args.steps or steps_per_window("kd") // 2,
                                                   MEMBERS * BATCH, windows)
     return results
 
@@ -105,10 +105,12 @@ def measure_eval(split: Split, args) -> dict:
         batches = _batches(split)
         jax.block_until_ready(eval_step(params, state, next(batches)))
 
-        def window():
-            jax.block_until_ready([eval_step(params, state, next(batches)) for _ in range(10)])
+        steps = args.steps or 10
 
-        results[f"eval_{name}"] = {"images_per_s": median_rate(window, 10 * BATCH, windows)}
+        def window():
+            jax.block_until_ready([eval_step(params, state, next(batches)) for _ in range(steps)])
+
+        results[f"eval_{name}"] = {"images_per_s": median_rate(window, steps * BATCH, windows)}
     return results
 
 
@@ -128,7 +130,7 @@ def measure_e2e(args) -> dict:
         students = train_students(config, data, Checkpoints(config, data, teacher=False),
                                   model_variables(states))
         seconds = time.perf_counter() - start
-    accuracy = {("teacher" if r.network == "DeepNN" else r.member.method): r.test_accuracy for r in teacher + students}
+    accuracy = {("teacher" if r.network == "DeepNN" else r.member.name): r.test_accuracy for r in teacher + students}
     return {"e2e": {"seconds": seconds, "accuracy": accuracy, "data": data.origin}}
 
 

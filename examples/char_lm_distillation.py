@@ -30,6 +30,7 @@ from kdjax.checkpoint import RunCheckpoints
 from kdjax.data import load_text
 from kdjax.loop import Member, Settings, model_variables, train_members
 from kdjax.network import Network, linen_network
+from kdjax.teacher import Teacher
 
 
 class TinyTransformer(nn.Module):
@@ -75,7 +76,7 @@ def main(argv=None) -> dict[str, list[float]]:
         root = pathlib.Path(args.workdir or tmp)
 
         def checkpoints(kind):
-            return lambda members: RunCheckpoints(root / kind / "+".join(dict.fromkeys(m.method for m in members)),
+            return lambda members: RunCheckpoints(root / kind / "+".join(dict.fromkeys(m.name for m in members)),
                                                   {"example": kind})
 
         (program,) = train_members([Member.of("ce", 0)], teacher, data.train, data.test, settings,
@@ -84,12 +85,12 @@ def main(argv=None) -> dict[str, list[float]]:
         teacher_variables = model_variables(program.states)
         members = [Member.of(method, seed) for method in ("ce", "kd", "gkd") for seed in seeds]
         # kd at T = 1 and both distillation terms weighted 0.5 beside CE 0.5 (GKD's defaults), so the two compare.
-        members = [m if m.method != "kd" else Member.of("kd", m.seed, temperature=1.0, ce_weight=0.5,
+        members = [m if m.name != "kd" else Member.of("kd", m.seed, temperature=1.0, ce_weight=0.5,
                                                          aux_weight=0.5) for m in members]
         programs = train_members(members, student, data.train, data.test, settings, checkpoints("student"),
-                                 teacher=teacher, teacher_source=lambda: (teacher_variables, False), desc="student")
+                                 teacher=Teacher(teacher, *teacher_variables), desc="student")
     for result in (r for p in programs for r in p.results):
-        bits.setdefault(f"student TinyTransformer ({result.member.method})", []).append(result.test_loss / math.log(2))
+        bits.setdefault(f"student TinyTransformer ({result.member.name})", []).append(result.test_loss / math.log(2))
     for name, values in bits.items():
         print(f"{name}: {', '.join(f'{v:.3f}' for v in values)} bits/char (mean {np.mean(values):.3f})")
     return bits

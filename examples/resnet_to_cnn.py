@@ -23,6 +23,7 @@ from kdjax.checkpoint import RunCheckpoints
 from kdjax.data import Dataset, Split, load_cifar10
 from kdjax.loop import Member, Settings, model_variables, train_members
 from kdjax.network import Network, linen_network
+from kdjax.teacher import Teacher
 
 
 class ResidualBlock(nn.Module):
@@ -103,7 +104,7 @@ def distil(student: Network, argv=None) -> dict[str, float]:
         root = pathlib.Path(args.workdir or tmp)
 
         def checkpoints(kind):
-            return lambda members: RunCheckpoints(root / kind / members[0].method, {"example": kind})
+            return lambda members: RunCheckpoints(root / kind / members[0].name, {"example": kind})
 
         teacher = teacher_network()
         (program,) = train_members([Member.of("ce", 0)], teacher, data.train, data.test, settings,
@@ -112,13 +113,13 @@ def distil(student: Network, argv=None) -> dict[str, float]:
         teacher_variables = model_variables(program.states)
         members = [Member.of(method, seed) for method in ("ce", "hint") for seed in seeds]
         programs = train_members(members, student, data.train, data.test, settings,
-                                 checkpoints(f"student-{student.name}"), teacher=teacher,
-                                 teacher_source=lambda: (teacher_variables, False), desc="student")
+                                 checkpoints(f"student-{student.name}"), teacher=Teacher(teacher, *teacher_variables),
+                                 desc="student")
     accuracy = {}
     for program in programs:
         values = [r.test_accuracy for r in program.results]
-        accuracy[program.results[0].member.method] = float(np.mean(values))
-        print(f"{student.name} {program.results[0].member.method}: {', '.join(f'{v:.2f}%' for v in values)}")
+        accuracy[program.results[0].member.name] = float(np.mean(values))
+        print(f"{student.name} {program.results[0].member.name}: {', '.join(f'{v:.2f}%' for v in values)}")
     return accuracy
 
 

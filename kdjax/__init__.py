@@ -15,7 +15,7 @@ from typing import Any
 __version__ = "0.2.0"
 
 _SUBMODULES = ("checkpoint", "config", "cpu", "data", "features", "losses", "loop", "memory", "methods", "models",
-               "network", "optimizers", "parallel", "report", "stats", "tasks", "teacher_cache", "train", "zoo")
+               "network", "optimizers", "parallel", "report", "stats", "tasks", "teacher", "train", "zoo")
 
 
 def __getattr__(name: str) -> Any:

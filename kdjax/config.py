@@ -145,8 +145,13 @@ class ExperimentConfig:
         return ("ce", method) if self.baseline and method != "ce" else (method,)
 
     @property
+    def chosen_methods(self) -> tuple[methods.Method, ...]:
+        """The methods `student_methods` names: the one place a command's method names meet the registry."""
+        return tuple(methods.get(name) for name in self.student_methods)
+
+    @property
     def needs_teacher(self) -> bool:
-        return any(methods.get(name).needs_teacher for name in self.student_methods)
+        return any(method.needs_teacher for method in self.chosen_methods)
 
     def settings(self, *, teacher: bool = False) -> Settings:
         epochs = (self.teacher_epochs or self.epochs) if teacher else self.epochs
@@ -165,17 +170,6 @@ class ExperimentConfig:
     def sequence_data(self) -> bool:
         """Whether `dataset` is next-token data (text or a token array)."""
         return self.dataset == "text" or self.dataset.startswith(("text:", "tokens:"))
-
-    def teacher_cache_off_reason(self) -> str | None:
-        """Why the teacher-output cache cannot be used with these settings, or None if it can."""
-        if not self.cache:
-            return "--no-cache"
-        if self.sequence_data:
-            return ("next-token data: a cache would hold [examples, time, vocab] logits, and a top-k one would change "
-                    "the loss")
-        if self.augment != "none":
-            return "--augment feeds the teacher a different image of each example every epoch"
-        return None
 
     def validate(self) -> "ExperimentConfig":
         """Raise ConfigError on values that cannot work, before anything expensive runs."""
@@ -233,8 +227,8 @@ class ExperimentConfig:
              f"--validation-size must be > 0, got {self.validation_size}"),
             (self.labelled_size is None or self.labelled_size > 0,
              f"--labelled-size must be > 0, got {self.labelled_size}"),
-            (not (self.labelled_size and any(methods.get(n).uses_labels for n in self.student_methods)),
-             f"--labelled-size: {', '.join(n for n in self.student_methods if methods.get(n).uses_labels)} reads "
+            (not (self.labelled_size and any(m.uses_labels for m in self.chosen_methods)),
+             f"--labelled-size: {', '.join(m.name for m in self.chosen_methods if m.uses_labels)} reads "
              "every example's label, which unlabelled examples lack; leave it out of partly labelled runs"),
             (self.save_every_steps >= 0, f"--save-every-steps must be >= 0, got {self.save_every_steps}"),
             (self.log_every_steps >= 0, f"--log-every-steps must be >= 0, got {self.log_every_steps}"),
@@ -272,7 +266,7 @@ class ExperimentConfig:
         """The student members (or, for `teacher`, the teacher members) this command trains."""
         from kdjax.loop import expand_members
 
-        names = self.student_methods or ("ce",)
+        chosen = self.chosen_methods or (methods.CE,)
         overrides = dict(self.hyperparameters)
         for name, value in (*overrides.items(), *((n, v) for n, values in self.sweep for v in values)):
             try:
@@ -281,12 +275,11 @@ class ExperimentConfig:
                 raise ConfigError(f"--{name.replace('_', '-')}{str(error)[len(name):]}") from None
         if self.name == "teacher" and (overrides or self.sweep):
             raise ConfigError("the teacher trains with cross-entropy alone: it takes no method hyperparameters")
-        chosen = [methods.get(n) for n in names]
         for name in overrides:
             if not any(name in m.hyperparameters for m in chosen):
-                raise ConfigError(f"--{name.replace('_', '-')} does not apply to {', '.join(names)}")
+                raise ConfigError(f"--{name.replace('_', '-')} does not apply to {', '.join(m.name for m in chosen)}")
         defaults = {method: dict(values) for method, values in self.method_defaults}
-        return expand_members(names, self.seeds, dict(self.sweep), defaults, **overrides)
+        return expand_members(chosen, self.seeds, dict(self.sweep), defaults, **overrides)
 
 
 def _check_writable(flag: str, directory: pathlib.Path) -> None:
@@ -408,8 +401,10 @@ def _grid_axis(text: str) -> tuple[str, tuple[float, ...]]:
 
 
 def add_flags(parser: argparse.ArgumentParser, experiment: str) -> None:
-    """One flag per config field, plus the hyperparameters of the experiment's methods."""
-    defaults = ExperimentConfig()
+    """One flag per config field, plus the hyperparameters of the experiment's methods; `--help` shows the
+    defaults this experiment runs with (its default recipe's, where it has one)."""
+    plain = ExperimentConfig()
+    defaults = dataclasses.replace(plain, **recipe_values(DEFAULT_RECIPES.get(experiment), plain.student))
     skip = {"name", "hyperparameters", "sweep", "seeds", "methods", "normalization", "method_defaults"}
     if experiment != "teacher":
         skip.add("export_weights")
@@ -436,13 +431,15 @@ def add_flags(parser: argparse.ArgumentParser, experiment: str) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)
         else:
-            kind = {"int | None": int, "str | None": str}.get(str(field.type), type(default))
+            kind = {"int | None": int, "str | None": str}.get(str(field.type), type(getattr(plain, field.name)))
             parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
     config = dataclasses.replace(defaults, name=experiment)
-    chosen = [methods.get(n) for n in config.student_methods]
+    chosen = config.chosen_methods
     group = parser.add_argument_group("method hyperparameters (each sweepable with --sweep NAME=V1,V2,...)")
+    recipe_weights = {method: dict(values) for method, values in defaults.method_defaults}
     for name in sorted({n for m in chosen for n in m.hyperparameters}):
-        owners = ", ".join(f"{m.name} {m.hyperparameters[name]:g}" for m in chosen if name in m.hyperparameters)
+        owners = ", ".join(f"{m.name} {recipe_weights.get(m.name, {}).get(name, m.hyperparameters[name]):g}"
+                           for m in chosen if name in m.hyperparameters)
         group.add_argument("--" + name.replace("_", "-"), type=float, default=None, dest=f"hp_{name}",
                            help=f"default per method: {owners}")
     if chosen and any(m.hyperparameters for m in chosen):

@@ -37,6 +37,7 @@ import optax
 from jax.sharding import Mesh
 
 from kdjax import memory, methods
+from kdjax.methods import Method
 from kdjax.checkpoint import Position, RunCheckpoints
 from kdjax.data import ResidentLoader, Split
 from kdjax.data.normalization import TUTORIAL_NORMALIZATION, Normalization
@@ -46,7 +47,8 @@ from kdjax.optimizers import make_optimizer
 from kdjax.progress import EpochProgress
 from kdjax.parallel import batch_mesh, batch_sharding, check_batch_size, replicate
 from kdjax.tasks import NEXT_TOKEN, Task
-from kdjax.train import (Objective, TrainState, build_objective, create_train_state, eval_step, teacher_outputs,
+from kdjax.teacher import CachedTeacher, Teacher, TeacherLike, cache_off_reason, cache_outputs
+from kdjax.train import (Objective, TrainState, build_objective, create_train_state, eval_step, init_keys,
                          train_step)
 
 PROGRESS_EVERY = 10  # steps between progress-bar refreshes (each one waits for the device)
@@ -86,19 +88,39 @@ class InterruptGuard:
             raise KeyboardInterrupt
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Member:
-    """One run: `method` (a `kdjax.methods` name) from `seed` with every hyperparameter resolved."""
+    """One run: `method` from `seed` with every hyperparameter resolved. Members are equal when their method's
+    name, seed and hyperparameters are (as checkpoint identities key them)."""
 
-    method: str
+    method: Method
     seed: int
     hyperparameters: tuple[tuple[str, float], ...] = ()
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, Method):  # a registered name, resolved once, here
+            object.__setattr__(self, "method", methods.method_of(self.method))
+
+    def _key(self) -> tuple:
+        return self.method.name, self.seed, self.hyperparameters
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Member) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
     @classmethod
-    def of(cls, method: str, seed: int, **overrides: float) -> "Member":
-        """The member with `method`'s defaults, `overrides` applied (checked)."""
-        resolved = methods.get(method).resolve(overrides)
+    def of(cls, method: Method | str, seed: int, **overrides: float) -> "Member":
+        """The member with `method`'s defaults (a `Method`, or a registered name), `overrides` applied (checked)."""
+        method = methods.method_of(method)
+        resolved = method.resolve(overrides)
         return cls(method, int(seed), tuple(sorted((k, float(v)) for k, v in resolved.items())))
+
+    @property
+    def name(self) -> str:
+        """The method's name."""
+        return self.method.name
 
     @property
     def hp(self) -> dict[str, float]:
@@ -107,10 +129,10 @@ class Member:
     @property
     def label(self) -> str:
         setting = "".join(f"{name}={value:g}, " for name, value in self.hyperparameters)
-        return f"{self.method}[{setting}seed={self.seed}]"
+        return f"{self.name}[{setting}seed={self.seed}]"
 
 
-def expand_members(method_names: Sequence[str], seeds: Sequence[int], grid: Mapping[str, Sequence[float]],
+def expand_members(chosen: Sequence[Method | str], seeds: Sequence[int], grid: Mapping[str, Sequence[float]],
                    defaults: Mapping[str, Mapping[str, float]] | None = None, **overrides: float) -> list[Member]:
     """Every (method, grid point, seed); a grid axis or override applies to the methods that have it.
 
@@ -118,10 +140,10 @@ def expand_members(method_names: Sequence[str], seeds: Sequence[int], grid: Mapp
     overrides and the grid (a recipe's weights). A grid axis no listed method has is an
     error. Order: method, grid point, seed.
     """
-    chosen = [methods.get(name) for name in method_names]
+    chosen = [methods.method_of(method) for method in chosen]
     for name in grid:
         if not any(name in m.hyperparameters for m in chosen):
-            raise ValueError(f"none of {', '.join(method_names)} has a hyperparameter {name!r}")
+            raise ValueError(f"none of {', '.join(m.name for m in chosen)} has a hyperparameter {name!r}")
     members = []
     for method in chosen:
         axes = {name: values for name, values in grid.items() if name in method.hyperparameters}
@@ -129,7 +151,7 @@ def expand_members(method_names: Sequence[str], seeds: Sequence[int], grid: Mapp
                  **{name: value for name, value in overrides.items() if name in method.hyperparameters}}
         for point in itertools.product(*axes.values()):
             setting = {**fixed, **dict(zip(axes, point))}
-            members.extend(Member.of(method.name, seed, **setting) for seed in seeds)
+            members.extend(Member.of(method, seed, **setting) for seed in seeds)
     return members
 
 
@@ -180,12 +202,6 @@ class ProgramResult:
     trained_steps: int  # steps this invocation ran (0: restored a finished program)
 
 
-def init_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(init, data order, dropout) keys; every member with the same seed starts from the same weights."""
-    root = jax.random.key(seed)
-    return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
-
-
 def map_members(fn: Callable, unroll: bool, *, indexed: bool = False) -> Callable:
     """`fn` over a leading member axis of every argument: `jax.vmap`, or one call per member, stacked.
 
@@ -222,8 +238,6 @@ class ProgramSpec:
     """The static part of a program step."""
 
     objective: Objective
-    teacher: Network | None
-    cached: bool
     batch_size: int
     num_examples: int
     augment: str
@@ -238,7 +252,7 @@ class ProgramSpec:
 
 
 def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index: jax.Array,
-                 data: dict[str, jax.Array], teacher: Any, data_keys: jax.Array, dropout_keys: jax.Array,
+                 data: dict[str, jax.Array], teacher: TeacherLike | None, data_keys: jax.Array, dropout_keys: jax.Array,
                  hyperparameters: Mapping[str, jax.Array], *, spec: ProgramSpec) -> tuple[TrainState, dict]:
     """Advance every member by batch `index` of its own epoch order.
 
@@ -251,7 +265,7 @@ def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index:
       orders: `[members, num_batches * batch_size]` int32, each member's epoch order.
       epoch, index: int32 scalars, the epoch and the batch within it.
       data: the whole split's `Split.arrays()` (inputs, labels[, mask]), `[n, ...]`; shared.
-      teacher: `{role: [n, ...]}` output cache (`spec.cached`), the teacher's `(params, state)`, or None.
+      teacher: the `Teacher` or its `CachedTeacher` (`kdjax.teacher`), or None when no member reads one.
       data_keys, dropout_keys: `[members]` keys; hyperparameters: name -> `[members]` float32.
 
     Returns:
@@ -269,13 +283,7 @@ def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index:
             batch = batch | {"labelled": batch["index"] < spec.labelled}
         if sharded:
             batch = jax.lax.with_sharding_constraint(batch, batch_sharding(spec.mesh))
-        outputs = None
-        if reads is not None:
-            if spec.cached:
-                outputs = {role: rows[batch["index"]] for role, rows in teacher.items()}
-            else:
-                outputs = teacher_outputs(spec.teacher, teacher, batch["inputs"], reads)
-        return batch, outputs
+        return batch, None if reads is None else teacher.outputs(batch, reads)
 
     if not spec.unroll:
         method = spec.objective.method
@@ -401,39 +409,39 @@ def data_groups(members: Sequence[Member]) -> tuple[int, ...]:
 
 def reads_teacher(members: Sequence[Member]) -> bool:
     """Whether any member's method reads the teacher."""
-    return any(methods.get(m.method).needs_teacher for m in members)
+    return any(m.method.needs_teacher for m in members)
 
 
 def program_name(members: Sequence[Member]) -> str:
     """The methods of a program, in first-seen order, joined by `+`."""
-    return "+".join(dict.fromkeys(m.method for m in members))
+    return "+".join(dict.fromkeys(m.name for m in members))
 
 
-TeacherSource = Callable[[], tuple[Any, bool]]  # () -> (cache or params, cached); called only if training
+TeacherSource = Callable[[], TeacherLike]  # the teacher or its cache; called only when a step must run
 
 
 def train_program(
-    members: Sequence[Member], objectives: Mapping[str, Objective], train_split: Split, test_split: Split,
-    settings: Settings, checkpoints: RunCheckpoints, *, teacher: Network | None = None,
-    teacher_source: TeacherSource | None = None, log: Callable[[str], None] = print, desc: str = "train",
+    members: Sequence[Member], objectives: Mapping[Method, Objective], train_split: Split, test_split: Split,
+    settings: Settings, checkpoints: RunCheckpoints, *, teacher_source: TeacherSource | None = None,
+    log: Callable[[str], None] = print, desc: str = "train",
 ) -> ProgramResult:
     """Train `members` together for `settings.epochs`, resuming from `checkpoints`.
 
     `objectives` maps each member's method to its objective. Members of different methods
     share a program only when it is unrolled and their parameter trees match (no adapter);
     members with one seed then share each batch and teacher forward. `teacher_source`
-    supplies the teacher's output cache or params when a step must run (not for a finished
+    supplies the `Teacher` or its `CachedTeacher` when a step must run (not for a finished
     program). A NaN/Inf loss in any member stops the program with `TrainingDivergedError`,
     naming the member and step; the last good checkpoint is kept.
     """
-    missing = sorted({m.method for m in members} - set(objectives))
+    missing = sorted({m.name for m in members if m.method not in objectives})
     if missing:
         raise ValueError(f"no objective for method(s) {missing} of the program's members")
     per_member = tuple(objectives[m.method] for m in members)
     objective, mixed = per_member[0], len({m.method for m in members}) > 1
     needs_teacher = any(o.method.needs_teacher for o in per_member)
-    if needs_teacher and (teacher is None or teacher_source is None):
-        raise ValueError(f"{program_name(members)} needs the teacher network and its params or cache")
+    if needs_teacher and teacher_source is None:
+        raise ValueError(f"{program_name(members)} needs a teacher")
     mesh = batch_mesh(settings.devices or None)
     check_batch_size(settings.batch_size, mesh)
     n, batch_size = len(train_split), settings.batch_size
@@ -467,8 +475,8 @@ def train_program(
 
     trained = 0
     if position < Position(settings.epochs, 0):
-        teacher_arg, cached = teacher_source() if needs_teacher else (None, False)
-        spec = ProgramSpec(objective, teacher, cached, batch_size, n, settings.augment, unroll, mesh,
+        teacher_arg = teacher_source() if needs_teacher else None
+        spec = ProgramSpec(objective, batch_size, n, settings.augment, unroll, mesh,
                            settings.labelled, settings.normalization, per_member if mixed else (),
                            data_groups(members) if unroll else ())
         states, dropout_keys, trained = _run_epochs(
@@ -499,7 +507,7 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
     first_bad = jnp.full((count,), -1, jnp.int32)
     trained = 0
 
-    methods_of = [m.method for m in members]
+    methods_of = [m.name for m in members]
 
     def loss_text(losses: np.ndarray) -> str:
         """The mean loss, per method where methods differ: their objectives are not comparable."""
@@ -578,11 +586,11 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
     return states, dropout_keys, trained
 
 
-def member_bytes(objective: Objective, train_split: Split, settings: Settings, teacher: Network | None,
-                 teacher_arg: Any, cached: bool, mesh: Mesh) -> tuple[int, int]:
+def member_bytes(objective: Objective, train_split: Split, settings: Settings, teacher_arg: TeacherLike | None,
+                 mesh: Mesh) -> tuple[int, int]:
     """(bytes per member, shared bytes) of `objective`'s program step, from XLA's analysis of one- and two-member
     compiles (`memory.measure`)."""
-    spec = ProgramSpec(objective, teacher, cached, settings.batch_size, len(train_split), settings.augment,
+    spec = ProgramSpec(objective, settings.batch_size, len(train_split), settings.augment,
                        unrolls(settings, mesh), mesh, settings.labelled, settings.normalization)
     step = jax.jit(functools.partial(program_step, spec=spec))
     # Shapes only: a restored teacher's arrays live on one device, which a program over a wider mesh cannot take
@@ -609,9 +617,8 @@ def member_bytes(objective: Objective, train_split: Split, settings: Settings, t
     return memory.measure(compiled_bytes, (data, teacher_arg), memory.nbytes(state_shapes(1)))
 
 
-def plan_program_size(objectives: Mapping[str, Objective], members: Sequence[Member], train_split: Split,
-                      settings: Settings, teacher: Network | None, teacher_arg: Any,
-                      cached: bool) -> memory.MemoryPlan:
+def plan_program_size(objectives: Mapping[Method, Objective], members: Sequence[Member], train_split: Split,
+                      settings: Settings, teacher_arg: TeacherLike | None) -> memory.MemoryPlan:
     """How many of `members` one program holds on this device.
 
     A program that mixes methods is planned by the most demanding of them (the largest
@@ -619,8 +626,8 @@ def plan_program_size(objectives: Mapping[str, Objective], members: Sequence[Mem
     the plan errs on the side of smaller programs.
     """
     mesh = batch_mesh(settings.devices or None)
-    measured = [member_bytes(objectives[name], train_split, settings, teacher, teacher_arg, cached, mesh)
-                for name in dict.fromkeys(member.method for member in members)]
+    measured = [member_bytes(objectives[method], train_split, settings, teacher_arg, mesh)
+                for method in dict.fromkeys(member.method for member in members)]
     local = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
     capacity = memory.device_capacity_bytes(local)
     if jax.process_count() > 1:  # every process must cut the members into the same programs
@@ -637,9 +644,9 @@ def programs(members: Sequence[Member], *, share_teacher_forward: bool = False) 
     one program, where members with the same seed share each step's teacher forward."""
     groups: dict[str, list[Member]] = {}
     for member in members:
-        method = methods.get(member.method)
+        method = member.method
         shared = share_teacher_forward and method.needs_teacher and method.adapter is None
-        groups.setdefault("" if shared else member.method, []).append(member)
+        groups.setdefault("" if shared else method.name, []).append(member)
     return list(groups.values())
 
 
@@ -650,29 +657,38 @@ def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 
 def train_members(
     members: Sequence[Member], student: Network, train_split: Split, test_split: Split, settings: Settings,
-    checkpoints_for: Callable[[Sequence[Member]], RunCheckpoints], *, teacher: Network | None = None,
-    teacher_source: TeacherSource | None = None, log: Callable[[str], None] = print, desc: str = "train",
-    teacher_in_step: bool = False,
+    checkpoints_for: Callable[[Sequence[Member]], RunCheckpoints], *, teacher: Teacher | None = None,
+    cache: bool = True, log: Callable[[str], None] = print, desc: str = "train",
 ) -> list[ProgramResult]:
     """Train every member: one program per method, split into programs that fit the device's memory.
 
     `checkpoints_for(members)` gives each program its checkpoints; `settings.members_per_program`
-    caps a program's size by hand. With `teacher_in_step` (no output cache) and unrolled
-    members, the methods that read the teacher share one program instead, so that members
+    caps a program's size by hand. `teacher` serves the members whose methods read one: its
+    outputs are computed once over `train_split` where a cache cannot change the results
+    (`kdjax.teacher.cache_off_reason`; never with `cache=False`); otherwise it runs inside every
+    step, and unrolled members of the methods that read it share one program, so that members
     with one seed pay for one teacher forward per step between them.
     """
-    source = _once(teacher_source) if teacher_source is not None else None
-    objectives = {}
-    for name in dict.fromkeys(m.method for m in members):
-        method = methods.get(name)
-        objectives[name] = build_objective(method, student, teacher if method.needs_teacher else None)
-    share = teacher_in_step and unrolls(settings, batch_mesh(settings.devices or None))
+    objectives = {method: build_objective(method, student, teacher.network if teacher and method.needs_teacher
+                                          else None) for method in dict.fromkeys(m.method for m in members)}
+    reads = tuple(dict.fromkeys(r for o in objectives.values() if o.method.needs_teacher for r in o.method.reads))
+    if any(o.method.needs_teacher for o in objectives.values()) and teacher is None:
+        raise ValueError(f"{', '.join(m.name for m in objectives if m.needs_teacher)} need(s) a teacher")
+    mesh = batch_mesh(settings.devices or None)
+    source, share = None, False
+    if teacher is not None and reads:
+        reason = cache_off_reason(teacher, train_split, reads, augment=settings.augment, wanted=cache,
+                                  capacity_bytes=memory.device_capacity_bytes(mesh.devices.flat[0]))
+        if reason:
+            log(f"teacher cache off ({reason}): the teacher runs inside every {desc} step")
+        share = reason is not None and unrolls(settings, mesh)
+        source = functools.cache(lambda: teacher if reason else _cached(teacher, train_split, reads, settings, log))
     results = []
     for group in programs(members, share_teacher_forward=share):
         size = settings.members_per_program or len(group)
         if len(group) > 1 and not settings.members_per_program:
-            teacher_arg, cached = source() if reads_teacher(group) else (None, False)
-            plan = plan_program_size(objectives, group, train_split, settings, teacher, teacher_arg, cached)
+            plan = plan_program_size(objectives, group, train_split, settings,
+                                     source() if source and reads_teacher(group) else None)
             log(f"{desc} {program_name(group)}: {plan.describe()}")
             size = plan.fits
         for chunk in chunks(group, size):
@@ -680,12 +696,16 @@ def train_members(
             checkpoints = checkpoints_for(chunk)
             try:
                 results.append(train_program(chunk, objectives, train_split, test_split, settings, checkpoints,
-                                             teacher=teacher, teacher_source=source, log=log, desc=label))
+                                             teacher_source=source, log=log, desc=label))
             finally:
                 checkpoints.close()
     return results
 
 
-def _once(source: TeacherSource) -> TeacherSource:
-    """`source`, evaluated on the first call only."""
-    return functools.cache(source)
+def _cached(teacher: Teacher, split: Split, reads: Sequence[str], settings: Settings,
+            log: Callable[[str], None]) -> CachedTeacher:
+    start = time.perf_counter()
+    cached = jax.block_until_ready(cache_outputs(teacher, split, reads, normalization=settings.normalization))
+    log(f"teacher cache: {', '.join(sorted(reads))} for {len(split):,} {split.task.examples} in "
+        f"{time.perf_counter() - start:.1f} s")
+    return cached

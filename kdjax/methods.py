@@ -42,7 +42,7 @@ AdapterFactory = Callable[[tuple[int, ...], tuple[int, ...]], nn.Module]
 DISTILLATION_WEIGHTS = {"ce_weight": 0.75, "aux_weight": 0.25}  # the tutorial's weighting
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # identity: a member holds its method, and members are hashed
 class Method:
     """One distillation method.
 
@@ -117,8 +117,8 @@ METHODS: dict[str, Method] = {}
 
 
 def default_title(name: str) -> str:
-    """The title of a method registered without one, or of one this process has not registered."""
-    return f"CE + {name}"
+    """The title of a method given none ("CE + name"; CE's own is "CE")."""
+    return "CE" if name == "ce" else f"CE + {name}"
 
 
 def register(method: Method) -> Method:
@@ -127,6 +127,11 @@ def register(method: Method) -> Method:
         raise ValueError(f"a method named {method.name!r} is already registered")
     METHODS[method.name] = method
     return method
+
+
+def method_of(method: Method | str) -> Method:
+    """`method` itself, or the registered method named `method`."""
+    return method if isinstance(method, Method) else get(method)
 
 
 def get(name: str) -> Method:

@@ -23,9 +23,9 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kdjax import methods
 from kdjax.config import LAYOUT_SETTINGS
 from kdjax.loop import Member, MemberResult
+from kdjax.methods import Method
 from kdjax.stats import holm_adjusted, paired_comparison, summarize
 
 
@@ -84,9 +84,9 @@ class RunFolderError(ValueError):
     """A folder that does not hold a run kdjax wrote, or a comparison that cannot be made; the message says which."""
 
 
-def title(method: str) -> str:
-    """The registered method's title; a run folder may name one this process has not registered."""
-    return methods.METHODS[method].title if method in methods.METHODS else methods.default_title(method)
+def titles(results: Sequence[MemberResult]) -> dict[str, str]:
+    """Method name -> the title reports give its students ("CE + DIST"), from the members' own methods."""
+    return {r.member.name: r.member.method.title for r in results}
 
 
 def setting_text(result: MemberResult) -> str:
@@ -97,7 +97,7 @@ def group_by_config(results: Sequence[MemberResult]) -> dict[tuple, list[MemberR
     """Results keyed by (network, method, hyperparameters), seeds in the order given."""
     groups: dict[tuple, list[MemberResult]] = defaultdict(list)
     for result in results:
-        groups[(result.network, result.member.method, result.member.hyperparameters)].append(result)
+        groups[(result.network, result.member.name, result.member.hyperparameters)].append(result)
     return dict(groups)
 
 
@@ -117,6 +117,7 @@ def summary_table(results: Sequence[MemberResult], score: Score = ACCURACY) -> s
     lines = [f"| network | method | setting | seeds | mean {score.name} | std | 95% CI | "
              + "mean token accuracy | " * tokens + "mean validation accuracy | " * validated + "training (min) |",
              "|---|---|---|---:|---:|---:|---|" + "---:|" * (validated + tokens) + "---:|"]
+    title = titles(results)
     for (network, method, _), group in group_by_config(results).items():
         s = summarize([score.of(r) for r in group])
         many = s.n > 1
@@ -127,7 +128,7 @@ def summary_table(results: Sequence[MemberResult], score: Score = ACCURACY) -> s
         minutes = max(r.train_seconds for r in group) / 60  # members of a program share its wall time
         shared = sorted({r.program for r in group if r.program and "+" in r.program})
         minutes_text = f"{minutes:.1f}" + (f" (shared: {', '.join(shared)})" if shared else "")
-        lines.append(f"| {network} | {title(method)} | {setting_text(group[0])} | {s.n} | {score.text(s.mean)} | "
+        lines.append(f"| {network} | {title[method]} | {setting_text(group[0])} | {s.n} | {score.text(s.mean)} | "
                      f"{f'{s.std:.{score.digits}f}' if many else 'n/a'} | {interval} | {token_accuracy}{validation}"
                      f"{minutes_text} |")
     return "\n".join(lines)
@@ -139,11 +140,11 @@ def _p_text(p: float) -> str:
 
 def pairs_with_ce(results: Sequence[MemberResult]) -> dict[tuple, list[tuple[MemberResult, MemberResult]]]:
     """Per distillation configuration, its results paired with CE's on the same network and seed (if any)."""
-    baseline = {(r.network, r.member.seed): r for r in results if r.member.method == "ce"}
+    baseline = {(r.network, r.member.seed): r for r in results if r.member.name == "ce"}
     out = {}
     for key, group in group_by_config(results).items():
         pairs = [(r, baseline[(r.network, r.member.seed)]) for r in group
-                 if r.member.method != "ce" and (r.network, r.member.seed) in baseline]
+                 if r.member.name != "ce" and (r.network, r.member.seed) in baseline]
         if pairs:
             out[key] = pairs
     return out
@@ -164,7 +165,7 @@ def paired_table(results: Sequence[MemberResult], score: Score = ACCURACY) -> st
     for ((method, example), c), holm in zip(compared, adjusted):
         many = c.n > 1
         verdict = {"better": "beats CE", "worse": "worse than CE"}.get(_verdict(c, score), "no clear difference")
-        lines.append(f"| {title(method)} | {setting_text(example)} | {c.n} | {c.mean_difference:+.{score.digits}f} | "
+        lines.append(f"| {example.member.method.title} | {setting_text(example)} | {c.n} | {c.mean_difference:+.{score.digits}f} | "
                      f"{_interval(c.ci_low, c.ci_high, signed=True, digits=score.digits) if many else 'n/a'} | "
                      f"{_p_text(c.p_value)} | {_p_text(holm)} | {verdict if many else 'n/a (one seed)'} |")
     return "\n".join(lines)
@@ -206,7 +207,7 @@ def epoch_table(results: Sequence[MemberResult], score: Score = ACCURACY) -> str
         ahead = [e + 1 for e, c in enumerate(comparisons) if _verdict(c, score) == "better"]
         behind = [e + 1 for e, c in enumerate(comparisons) if _verdict(c, score) == "worse"]
         last = comparisons[-1]
-        lines.append(f"| {title(key[1])} | {setting_text(groups[key][0])} | {_epoch_ranges(ahead) or 'none'} | "
+        lines.append(f"| {groups[key][0].member.method.title} | {setting_text(groups[key][0])} | {_epoch_ranges(ahead) or 'none'} | "
                      f"{_epoch_ranges(behind) or 'none'} | {last.mean_difference:+.{score.digits}f} "
                      f"{_interval(last.ci_low, last.ci_high, signed=True, digits=score.digits)} |")
     return "\n".join(lines)
@@ -250,7 +251,7 @@ def plot_differences(results: Sequence[MemberResult], path: pathlib.Path, score:
     for key, comparisons in epoch_differences(results, score).items():
         longest = max(longest, len(comparisons))
         epochs = range(1, len(comparisons) + 1)
-        line, = ax.plot(epochs, [c.mean_difference for c in comparisons], label=f"{title(key[1])}"
+        line, = ax.plot(epochs, [c.mean_difference for c in comparisons], label=f"{groups[key][0].member.method.title}"
                         + (f" ({setting_text(groups[key][0])})" if groups[key][0].member.hyperparameters else ""))
         ax.fill_between(epochs, [c.ci_low for c in comparisons], [c.ci_high for c in comparisons], alpha=0.15,
                         color=line.get_color())
@@ -263,7 +264,8 @@ def plot_differences(results: Sequence[MemberResult], path: pathlib.Path, score:
 
 
 def member_row(result: MemberResult, role: str) -> dict[str, Any]:
-    return {"role": role, "label": result.member.label, "network": result.network, "method": result.member.method,
+    return {"role": role, "label": result.member.label, "network": result.network, "method": result.member.name,
+            "title": result.member.method.title,
             "seed": result.member.seed, "hyperparameters": dict(result.member.hyperparameters),
             "parameters": result.parameters, "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
             "train_seconds": result.train_seconds, "images_per_second": result.images_per_second,
@@ -288,7 +290,7 @@ def plot_curves(results: Sequence[MemberResult], path: pathlib.Path, value: Call
         longest = max([longest, *epochs])
         columns = list(zip(*[[value(row) for row in r.history] for r in group]))
         means = [sum(column) / len(column) for column in columns]
-        label = f"{network} {title(method)}" + (f" ({setting_text(group[0])})" if group[0].member.hyperparameters
+        label = f"{network} {group[0].member.method.title}" + (f" ({setting_text(group[0])})" if group[0].member.hyperparameters
                                                else "") + (f", {len(group)} seeds" if len(group) > 1 else "")
         line, = ax.plot(epochs, means, marker="o", label=label)
         if len(group) > 1 and len(epochs) > 1:
@@ -316,7 +318,7 @@ def plot_ranking(results: Sequence[MemberResult], path: pathlib.Path, score: Sco
     rows = []
     for (_, method, _), group in groups.items():
         s = summarize([score.of(r) for r in group])
-        label = title(method) + (f" ({setting_text(group[0])})" if settings_per_method[method] > 1 else "")
+        label = group[0].member.method.title + (f" ({setting_text(group[0])})" if settings_per_method[method] > 1 else "")
         rows.append((s, label, method == "ce"))
     rows.sort(key=lambda row: row[0].mean, reverse=score.lower_is_better)  # the best at the top
     low, high = _ranking_limits([s for s, _, _ in rows], score)
@@ -394,7 +396,7 @@ def teacher_warnings(teacher: Sequence[MemberResult], students: Sequence[MemberR
         warnings.append(f"the teacher scores {score.text(value)}{unit} on the test split, at or below chance "
                         f"({score.text(chance)}{unit} for {classes} classes): it has nothing to "
                         "teach; train it longer, or check its weights and normalisation")
-    ce = [score.of(r) for r in students if r.member.method == "ce"]
+    ce = [score.of(r) for r in students if r.member.name == "ce"]
     if ce and better(sum(ce) / len(ce), value):
         warnings.append(f"the teacher ({score.text(value)}{unit}) is worse than its students trained with CE alone "
                         f"({score.text(sum(ce) / len(ce))}{unit}, mean of {len(ce)}): imitating it can only pull "
@@ -491,7 +493,8 @@ def read_run(run_dir: pathlib.Path) -> tuple[dict[str, Any], list[MemberResult],
             if "role" not in row:
                 raise RunFolderError(f"{run_dir}/members.jsonl was written by an earlier kdjax: rerun its command, "
                                      "which restores the trained members and rewrites the folder")
-            member = Member(row["method"], row["seed"], tuple(sorted((k, float(v)) for k, v in
+            method = Method(row["method"], "", title=row.get("title", ""))  # the run's record of it, not a lookup
+            member = Member(method, row["seed"], tuple(sorted((k, float(v)) for k, v in
                                                                      row["hyperparameters"].items())))
             result = MemberResult(member, row["network"], row["parameters"], row["test_accuracy"], row["test_loss"],
                                   row["train_seconds"], row["images_per_second"], row["history"],
@@ -516,11 +519,11 @@ def compare_runs(sources: Sequence[tuple[pathlib.Path, Sequence[str] | None]], o
     described = []
     for run_dir, wanted in sources:
         config, _, results = read_run(run_dir)
-        present = list(dict.fromkeys(r.member.method for r in results))
+        present = list(dict.fromkeys(r.member.name for r in results))
         missing = [name for name in (wanted or []) if name not in present]
         if missing:
             raise RunFolderError(f"{run_dir} has no {', '.join(missing)} students; it has {', '.join(present)}")
-        chosen = [r for r in results if wanted is None or r.member.method in wanted]
+        chosen = [r for r in results if wanted is None or r.member.name in wanted]
         for result in chosen:
             key = (result.network, result.member)
             if key in taken:
@@ -528,6 +531,6 @@ def compare_runs(sources: Sequence[tuple[pathlib.Path, Sequence[str] | None]], o
                                      "of them (RUN_DIR:method,...)")
             taken[key] = run_dir
         students += chosen
-        described.append({"run": str(run_dir), "methods": list(dict.fromkeys(r.member.method for r in chosen)),
+        described.append({"run": str(run_dir), "methods": list(dict.fromkeys(r.member.name for r in chosen)),
                           "config": config})
     return write_run(pathlib.Path(output), {"name": "comparison", "sources": described}, [], students)

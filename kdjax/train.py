@@ -64,6 +64,13 @@ def build_objective(method: Method, student: Network, teacher: Network | None = 
     return Objective(method, student, adapter)
 
 
+def init_keys(seed: int | jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(init, data order, dropout) keys from a seed or a key; every member with the same seed starts from the same
+    weights."""
+    root = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
+    return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
+
+
 def init_params(objective: Objective, key: jax.Array) -> tuple[dict[str, Any], dict[str, Any]]:
     """(params, model state), each `{"model": ..., ["adapter": ...]}`, from `key`; the same key gives the same
     model params for every method.
@@ -107,19 +114,6 @@ def check_batch(network: Network, batch: Batch) -> None:
                          f"{labels}, got {tuple(inputs.shape)} and {tuple(label.shape)}")
 
 
-def teacher_outputs(teacher: Network, variables: tuple[Any, Any], inputs: jax.Array,
-                    method_reads: tuple[str, ...]) -> dict:
-    """The teacher's inference-mode `{"logits": ..., role: ...}` for what a method reads.
-
-    `variables` is the teacher's `(params, state)`: it runs on its running averages and
-    never updates them, as a PyTorch teacher kept in `eval()` does.
-    """
-    params, state = variables
-    roles = tuple(role for role in method_reads if role != "logits")
-    logits, outs, _ = teacher.forward(params, state, inputs, train=False, roles=roles)
-    return {"logits": logits, **outs}
-
-
 def objective_loss(
     params: Any, model_state: Any, batch: Batch, dropout_key: jax.Array, teacher: TeacherOutputs | None,
     hyperparameters: Mapping[str, jax.Array], *, objective: Objective, step: jax.Array | int = 0,
@@ -137,25 +131,39 @@ def objective_loss(
     logits, outs, new_model_state = objective.student.forward(params["model"], model_state["model"], batch["inputs"],
                                                               train=True, key=dropout_key, roles=method.roles)
     new_state = {"model": new_model_state}
-    ce_where = where if labelled is None else labelled if where is None else jnp.logical_and(where, labelled)
-    ce = losses.cross_entropy(logits, batch["label"], where=ce_where)
-    if method.loss is None:
-        loss, aux = ce, jnp.zeros_like(ce)
-    else:
-        student = {"logits": logits, **outs}
-        if objective.adapter is not None:  # used in training only, so its own BatchNorm (if any) is always training
-            adapter_state = model_state.get("adapter", {})
-            student[method.adapted], new_adapter_state = objective.adapter.apply(
-                {"params": params["adapter"], **adapter_state}, student[method.adapted], mutable=list(adapter_state))
-            new_state["adapter"] = {**adapter_state, **new_adapter_state}
-        context = Context(batch["label"], where, jnp.asarray(step, jnp.int32))
-        aux = method.loss(student, jax.lax.stop_gradient(dict(teacher)), hyperparameters, context)
-        loss = hyperparameters["ce_weight"] * ce + hyperparameters["aux_weight"] * aux
+    student = {"logits": logits, **outs}
+    if objective.adapter is not None:  # used in training only, so its own BatchNorm (if any) is always training
+        adapter_state = model_state.get("adapter", {})
+        student[method.adapted], new_adapter_state = objective.adapter.apply(
+            {"params": params["adapter"], **adapter_state}, student[method.adapted], mutable=list(adapter_state))
+        new_state["adapter"] = {**adapter_state, **new_adapter_state}
+    loss, ce, aux = weighted_loss(method, student, teacher, batch["label"], hyperparameters, where=where,
+                                  labelled=labelled, step=step)
     correct = logits.argmax(-1) == batch["label"]
     if where is not None:
         correct = jnp.logical_and(correct, where)
     metrics = {"loss": loss, "ce_loss": ce, "aux_loss": aux, "correct": jnp.sum(correct)}
     return loss, (metrics, new_state)
+
+
+def weighted_loss(method: Method, student: Mapping[str, jax.Array], teacher: TeacherOutputs | None,
+                  labels: jax.Array, hyperparameters: Mapping[str, jax.Array], *, where: jax.Array | None = None,
+                  labelled: jax.Array | None = None, step: jax.Array | int = 0
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(`ce_weight * CE + aux_weight * method.loss`, CE, the auxiliary term); CE alone for a method without a loss.
+
+    `student` and `teacher` hold `"logits"` and each role `method` reads; the teacher's are put under
+    `stop_gradient` here. `where` (the labels' shape) masks positions out of both terms, `labelled` out of CE.
+    """
+    ce_where = where if labelled is None else labelled if where is None else jnp.logical_and(where, labelled)
+    ce = losses.cross_entropy(student["logits"], labels, where=ce_where)
+    if method.loss is None:
+        return ce, ce, jnp.zeros_like(ce)
+    if teacher is None:
+        raise ValueError(f"method {method.name!r} needs the teacher's outputs")
+    context = Context(labels, where, jnp.asarray(step, jnp.int32))
+    aux = method.loss(student, jax.lax.stop_gradient(dict(teacher)), hyperparameters, context)
+    return hyperparameters["ce_weight"] * ce + hyperparameters["aux_weight"] * aux, ce, aux
 
 
 def train_step(

@@ -15,7 +15,7 @@ from kdjax.data import Dataset, Split
 from kdjax.loop import Member, MemberResult, Settings, train_members
 from kdjax.network import Network, linen_network, tutorial_student, tutorial_teacher
 from kdjax.train import build_objective, create_train_state
-from kdjax.teacher_cache import compute_teacher_cache
+from kdjax.teacher import Teacher
 
 
 def tiny_data(n_train: int = 160, n_test: int = 64) -> Dataset:
@@ -35,28 +35,21 @@ def teacher_params(seed: int = 5):
 
 def _folder(chunk: Sequence[Member], members: Sequence[Member]) -> str:
     """The method's name, plus the first seed when the method's members are split over several programs."""
-    whole = sum(m.method == chunk[0].method for m in members) == len(chunk)
-    return chunk[0].method if whole else f"{chunk[0].method}-{chunk[0].seed}"
+    whole = sum(m.name == chunk[0].name for m in members) == len(chunk)
+    return chunk[0].name if whole else f"{chunk[0].name}-{chunk[0].seed}"
 
 
 def run_members(tmp: pathlib.Path, members: Sequence[Member], *, epochs: int = 1, cached: bool = True,
                 data: Dataset | None = None, name: str = "run", programs_out: list | None = None,
-                teacher_in_step: bool = False, **settings) -> list[MemberResult]:
-    """Train `members` of the tutorial student on tiny data (batch 32) with a fixed random teacher."""
+                **settings) -> list[MemberResult]:
+    """Train `members` of the tutorial student on tiny data (batch 32) with a fixed random teacher (its outputs
+    cached where that is valid, unless `cached` is False)."""
     data = data or tiny_data()
-    params = teacher_params()
-    reads = {role for m in members for role in methods.get(m.method).reads}
-
-    def source():
-        if cached:
-            return compute_teacher_cache(tutorial_teacher(), params, data.train, reads), True
-        return params, False
-
     config = Settings(epochs=epochs, batch_size=32, save_every_steps=settings.pop("save_every_steps", 0), **settings)
     programs = train_members(members, tutorial_student(), data.train, data.test, config,
                              lambda chunk: RunCheckpoints(tmp / name / _folder(chunk, members), {"test": name}),
-                             teacher=tutorial_teacher(), teacher_source=source, log=lambda _: None,
-                             teacher_in_step=teacher_in_step)
+                             teacher=Teacher(tutorial_teacher(), *teacher_params()), cache=cached,
+                             log=lambda _: None)
     if programs_out is not None:
         programs_out.extend(programs)
     return [result for program in programs for result in program.results]
@@ -82,16 +75,8 @@ def train_batchnorm(tmp: pathlib.Path, members: Sequence[Member], *, name: str, 
                     data: Dataset | None = None, **settings) -> list:
     """Train BatchNorm students of `members` (batch 32, tiny data); `teacher`: `(network, (params, state))`."""
     data = data or tiny_data()
-    reads = {role for m in members for role in methods.get(m.method).reads}
-
-    def source():
-        network, variables = teacher
-        if cached:
-            return compute_teacher_cache(network, variables, data.train, reads), True
-        return variables, False
-
     config = Settings(epochs=settings.pop("epochs", 1), batch_size=32, save_every_steps=0, **settings)
     return train_members(members, batchnorm_network(), data.train, data.test, config,
-                         lambda chunk: RunCheckpoints(tmp / name / chunk[0].method, {"test": name}),
-                         teacher=teacher[0] if teacher else None, teacher_source=source if teacher else None,
-                         log=lambda _: None, teacher_in_step=not cached)
+                         lambda chunk: RunCheckpoints(tmp / name / chunk[0].name, {"test": name}),
+                         teacher=Teacher(teacher[0], *teacher[1]) if teacher else None, cache=cached,
+                         log=lambda _: None)

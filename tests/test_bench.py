@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.__main__ import merge_rounds, table
-from bench.common import CACHED_CASES, STEP_CASES
+from bench.common import CACHED_CASES, MEMBERS, STEP_CASES
 
 CASES = (*STEP_CASES, "eval_teacher", "eval_student")
 
@@ -35,3 +35,24 @@ def test_without_pytorch_only_kdjax_is_listed():
     report = table(merge_rounds([_side(50, 500, True)]), {})
     assert "| teacher CE step (images/s) | 50 |" in report
     assert "vs" not in report and "per round" not in report
+
+
+def test_python_m_bench_runs_every_case(tmp_path):
+    """Each case for one step on synthetic data, the end-to-end run on a few hundred images: the benchmark
+    cannot break without a test noticing (torch, when installed, adds its side)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    flags = ["--rounds", "1", "--windows", "1", "--steps", "1", "--e2e-train-size", "256", "--e2e-test-size", "64",
+             "--e2e-epochs", "1", "--out", str(tmp_path)]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-m", "bench", *flags], check=True, capture_output=True, text=True, env=env,
+                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    figures = json.loads((tmp_path / "BENCH.json").read_text())["kdjax"]
+    for case in (*CASES, "resnet20_ce", "resnet56_ce", *(f"{case}_cached" for case in CACHED_CASES),
+                 f"kd_cached_x{MEMBERS}"):
+        assert figures[case]["images_per_s"] > 0, case
+    assert set(figures["e2e"]["accuracy"]) == {"teacher", "ce", "kd", "cosine", "hint"}
+    assert "| teacher CE step (images/s) |" in (tmp_path / "BENCH.md").read_text()

@@ -77,3 +77,22 @@ def test_channel_statistics_are_each_channels_mean_and_population_std():
     np.testing.assert_allclose(as_floats, (mean, std), atol=1e-6)
     with pytest.raises(ValueError, match="channel_statistics takes uint8 or float"):
         channel_statistics(images.astype(np.int16))
+
+
+def test_each_commands_help_shows_the_defaults_it_runs_with():
+    """lm runs its char-lm recipe: its --help says so, and the image commands keep the tutorial's."""
+    from kdjax.config import OneLineParser, add_flags
+
+    def help_of(name: str) -> str:
+        parser = OneLineParser(prog=name)
+        add_flags(parser, name)
+        return " ".join(parser.format_help().split())
+
+    lm, kd = help_of("lm"), help_of("kd")
+    for shown in ("Adam learning rate (default: 0.003)", "(split over the devices) (default: 32)",
+                  "(default: causal_conv_128x5)", "(default: causal_conv_32x2)", "--window tokens (default: text)",
+                  "--temperature HP_TEMPERATURE default per method: kd 1", "--ce-weight HP_CE_WEIGHT default per "
+                  "method: kd 0.5, gkd 0.5"):
+        assert shown in lm, shown
+    assert "(default: deepnn)" not in lm and "(default: 0.001)" not in lm
+    assert "Adam learning rate (default: 0.001)" in kd and "(default: deepnn)" in kd and "kd 0.75" in kd

@@ -16,7 +16,7 @@ import pytest
 
 from kdjax import methods
 from kdjax.experiments.common import run
-from kdjax.report import read_run, title
+from kdjax.report import read_run
 
 
 def _cli(name: str, *flags: str) -> list[str]:
@@ -179,7 +179,7 @@ def test_each_library_method_runs_from_its_command(name, shared_dirs, full_size_
     (run_dir,) = (shared_dirs / "runs").glob(f"{name}-*")
     rows = [json.loads(line) for line in (run_dir / "members.jsonl").read_text().splitlines()]
     assert [(r["method"], r["seed"]) for r in rows[1:]] == [(name, 0), (name, 1)]
-    assert f"| LightNN | {title(name)} |" in (run_dir / "summary.md").read_text()
+    assert f"| LightNN | {methods.get(name).title} |" in (run_dir / "summary.md").read_text()
     assert f"{name}: outputs in {run_dir}" in out
 
 

@@ -15,6 +15,7 @@ from kdjax.checkpoint import RunCheckpoints
 from kdjax.data import Split, from_tokens, gather_batch, load_text, windows
 from kdjax.data.text import load_tokens
 from kdjax.experiments.common import run
+from kdjax.teacher import Teacher
 from kdjax.loop import Member, Settings, evaluate_members, init_states, train_members
 from kdjax.tasks import CLASSIFICATION, NEXT_TOKEN
 from kdjax.train import build_objective
@@ -89,8 +90,8 @@ def _train(tmp, members, data, name):
     teacher_variables = teacher.init(jax.random.key(7))
     settings = Settings(epochs=1, batch_size=16, learning_rate=3e-3, save_every_steps=0)
     return train_members(members, student, data.train, data.test, settings,
-                         lambda chunk: RunCheckpoints(tmp / name / chunk[0].method, {"test": name}), teacher=teacher,
-                         teacher_source=lambda: (teacher_variables, False), log=lambda _: None, teacher_in_step=True)
+                         lambda chunk: RunCheckpoints(tmp / name / chunk[0].name, {"test": name}),
+                         teacher=Teacher(teacher, *teacher_variables), log=lambda _: None)
 
 
 def test_language_model_members_train_as_they_would_alone_and_score_per_token(tmp_path):
@@ -105,7 +106,7 @@ def test_language_model_members_train_as_they_would_alone_and_score_per_token(tm
     together = next(r for r in results if r.member == Member.of("gkd", 1))
     np.testing.assert_allclose(alone[0].test_loss, together.test_loss, rtol=1e-5)
 
-    program = next(p for p in programs if p.results[0].member.method == "ce")
+    program = next(p for p in programs if p.results[0].member.name == "ce")
     objective = build_objective(methods.get("ce"), zoo.network("causal_conv_32x2", num_classes=VOCAB,
                                                                input_shape=(TIME,)))
     states = jax.tree.map(lambda leaf: leaf[:1], program.states)

@@ -49,7 +49,7 @@ def test_vmapped_members_agree_with_unrolled_ones_to_float_rounding(tmp_path):
 def test_methods_sharing_a_seed_share_one_teacher_forward_and_train_as_they_would_alone(tmp_path):
     members = [Member.of("kd", 0), Member.of("at", 0), Member.of("kd", 1)]
     together = []
-    run_members(tmp_path, members, name="shared", cached=False, teacher_in_step=True, augment="crop-flip",
+    run_members(tmp_path, members, name="shared", cached=False, augment="crop-flip",
                 members_per_program=3, programs_out=together)
     assert [[r.member for r in p.results] for p in together] == [members]
     for i, member in enumerate(members):

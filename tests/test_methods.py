@@ -38,7 +38,7 @@ def test_members_expand_a_grid_only_over_the_methods_that_have_it():
     members = expand_members(["ce", "kd"], [0, 1], {"temperature": [1.0, 4.0]})
     assert [m.label for m in members[:2]] == ["ce[seed=0]", "ce[seed=1]"]
     assert len(members) == 2 + 4
-    assert {m.hp["temperature"] for m in members if m.method == "kd"} == {1.0, 4.0}
+    assert {m.hp["temperature"] for m in members if m.name == "kd"} == {1.0, 4.0}
     with pytest.raises(ValueError, match="none of ce has a hyperparameter 'temperature'"):
         expand_members(["ce"], [0], {"temperature": [1.0]})
     assert Member.of("kd", 3, temperature=4).hp == {"aux_weight": 0.25, "ce_weight": 0.75, "temperature": 4.0}
@@ -69,7 +69,7 @@ def test_each_library_method_trains_the_tutorial_student_through_the_engine(tmp_
 
     members = [Member.of(name, 0) for name in LIBRARY]
     results = run_members(tmp_path, members, epochs=1)
-    assert [r.member.method for r in results] == list(LIBRARY)
+    assert [r.member.name for r in results] == list(LIBRARY)
     for result in results:
         assert np.isfinite(result.history[0]["train_loss"]) and np.isfinite(result.test_loss), result.member.label
 

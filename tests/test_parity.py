@@ -21,7 +21,8 @@ from kdjax.convert import from_torch, to_torch
 from kdjax.models import DeepNN, LightNN
 from kdjax import methods
 from kdjax.network import tutorial_student, tutorial_teacher
-from kdjax.train import TrainState, build_objective, objective_loss, teacher_outputs, train_step
+from kdjax.teacher import Teacher
+from kdjax.train import TrainState, build_objective, objective_loss, train_step
 
 RTOL, ATOL = 1e-5, 1e-6
 OBJECTIVES = ("ce", "kd", "cosine", "hint")
@@ -137,7 +138,7 @@ def _objective_fn(objective: str, teacher_params):
     hp = methods.get(objective).resolve()
 
     def loss(params, images, labels):
-        outputs = teacher_outputs(tutorial_teacher(), (teacher_params, {}), images, built.method.reads)
+        outputs = Teacher(tutorial_teacher(), teacher_params, {}).outputs({"inputs": images}, built.method.reads)
         batch = {"inputs": images, "label": labels}
         return objective_loss(params, {"model": {}}, batch, jax.random.key(0), outputs, hp, objective=built)[0]
 
@@ -165,7 +166,7 @@ def test_params_after_adam_steps(ref, batches, teacher_params, objective):
 
     @jax.jit
     def step(state, batch):
-        outputs = teacher_outputs(tutorial_teacher(), (teacher_params, {}), batch["inputs"], built.method.reads)
+        outputs = Teacher(tutorial_teacher(), teacher_params, {}).outputs(batch, built.method.reads)
         return train_step(state, batch, jax.random.key(0), outputs, hp, objective=built)
 
     images, labels = batches

@@ -12,7 +12,7 @@ from scipy import stats
 from kdjax.experiments import compare
 from kdjax.loop import Member, MemberResult
 from kdjax import methods
-from kdjax.report import RunFolderError, compare_runs, paired_table, read_run, title, write_run
+from kdjax.report import RunFolderError, compare_runs, paired_table, read_run, titles, write_run
 
 ACCURACIES = {"ce": [60.0, 61.0, 59.5], "kd": [61.0, 62.5, 60.0], "at": [55.0, 54.0, 57.0]}
 
@@ -125,12 +125,19 @@ def test_compare_command_reports_a_non_run_folder_in_one_line(tmp_path, capsys):
     assert "| CE + KD | — | 1 | +2.00 |" in capsys.readouterr().out
 
 
-def test_reports_title_methods_as_their_papers_do():
+def test_reports_title_methods_as_their_papers_do(tmp_path):
     """Registered methods' titles; a method this process has not registered (read back) keeps its name."""
-    assert [title(name) for name in ("ce", "kd", "lskd", "dist", "hint")] == [
+    assert [methods.get(name).title for name in ("ce", "kd", "lskd", "dist", "hint")] == [
         "CE", "CE + KD", "CE + LS-KD", "CE + DIST", "CE + hint"]
-    assert all(title(name) == "CE" or title(name).startswith("CE + ") for name in methods.METHODS)
-    assert title("logit_mse") == "CE + logit_mse" == methods.Method("logit_mse", "a user's").title
+    assert all(m.title == "CE" or m.title.startswith("CE + ") for m in methods.METHODS.values())
+    user = methods.Method("logit_mse", "a user's")
+    assert user.title == "CE + logit_mse"
+    text = write_run(tmp_path, {"name": "methods"}, [], [_result("ce", 0, 60.0),
+                                                          dataclasses.replace(_result("ce", 0, 61.0), member=Member(user, 0))])
+    assert "| LightNN | CE + logit_mse |" in text
+    (tmp_path / "members.jsonl").write_text((tmp_path / "members.jsonl").read_text().replace(
+        '"title": "CE + logit_mse", ', ""))  # as an earlier kdjax wrote it
+    assert titles(read_run(tmp_path)[2]) == {"ce": "CE", "logit_mse": "CE + logit_mse"}
 
 
 def test_a_useless_teacher_is_warned_about_in_the_summary(tmp_path):

@@ -22,7 +22,8 @@ from kdjax.data import normalize
 from kdjax.loop import Member, TrainingDivergedError, model_variables
 from kdjax.methods import Method
 from kdjax.network import linen_network, nnx_network
-from kdjax.train import Objective, create_train_state, teacher_outputs, train_step
+from kdjax.teacher import Teacher
+from kdjax.train import Objective, create_train_state, train_step
 
 IMAGES = jax.random.normal(jax.random.key(0), (16, 32, 32, 3))
 LABELS = jax.random.randint(jax.random.key(1), (16,), 0, 10)
@@ -42,7 +43,7 @@ def test_linen_state_is_updated_in_training_and_read_in_inference():
     inference, _, kept = network.forward(params, new_state, IMAGES, train=False)
     np.testing.assert_array_equal(inference, module.apply({"params": params, **new_state}, IMAGES))
     assert all(a is b for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(new_state)))  # returned untouched
-    teacher = teacher_outputs(network, (params, new_state), IMAGES, ("logits",))
+    teacher = Teacher(network, params, new_state).outputs({"inputs": IMAGES}, ("logits",))
     np.testing.assert_array_equal(teacher["logits"], inference)
 
 
@@ -116,7 +117,7 @@ def test_an_adapter_with_batchnorm_carries_its_statistics():
     objective = Objective(method, network, BatchNormRegressor(16))
     state = create_train_state(objective, jax.random.key(0))
     assert set(state.model_state) == {"model", "adapter"} and "batch_stats" in state.model_state["adapter"]
-    teacher = teacher_outputs(network, network.init(jax.random.key(5)), IMAGES, method.reads)
+    teacher = Teacher(network, *network.init(jax.random.key(5))).outputs({"inputs": IMAGES}, method.reads)
     new, metrics = jax.jit(lambda s: train_step(s, {"inputs": IMAGES, "label": LABELS}, jax.random.key(1), teacher,
                                                 method.resolve(), objective=objective))(state)
     assert bool(metrics["finite"])

@@ -10,7 +10,8 @@ import pytest
 from kdjax import losses, methods
 from kdjax.models import DeepNN, LightNN
 from kdjax.network import tutorial_student, tutorial_teacher
-from kdjax.train import build_objective, create_train_state, eval_step, objective_loss, teacher_outputs, train_step
+from kdjax.teacher import Teacher
+from kdjax.train import build_objective, create_train_state, eval_step, objective_loss, train_step
 
 OBJECTIVES = ("ce", "kd", "cosine", "hint")
 
@@ -37,7 +38,7 @@ def _step(name: str, teacher_params, dropout_rate: float = 0.1, **overrides):
 
     @jax.jit
     def step(state, batch, key):
-        outputs = teacher_outputs(tutorial_teacher(), teacher_params, batch["inputs"], objective.method.reads)
+        outputs = Teacher(tutorial_teacher(), *teacher_params).outputs(batch, objective.method.reads)
         return train_step(state, batch, key, outputs if objective.method.needs_teacher else None, hp,
                           objective=objective)
 
@@ -51,7 +52,7 @@ def test_teacher_receives_no_gradient(name, teacher_params):
     batch = _batch(1)
 
     def loss_wrt_teacher(teacher_params):
-        outputs = teacher_outputs(tutorial_teacher(), teacher_params, batch["inputs"], objective.method.reads)
+        outputs = Teacher(tutorial_teacher(), *teacher_params).outputs(batch, objective.method.reads)
         return objective_loss(state.params, state.model_state, batch, jax.random.key(2), outputs,
                               methods.get(name).resolve(), objective=objective)[0]
 
@@ -152,7 +153,7 @@ def test_unlabelled_rows_take_the_distillation_term_but_no_cross_entropy(teacher
     state = create_train_state(objective, jax.random.key(0))
     params = state.params
     batch = _batch(3) | {"labelled": jnp.arange(8) < 3}
-    teacher = teacher_outputs(tutorial_teacher(), teacher_params, batch["inputs"], ("logits",))
+    teacher = Teacher(tutorial_teacher(), *teacher_params).outputs(batch, ("logits",))
     hp = methods.get("kd").resolve({})
     loss, _ = objective_loss(params, state.model_state, batch, jax.random.key(1), teacher, hp, objective=objective)
     logits, _, _ = objective.student.forward(params["model"], {}, batch["inputs"], train=False)

@@ -142,13 +142,14 @@ def test_every_method_trains_between_zoo_pairs(teacher_name, student_name, compi
     """Two steps of every registered method, from the teacher's inference-mode outputs, on 8 images; the second
     pair's steps are traced for their shapes only (`jax.eval_shape`), which is where a pair's roles can clash."""
     from kdjax import methods
-    from kdjax.train import build_objective, create_train_state, teacher_outputs, train_step
+    from kdjax.teacher import Teacher
+    from kdjax.train import build_objective, create_train_state, train_step
 
     teacher, student = zoo.network(teacher_name), zoo.network(student_name)
     images = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
     batch = {"inputs": images, "label": jax.random.randint(jax.random.key(1), (8,), 0, 10)}
     reads = tuple(dict.fromkeys(role for method in methods.METHODS.values() for role in method.reads))
-    teach = lambda v: teacher_outputs(teacher, v, images, reads)  # noqa: E731
+    teach = lambda v: Teacher(teacher, *v).outputs({"inputs": images}, reads)  # noqa: E731
     if not compiled:
         outputs = jax.eval_shape(teach, jax.eval_shape(teacher.init, jax.random.key(2)))
         for name, method in methods.METHODS.items():

@@ -31,14 +31,14 @@ from kdjax.memory import ProgramMemoryError
 from kdjax.network import Network
 from kdjax.parallel import batch_mesh
 from kdjax.report import score_for, teacher_warnings, write_run
-from kdjax.teacher_cache import compute_teacher_cache
+from kdjax.teacher import Teacher
 from kdjax.train import TrainState, build_objective
 
 FORMAT = 2  # checkpoint layout: params {"model", "adapter"}, stacked [members, ...]
 
 
 def _member_key(member: Member) -> list:
-    return [member.method, member.seed, [list(pair) for pair in member.hyperparameters]]
+    return [member.name, member.seed, [list(pair) for pair in member.hyperparameters]]
 
 
 def log(message: str) -> None:
@@ -80,12 +80,11 @@ def check_networks(config: ExperimentConfig, data: Dataset) -> None:
     if config.name == "teacher":
         return
     student = network(config.student, data)
-    for name in config.student_methods:
-        method = methods.get(name)
+    for method in config.chosen_methods:
         try:
             build_objective(method, student, teacher if method.needs_teacher else None)
         except ValueError as error:
-            raise ConfigError(f"{name} between teacher {config.teacher} and student {config.student}: "
+            raise ConfigError(f"{method.name} between teacher {config.teacher} and student {config.student}: "
                               f"{error}") from None
 
 
@@ -192,9 +191,11 @@ class Checkpoints:
             identity = saved_identity(directory)
             if not identity or {k: v for k, v in identity.items() if k != "members"} != expected:
                 continue
-            saved = [Member(m[0], m[1], tuple((name, value) for name, value in m[2])) for m in identity["members"]]
-            if member in saved and len(saved) > 1:
-                return saved
+            keys = identity["members"]
+            if (json.loads(json.dumps(_member_key(member))) in keys and len(keys) > 1
+                    and all(key[0] == member.name for key in keys)):
+                return [Member(member.method, seed, tuple((name, value) for name, value in pairs))
+                        for _, seed, pairs in keys]
         return None
 
     def _folder(self, kind: str) -> pathlib.Path:
@@ -216,7 +217,7 @@ def train_teacher(config: ExperimentConfig, data: Dataset, checkpoints: Checkpoi
     there is one (`Checkpoints.program_holding`); otherwise it trains alone.
     """
     teacher = network(config.teacher, data)
-    members = [Member.of("ce", seed) for seed in (seeds or [config.teacher_seed])]
+    members = [Member.of(methods.CE, seed) for seed in (seeds or [config.teacher_seed])]
     wanted = members[0]
     if seeds is None and jax.default_backend() == "cpu":
         members = checkpoints.program_holding("teacher", teacher, wanted) or members
@@ -272,14 +273,14 @@ def load_teacher(config: ExperimentConfig, data: Dataset) -> tuple[list[MemberRe
     params = variables.pop("params")
     states = TrainState(step=jnp.zeros((1,), jnp.int32), apply_fn=None, params={"model": _stacked(params)}, tx=None,
                         opt_state=None, model_state={"model": _stacked(variables)})
-    objective = build_objective(methods.get("ce"), teacher)
+    objective = build_objective(methods.CE, teacher)
     settings = config.settings(teacher=True)
     mesh = batch_mesh(settings.devices or None)
     accuracy, loss = evaluate_members(objective, states, data.test, settings.batch_size, unrolls(settings, mesh),
                                       mesh, normalization=settings.normalization)
     parameters = sum(leaf.size for leaf in jax.tree.leaves(params))
     log(f"teacher: {config.teacher} from {config.teacher_weights}, test accuracy {accuracy[0]:.2f}%")
-    result = MemberResult(Member.of("ce", config.teacher_seed), teacher.name, parameters, float(accuracy[0]),
+    result = MemberResult(Member.of(methods.CE, config.teacher_seed), teacher.name, parameters, float(accuracy[0]),
                           float(loss[0]), 0.0, 0.0, [])
     return [result], states
 
@@ -324,28 +325,14 @@ def train_students(config: ExperimentConfig, data: Dataset, checkpoints: Checkpo
     """
     members = config.members()
     student = network(config.student, data)
-    teacher = network(config.teacher, data) if teacher_variables is not None else None
+    teacher = None if teacher_variables is None else Teacher(network(config.teacher, data), *teacher_variables)
     teacher_id = fingerprint(teacher_variables) if teacher_variables is not None else None
-    reads = {role for name in config.student_methods for role in methods.get(name).reads}
-
-    def teacher_source() -> tuple[Any, bool]:
-        reason = config.teacher_cache_off_reason()
-        if reason:
-            log(f"teacher cache off ({reason}): the teacher runs inside every student step")
-            return teacher_variables, False
-        start = time.perf_counter()
-        cache = jax.block_until_ready(compute_teacher_cache(teacher, teacher_variables, data.train, reads,
-                                                            normalization=config.settings().normalization))
-        log(f"teacher cache: {', '.join(sorted(cache))} for {len(data.train):,} images in "
-            f"{time.perf_counter() - start:.1f} s")
-        return cache, True
 
     def checkpoints_for(chunk: Sequence[Member]) -> RunCheckpoints:
         return checkpoints.for_members(program_name(chunk), student, teacher_id if reads_teacher(chunk) else None)(chunk)
 
     programs = train_members(members, student, data.train, data.test, config.settings(), checkpoints_for,
-                             teacher=teacher, teacher_source=teacher_source if teacher_variables is not None else None,
-                             log=log, desc="student", teacher_in_step=config.teacher_cache_off_reason() is not None)
+                             teacher=teacher, cache=config.cache, log=log, desc="student")
     if validation is None:
         return [result for program in programs for result in program.results]
     results = []
@@ -360,7 +347,7 @@ def accuracies(config: ExperimentConfig, network: Network, states: Any, split: S
     """`[members]` accuracy (percent) of stacked train `states` on `split`, or on one `augment` view of each."""
     settings = config.settings()
     mesh = batch_mesh(settings.devices or None)
-    objective = build_objective(methods.get("ce"), network)
+    objective = build_objective(methods.CE, network)
     accuracy, _ = evaluate_members(objective, states, split, settings.batch_size, unrolls(settings, mesh),
                                    mesh, augment=augment, normalization=settings.normalization)
     return accuracy
