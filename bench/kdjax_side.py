@@ -20,8 +20,8 @@ from bench.common import (
 from kdjax import methods, zoo
 from kdjax.config import ExperimentConfig
 from kdjax.data import Dataset, ResidentLoader, Split, epoch_order, load_cifar10
-from kdjax.loop import Member, ProgramSpec, init_states, model_variables, program_step, stack_hyperparameters
-from kdjax.network import tutorial_student, tutorial_teacher
+from kdjax.engine import Member, ProgramSpec, init_states, model_variables, program_step, stack_hyperparameters
+from kdjax.zoo.tutorial import tutorial_student, tutorial_teacher
 from kdjax.parallel import batch_mesh
 from kdjax.teacher import Teacher, cache_outputs
 from kdjax.train import build_objective

@@ -41,7 +41,8 @@ from bench.common import batch_size, synthetic_split
 from bench.kdjax_side import engine_program
 from kdjax.data import Split
 from kdjax import zoo
-from kdjax.network import Network, tutorial_student, tutorial_teacher
+from kdjax.network import Network
+from kdjax.zoo.tutorial import tutorial_student, tutorial_teacher
 
 NETWORKS: dict[str, Callable[[], Network]] = {"teacher": tutorial_teacher, "student": tutorial_student,
                                               "resnet20": lambda: zoo.network("resnet20"),

@@ -28,7 +28,7 @@ from flax import linen as nn
 from kdjax import zoo
 from kdjax.checkpoint import RunCheckpoints
 from kdjax.data import load_text
-from kdjax.loop import Member, Settings, model_variables, train_members
+from kdjax.engine import Member, Settings, model_variables, train_members
 from kdjax.network import Network, linen_network
 from kdjax.teacher import Teacher
 

@@ -21,7 +21,7 @@ from flax import linen as nn
 
 from kdjax.checkpoint import RunCheckpoints
 from kdjax.data import Dataset, Split, load_cifar10
-from kdjax.loop import Member, Settings, model_variables, train_members
+from kdjax.engine import Member, Settings, model_variables, train_members
 from kdjax.network import Network, linen_network
 from kdjax.teacher import Teacher
 

@@ -2,8 +2,8 @@
 
 `kdjax.losses` (pure distillation losses), `kdjax.features` (read any Flax model's
 intermediates by path), `kdjax.methods` (distillation methods as data), `kdjax.network`,
-`kdjax.train` and `kdjax.loop` (the engine: N members on a device mesh), and the PyTorch
-Knowledge Distillation Tutorial's networks in `kdjax.models`. Importing kdjax loads
+`kdjax.train` and `kdjax.engine` (the engine: N members on a device mesh), and the PyTorch
+Knowledge Distillation Tutorial's networks in `kdjax.zoo.tutorial`. Importing kdjax loads
 nothing but itself and changes no global state; submodules load on first use.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 __version__ = "0.2.0"
 
-_SUBMODULES = ("checkpoint", "config", "cpu", "data", "features", "losses", "loop", "memory", "methods", "models",
+_SUBMODULES = ("checkpoint", "config", "cpu", "data", "distill", "engine", "features", "losses", "methods",
                "network", "optimizers", "parallel", "report", "stats", "tasks", "teacher", "train", "zoo")
 
 

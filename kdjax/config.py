@@ -13,7 +13,7 @@ from typing import Any
 from kdjax import methods
 from kdjax.data import DATASETS
 from kdjax.data.normalization import CHOICES as NORMALIZE_CHOICES, HELP as NORMALIZE_HELP
-from kdjax.loop import AUGMENTATIONS, MEMBER_BATCHING, Settings
+from kdjax.engine import AUGMENTATIONS, MEMBER_BATCHING, Settings
 from kdjax.optimizers import OPTIMIZERS, SCHEDULES
 
 TUTORIAL_STUDENTS = ("ce", "kd", "cosine", "hint")
@@ -264,7 +264,7 @@ class ExperimentConfig:
 
     def members(self):
         """The student members (or, for `teacher`, the teacher members) this command trains."""
-        from kdjax.loop import expand_members
+        from kdjax.engine import expand_members
 
         chosen = self.chosen_methods or (methods.CE,)
         overrides = dict(self.hyperparameters)

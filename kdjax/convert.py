@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax.models import IMAGE_SHAPE, DeepNN, LightNN
+from kdjax.zoo.tutorial import IMAGE_SHAPE, DeepNN, LightNN
 
 _TEACHER_LAYERS = ("features.0", "features.2", "features.5", "features.7", "classifier.0", "classifier.3")
 _STUDENT_LAYERS = ("features.0", "features.3", "classifier.0", "classifier.3")

@@ -1,6 +1,6 @@
 """Distillation methods as data: what each reads, its adapter, its hyperparameters, its loss.
 
-A `Method` is one declaration. The engine (`kdjax.train`, `kdjax.loop`) runs any of them
+A `Method` is one declaration. The engine (`kdjax.train`, `kdjax.engine`) runs any of them
 on any pair of `kdjax.network.Network`s: it reads the declared roles from the student and
 the teacher, passes the student's adapted role through the method's trainable adapter,
 and minimises `ce_weight * CE + aux_weight * loss(...)` (CE alone for a method without a
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from kdjax import losses
-from kdjax.models import Regressor, flatten_channel_major
+from kdjax.losses import flatten_channel_major
 
 Outputs = Mapping[str, jax.Array]  # "logits" (`[batch, classes]` or `[batch, time, vocab]`) and each role read
 Hyperparameters = Mapping[str, jax.Array]
@@ -168,17 +168,31 @@ def _regressor(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -
     if student_shape[1:-1] != teacher_shape[1:-1]:
         raise ValueError(f"the hint regressor keeps the spatial size: student {student_shape} and teacher "
                          f"{teacher_shape} must agree on it")
-    return HintAdapter(features=teacher_shape[-1])
+    return ConvRegressor(features=teacher_shape[-1])
 
 
-class HintAdapter(nn.Module):
-    """`Regressor` under the scope name `LightNN(hint=True)` gives it, so that the same key initialises it the same."""
+class ConvRegressor(nn.Module):
+    """FitNets' regressor: a 3x3 conv, padding 1, `[n, h, w, c_student] -> [n, h, w, c_teacher]`, initialised as
+    PyTorch's `Conv2d` (weights and bias U(+-1/sqrt(fan_in))). Its parameters sit under `regressor/regressor_0`,
+    where the tutorial's `LightNN(hint=True)` keeps its own: the same key gives both the same weights."""
 
     features: int
 
     @nn.compact
     def __call__(self, feature_map: jax.Array) -> jax.Array:
-        return Regressor(features=self.features, name="regressor")(feature_map)
+        return _TorchConv3x3(self.features, name="regressor")(feature_map)
+
+
+class _TorchConv3x3(nn.Module):
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        bound = 1.0 / (9 * x.shape[-1]) ** 0.5  # PyTorch's default bias: U(+-1/sqrt(fan_in))
+        return nn.Conv(self.features, (3, 3), padding=1, name="regressor_0",
+                       kernel_init=nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+                       bias_init=lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+                           key, shape, dtype, -bound, bound))(x)
 
 
 CE = register(Method("ce", "cross-entropy on the labels only", title="CE"))

@@ -11,8 +11,8 @@ it unchanged. A model that updates its state in inference mode is refused when w
 
 A role is a name a distillation method reads (`"feature_map"`); the network maps it to a
 module path of its model, read with `kdjax.features.capture`, so any model can be
-distilled without editing it. The tutorial's networks are `tutorial_teacher()` and
-`tutorial_student()`; the field's CIFAR networks are in `kdjax.zoo`.
+distilled without editing it. The tutorial's networks and the field's CIFAR networks are in
+`kdjax.zoo`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from flax import linen as nn
 from flax import nnx
 
 from kdjax import features as features_lib
-from kdjax.models import IMAGE_SHAPE, DeepNN, LightNN
 
 Params = Any
 State = Any  # {collection or variable path: array}; `{}` when the model keeps none
@@ -184,18 +183,3 @@ def nnx_network(factory: Callable[[nnx.Rngs], nnx.Module], *, input_shape: Seque
 
     return Network(name or type(abstract).__name__, tuple(input_shape), dict(roles or {}), init, apply,
                    logits or (lambda output: output), input_dtype)
-
-
-def _tutorial(module: nn.Module, feature_map: str) -> Network:
-    return linen_network(module, input_shape=IMAGE_SHAPE, roles={"feature_map": feature_map},
-                         logits=lambda output: output.logits)
-
-
-def tutorial_teacher(**model_kwargs: Any) -> Network:
-    """`DeepNN(**model_kwargs)`; role `feature_map` is its last pool, `[batch, 8, 8, 32]`."""
-    return _tutorial(DeepNN(**model_kwargs), "features_9")
-
-
-def tutorial_student(**model_kwargs: Any) -> Network:
-    """`LightNN(**model_kwargs)`; role `feature_map` is its last pool, `[batch, 8, 8, 16]`."""
-    return _tutorial(LightNN(**model_kwargs), "features_5")

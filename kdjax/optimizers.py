@@ -1,7 +1,7 @@
 """The optimisers and learning-rate schedules members train with: the tutorial's Adam and the benchmarks' SGD.
 
 `make_optimizer(settings, steps_per_epoch)` builds an Optax transformation from the
-`kdjax.loop.Settings` fields `optimizer`, `learning_rate`, `momentum`, `nesterov`,
+`kdjax.train.Settings` fields `optimizer`, `learning_rate`, `momentum`, `nesterov`,
 `weight_decay`, `schedule`, `milestones`, `decay_factor`, `warmup_epochs` and `epochs`.
 Schedules are functions of the optimiser step; epochs are converted with `steps_per_epoch`.
 """
@@ -45,7 +45,7 @@ def learning_rate_schedule(learning_rate: float, *, schedule: str = "constant", 
 
 
 def make_optimizer(settings: Any, steps_per_epoch: int) -> optax.GradientTransformation:
-    """The Optax transformation `settings` (a `kdjax.loop.Settings`) describe.
+    """The Optax transformation `settings` (a `kdjax.train.Settings`) describe.
 
     adam: PyTorch's `Adam` (betas 0.9, 0.999, eps 1e-8). sgd: PyTorch's `SGD` with
     `momentum` (buffer `m = momentum * m + g`, step `-lr * m`, or `-lr * (g + momentum * m)`

@@ -24,41 +24,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from kdjax.config import LAYOUT_SETTINGS
-from kdjax.loop import Member, MemberResult
+from kdjax.engine import Member, MemberResult
 from kdjax.methods import Method
 from kdjax.stats import holm_adjusted, paired_comparison, summarize
-
-
-@dataclasses.dataclass(frozen=True)
-class Score:
-    """The figure a run is judged by: test accuracy for classification, bits per token for next-token data."""
-
-    name: str  # "accuracy"
-    unit: str  # appended to values: "%" or ""
-    difference_unit: str  # of a difference to CE: "points" or "bits"
-    digits: int
-    history_key: str  # the per-epoch history's column it is computed from
-    lower_is_better: bool = False
-    scale: float = 1.0  # value = history column * scale
-    best: bool = False  # a member's best epoch (mdistiller's convention) instead of its last (RepDistiller's)
-
-    def of(self, result: MemberResult) -> float:
-        """The final value (`MemberResult` holds the last epoch's figures under the history's names), or with `best`
-        the best over the member's epochs."""
-        if self.best and result.history:
-            values = [self.at(row) for row in result.history]
-            return min(values) if self.lower_is_better else max(values)
-        return getattr(result, self.history_key) * self.scale
-
-    def at(self, row: dict[str, float]) -> float:
-        return row[self.history_key] * self.scale
-
-    def text(self, value: float) -> str:
-        return f"{value:.{self.digits}f}{self.unit}"
-
-
-ACCURACY = Score("accuracy", "%", "points", 2, "test_accuracy")
-BITS_PER_TOKEN = Score("bits per token", "", "bits", 3, "test_loss", lower_is_better=True, scale=1 / math.log(2))
+from kdjax.tasks import ACCURACY, BITS_PER_TOKEN, CLASSIFICATION, TASKS, Score
 
 
 def best_epoch(score: Score) -> Score:
@@ -67,10 +36,10 @@ def best_epoch(score: Score) -> Score:
 
 
 def score_for(config: dict[str, Any]) -> Score:
-    """The score of a run whose config (or first source's config) names its task."""
+    """The score of a run whose config (or first source's config) names its task (classification if none)."""
     sources = config.get("sources") or []
     task = config.get("task") or next((s["config"].get("task") for s in sources), None)
-    return BITS_PER_TOKEN if task == "next-token" else ACCURACY
+    return TASKS.get(task, CLASSIFICATION).score
 
 
 def _verdict(comparison, score: Score) -> str:

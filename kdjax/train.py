@@ -7,7 +7,7 @@ declare one); its `model_state` has the same keys and holds what each keeps besi
 A batch is a dict (`kdjax.tasks`): `inputs` `[batch, *input_shape]` (float32 images or int32
 token ids), `label` (`[batch]` classes, or `[batch, time]` next tokens) and optionally `mask`
 of the labels' shape, marking the positions that count (padding excluded). Nothing
-here reads files or prints; `kdjax.loop` runs these steps for N members on a device mesh.
+here reads files or prints; `kdjax.engine` runs these steps for N members on a device mesh.
 """
 
 from __future__ import annotations
@@ -25,12 +25,38 @@ from flax import struct
 from flax.training import train_state
 
 from kdjax import losses
+from kdjax.data.normalization import TUTORIAL_NORMALIZATION, Normalization
 from kdjax.methods import Context, Method
 from kdjax.network import Network
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 TeacherOutputs = Mapping[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What every member of a program shares. Defaults are the PyTorch tutorial's."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3  # the base rate of the schedule
+    optimizer: str = "adam"  # adam (PyTorch's defaults) | sgd; see kdjax.optimizers
+    momentum: float = 0.9  # sgd only (0: plain SGD)
+    nesterov: bool = False  # sgd only
+    weight_decay: float = 0.0  # PyTorch's coupled form: added to the gradient
+    schedule: str = "constant"  # constant | step (x decay_factor at each milestone epoch) | cosine (to 0 at `epochs`)
+    milestones: tuple[int, ...] = ()  # epochs, for the step schedule
+    decay_factor: float = 0.1
+    warmup_epochs: float = 0.0  # linear warm-up of the rate over this many epochs
+    normalization: Normalization = TUTORIAL_NORMALIZATION  # (mean, std) per channel of [0, 1] pixels (uint8 / 255)
+    save_every_steps: int = 200  # checkpoint cadence inside an epoch, besides every epoch end
+    augment: str = "none"  # none | flip | crop-flip (4-pixel padded crops, then flips); per (seed, epoch, batch)
+    devices: int = 0  # data-parallel over the first N devices (0: all)
+    member_batching: str = "auto"  # auto: unroll on CPU, vmap elsewhere
+    members_per_program: int = 0  # 0: as many as fit in the device's memory
+    labelled: int | None = None  # only the first N examples' labels count (CE); None: all
+    log_every_steps: int = 100  # a progress line every N steps where the log is no terminal (0: none)
 
 
 class TrainState(train_state.TrainState):

@@ -12,8 +12,9 @@ from flax import linen as nn
 from kdjax import methods
 from kdjax.checkpoint import RunCheckpoints
 from kdjax.data import Dataset, Split
-from kdjax.loop import Member, MemberResult, Settings, train_members
-from kdjax.network import Network, linen_network, tutorial_student, tutorial_teacher
+from kdjax.engine import Member, MemberResult, Settings, train_members
+from kdjax.network import Network, linen_network
+from kdjax.zoo.tutorial import tutorial_student, tutorial_teacher
 from kdjax.train import build_objective, create_train_state
 from kdjax.teacher import Teacher
 

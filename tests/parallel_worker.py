@@ -14,7 +14,7 @@ import numpy as np
 from engine_helpers import run_members, tiny_data
 
 from kdjax.data import ResidentLoader
-from kdjax.loop import Member
+from kdjax.engine import Member
 from kdjax.parallel import batch_mesh
 
 MEMBERS = [Member.of("kd", 0), Member.of("kd", 1, temperature=4.0)]

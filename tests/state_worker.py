@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from engine_helpers import batchnorm_network, train_batchnorm
 
-from kdjax.loop import Member, model_variables
+from kdjax.engine import Member, model_variables
 
 
 def flat(states, member: int) -> list[float]:

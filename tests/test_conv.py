@@ -1,4 +1,4 @@
-"""`kdjax.conv`'s custom gradients against XLA's own, and `Conv3x3` against `nn.Conv`."""
+"""`kdjax.zoo.conv`'s custom gradients against XLA's own, and `Conv3x3` against `nn.Conv`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from kdjax.conv import add_channel_bias, conv_general_dilated
-from kdjax.initializers import torch_bias_init, torch_kernel_init
-from kdjax.models import Conv3x3
+from kdjax.zoo.conv import add_channel_bias, conv_general_dilated
+from kdjax.zoo.initializers import torch_bias_init, torch_kernel_init
+from kdjax.zoo.tutorial import Conv3x3
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 

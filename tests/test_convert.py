@@ -12,7 +12,7 @@ import pytest
 import weights
 from kdjax import convert
 from kdjax.convert import from_torch, model_for_state_dict, to_torch
-from kdjax.models import DeepNN, LightNN
+from kdjax.zoo.tutorial import DeepNN, LightNN
 
 
 def test_layouts_follow_pytorch_conventions():

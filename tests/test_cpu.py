@@ -41,7 +41,7 @@ def _in_fresh_process(code: str, env: dict) -> str:
 def test_importing_kdjax_or_its_losses_changes_nothing_and_loads_no_training_stack():
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", OPT_OUT_ENV)}
     code = ("import os, sys, kdjax, kdjax.losses; print(os.environ.get('XLA_FLAGS', ''), "
-            "sorted(m for m in ('orbax', 'tqdm', 'matplotlib', 'kdjax.loop', 'kdjax.train') if m in sys.modules))")
+            "sorted(m for m in ('orbax', 'tqdm', 'matplotlib', 'kdjax.engine', 'kdjax.train') if m in sys.modules))")
     assert _in_fresh_process(code, env) == "[]"
 
 

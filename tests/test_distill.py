@@ -14,8 +14,8 @@ import pytest
 from kdjax import losses, methods
 from kdjax.data import Split, gather_batch
 from kdjax.distill import Distiller, distillation_loss
-from kdjax.loop import Member, ProgramSpec, init_states, program_step, stack_hyperparameters
-from kdjax.network import tutorial_student, tutorial_teacher
+from kdjax.engine import Member, ProgramSpec, init_states, program_step, stack_hyperparameters
+from kdjax.zoo.tutorial import tutorial_student, tutorial_teacher
 from kdjax.parallel import batch_mesh
 from kdjax.teacher import Teacher
 from kdjax.train import build_objective

@@ -10,7 +10,7 @@ from flax import linen as nn
 from flax import nnx
 
 from kdjax.features import UnknownFeatureError, capture
-from kdjax.models import DeepNN, max_pool_2x2
+from kdjax.zoo.tutorial import DeepNN, max_pool_2x2
 
 
 class Block(nn.Module):

@@ -16,7 +16,7 @@ from kdjax.data import Split, from_tokens, gather_batch, load_text, windows
 from kdjax.data.text import load_tokens
 from kdjax.experiments.common import run
 from kdjax.teacher import Teacher
-from kdjax.loop import Member, Settings, evaluate_members, init_states, train_members
+from kdjax.engine import Member, Settings, evaluate_members, init_states, train_members
 from kdjax.tasks import CLASSIFICATION, NEXT_TOKEN
 from kdjax.train import build_objective
 from kdjax import methods

@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 from engine_helpers import run_members, teacher_params, tiny_data
 
-from kdjax import loop, methods
+from kdjax import engine, methods
+from kdjax.engine import memory
 from kdjax.checkpoint import RunCheckpoints
-from kdjax.loop import Member, ProgramSpec, TrainingDivergedError
-from kdjax.network import tutorial_student, tutorial_teacher
+from kdjax.engine import Member, ProgramSpec, TrainingDivergedError
+from kdjax.zoo.tutorial import tutorial_student, tutorial_teacher
 from kdjax.parallel import batch_mesh
-from kdjax.train import build_objective
+from kdjax.teacher import Teacher
+from kdjax.train import TrainState, build_objective
 
 
 def _params(program, index: int):
@@ -66,14 +68,14 @@ def _teacher_forwards(groups: tuple[int, ...]) -> int:
     data = tiny_data()
     objectives = tuple(build_objective(methods.get(m), tutorial_student(), tutorial_teacher())
                        for m in ("kd", "at", "kd"))
-    spec = ProgramSpec(objectives[0], tutorial_teacher(), False, 32, len(data.train), "none", True, batch_mesh(1),
-                       objectives=objectives, data_groups=groups)
+    spec = ProgramSpec(objectives[0], 32, len(data.train), "none", True, batch_mesh(1), objectives=objectives,
+                       data_groups=groups)
     members = [Member.of("kd", 0), Member.of("at", 0), Member.of("kd", 1)]
     keys = jax.numpy.stack([jax.random.key(s) for s in (0, 0, 1)])
-    jaxpr = jax.make_jaxpr(lambda *args: loop.program_step(*args, spec=spec))(
-        loop.init_states(objectives[0], [0, 0, 1], 1e-3), jax.numpy.zeros((3, 160), jax.numpy.int32), np.int32(0),
-        np.int32(0), data.train.arrays(), teacher_params(), keys, keys,
-        loop.stack_hyperparameters(members))
+    jaxpr = jax.make_jaxpr(lambda *args: engine.program_step(*args, spec=spec))(
+        engine.init_states(objectives[0], [0, 0, 1], 1e-3), jax.numpy.zeros((3, 160), jax.numpy.int32), np.int32(0),
+        np.int32(0), data.train.arrays(), Teacher(tutorial_teacher(), *teacher_params()), keys, keys,
+        engine.stack_hyperparameters(members))
 
     def count(jaxpr) -> int:
         found = 0
@@ -95,15 +97,16 @@ def test_one_teacher_forward_per_data_group():
 def test_the_program_step_compiles_once_across_epochs_batches_and_hyperparameters():
     data = tiny_data()
     objective = build_objective(methods.get("kd"), tutorial_student(), tutorial_teacher())
-    spec = ProgramSpec(objective, tutorial_teacher(), False, 32, len(data.train), "none", True, batch_mesh(1))
-    step = jax.jit(chex.assert_max_traces(lambda *args: loop.program_step(*args, spec=spec), n=1))
+    spec = ProgramSpec(objective, 32, len(data.train), "none", True, batch_mesh(1))
+    step = jax.jit(chex.assert_max_traces(lambda *args: engine.program_step(*args, spec=spec), n=1))
     members = [Member.of("kd", 0), Member.of("kd", 1, temperature=8.0)]
-    states = loop.init_states(objective, [0, 1], 1e-3)
+    states = engine.init_states(objective, [0, 1], 1e-3)
     keys = jax.numpy.stack([jax.random.key(0), jax.random.key(1)])
     orders = jax.numpy.zeros((2, 160), jax.numpy.int32)
+    teacher = Teacher(tutorial_teacher(), *teacher_params())
     for epoch, index in ((0, 0), (0, 3), (2, 1)):
-        states, metrics = step(states, orders, np.int32(epoch), np.int32(index), data.train.arrays(),
-                               teacher_params(), keys, keys, loop.stack_hyperparameters(members))
+        states, metrics = step(states, orders, np.int32(epoch), np.int32(index), data.train.arrays(), teacher, keys,
+                               keys, engine.stack_hyperparameters(members))
     assert metrics["loss"].shape == (2,)
     chex.clear_trace_counter()
 
@@ -140,7 +143,7 @@ def test_resuming_from_a_mid_epoch_checkpoint_is_bitwise(tmp_path, monkeypatch):
         raise KeyboardInterrupt  # after the epoch's 5 steps, before its end is saved
 
     with monkeypatch.context() as patch:
-        patch.setattr(loop, "evaluate_members", killed)
+        patch.setattr(engine.loop, "evaluate_members", killed)
         with pytest.raises(KeyboardInterrupt):
             run_members(tmp_path, members, name="cut", save_every_steps=2, members_per_program=2)
     checkpoints = RunCheckpoints(tmp_path / "cut" / "ce", {"test": "cut"})
@@ -176,15 +179,13 @@ def test_a_diverging_member_stops_the_program_naming_it(tmp_path):
 
 
 def test_members_split_into_programs_that_fit_and_get_the_same_results(tmp_path, monkeypatch):
-    from kdjax import memory
-
     members = [Member.of("ce", seed) for seed in range(3)]
     whole, chunked = [], []
     run_members(tmp_path, members, name="whole", programs_out=whole, members_per_program=3)
     data = tiny_data()
     objective = build_objective(methods.get("ce"), tutorial_student())
-    plan = loop.plan_program_size({"ce": objective}, members, data.train, loop.Settings(batch_size=32), None, None,
-                                  False)
+    plan = engine.plan_program_size({objective.method: objective}, members, data.train, engine.Settings(batch_size=32),
+                                  None)
     # Capacity for one member and a half: the three members run as three programs.
     monkeypatch.setattr(memory, "device_capacity_bytes",
                         lambda device=None: int((plan.shared_bytes + 1.5 * plan.per_member_bytes) / 0.8))
@@ -198,18 +199,16 @@ def test_members_split_into_programs_that_fit_and_get_the_same_results(tmp_path,
 
 
 def test_a_program_of_several_methods_is_planned_by_the_most_demanding(monkeypatch):
-    from kdjax import memory
-
     measured = {"kd": (10 * 2**20, 50 * 2**20), "at": (30 * 2**20, 20 * 2**20)}  # (per member, shared)
-    monkeypatch.setattr(loop, "member_bytes", lambda objective, *args: measured[objective.method.name])
+    monkeypatch.setattr(memory, "member_bytes", lambda objective, *args: measured[objective.method.name])
     monkeypatch.setattr(memory, "device_capacity_bytes", lambda device=None: int(200 * 2**20 / 0.8))
     teacher, student = tutorial_teacher(), tutorial_student()
-    objectives = {name: build_objective(methods.get(name), student, teacher) for name in measured}
+    objectives = {methods.get(name): build_objective(methods.get(name), student, teacher) for name in measured}
     members = [Member.of("kd", 0), Member.of("at", 0), Member.of("kd", 1)]
-    args = (tiny_data().train, loop.Settings(batch_size=32), teacher, None, False)
-    mixed = loop.plan_program_size(objectives, members, *args)
+    args = (tiny_data().train, engine.Settings(batch_size=32), None)
+    mixed = engine.plan_program_size(objectives, members, *args)
     assert (mixed.per_member_bytes, mixed.shared_bytes, mixed.fits) == (30 * 2**20, 50 * 2**20, 5)  # (200-50)//30
-    assert loop.plan_program_size(objectives, members[::2], *args).fits == 15  # kd alone: (200-50)//10
+    assert engine.plan_program_size(objectives, members[::2], *args).fits == 15  # kd alone: (200-50)//10
 
 
 @pytest.mark.parametrize("augment", ["flip", "crop-flip"])
@@ -221,9 +220,9 @@ def test_evaluating_on_augmented_views_scores_the_views_a_training_step_draws(au
     data, key, teacher = tiny_data(), jax.random.key(3), tutorial_teacher()
     objective = build_objective(methods.get("ce"), teacher)
     stacked = jax.tree.map(lambda leaf: leaf[None], teacher_params())
-    states = loop.TrainState(step=0, apply_fn=None, params={"model": stacked[0]}, tx=None, opt_state=None,
-                             model_state={"model": stacked[1]})
-    accuracy, loss = loop.evaluate_members(objective, states, data.test, 32, True, augment=augment, key=key)
+    states = TrainState(step=0, apply_fn=None, params={"model": stacked[0]}, tx=None, opt_state=None,
+                        model_state={"model": stacked[1]})
+    accuracy, loss = engine.evaluate_members(objective, states, data.test, 32, True, augment=augment, key=key)
     hits, losses = 0, []
     for index in range(2):
         labels = data.test.labels[32 * index:32 * (index + 1)]
@@ -234,7 +233,7 @@ def test_evaluating_on_augmented_views_scores_the_views_a_training_step_draws(au
         losses.append(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
     np.testing.assert_allclose(accuracy, [100 * hits / 64])
     np.testing.assert_allclose(loss, [np.mean(np.concatenate(losses))], rtol=1e-5)
-    _, clean_loss = loop.evaluate_members(objective, states, data.test, 32, True)
+    _, clean_loss = engine.evaluate_members(objective, states, data.test, 32, True)
     assert abs(clean_loss[0] - loss[0]) > 1e-4  # the views are not the images
     with pytest.raises(ValueError, match="augment must be one of"):
-        loop.evaluate_members(objective, states, data.test, 32, True, augment="rotate")
+        engine.evaluate_members(objective, states, data.test, 32, True, augment="rotate")

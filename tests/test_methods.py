@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kdjax import losses, methods
-from kdjax.loop import Member, expand_members
+from kdjax.engine import Member, expand_members
 
 
 def test_the_tutorials_four_objectives_are_registered_with_its_weights():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from kdjax.models import DeepNN, LightNN, Regressor, flatten_channel_major, max_pool_2x2
+from kdjax.zoo.tutorial import DeepNN, LightNN, Regressor, flatten_channel_major, max_pool_2x2
 
 # The tutorial's counts: DeepNN 1,186,986 and LightNN 267,738; the regressor is Conv2d(16, 32, 3).
 PARAM_COUNTS = {"teacher": 1_186_986, "student": 267_738, "regressor": 4_640}

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from kdjax.loop import Settings
+from kdjax.engine import Settings
 from kdjax.optimizers import learning_rate_schedule, make_optimizer
 
 REFERENCE = np.load(pathlib.Path(__file__).parent / "reference" / "optimizer_reference.npz")

@@ -18,9 +18,9 @@ import weights
 from conftest import REFERENCE_DIR
 from kdjax import losses
 from kdjax.convert import from_torch, to_torch
-from kdjax.models import DeepNN, LightNN
+from kdjax.zoo.tutorial import DeepNN, LightNN
 from kdjax import methods
-from kdjax.network import tutorial_student, tutorial_teacher
+from kdjax.zoo.tutorial import tutorial_student, tutorial_teacher
 from kdjax.teacher import Teacher
 from kdjax.train import TrainState, build_objective, objective_loss, train_step
 

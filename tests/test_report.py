@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from kdjax.experiments import compare
-from kdjax.loop import Member, MemberResult
+from kdjax.engine import Member, MemberResult
 from kdjax import methods
 from kdjax.report import RunFolderError, compare_runs, paired_table, read_run, titles, write_run
 

@@ -19,7 +19,7 @@ from flax import linen as nn
 from flax import nnx
 
 from kdjax.data import normalize
-from kdjax.loop import Member, TrainingDivergedError, model_variables
+from kdjax.engine import Member, TrainingDivergedError, model_variables
 from kdjax.methods import Method
 from kdjax.network import linen_network, nnx_network
 from kdjax.teacher import Teacher
@@ -60,7 +60,7 @@ class NnxBatchNormCNN(nnx.Module):
 def test_nnx_batch_stats_are_the_state_a_trained_member_is_evaluated_with(tmp_path):
     """The NNX student's running statistics move in training and its evaluation uses them."""
     from kdjax.checkpoint import RunCheckpoints
-    from kdjax.loop import Settings, train_members
+    from kdjax.engine import Settings, train_members
 
     network = nnx_network(NnxBatchNormCNN, input_shape=(32, 32, 3))
     data = tiny_data()
@@ -139,7 +139,7 @@ class Explodes(nn.Module):
 
 def test_nonfinite_model_state_stops_training_like_a_nonfinite_loss(tmp_path):
     from kdjax.checkpoint import RunCheckpoints
-    from kdjax.loop import Settings, train_members
+    from kdjax.engine import Settings, train_members
 
     data = tiny_data()
     network = linen_network(Explodes(), input_shape=(32, 32, 3))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from kdjax import losses, methods
-from kdjax.models import DeepNN, LightNN
-from kdjax.network import tutorial_student, tutorial_teacher
+from kdjax.zoo.tutorial import DeepNN, LightNN
+from kdjax.zoo.tutorial import tutorial_student, tutorial_teacher
 from kdjax.teacher import Teacher
 from kdjax.train import build_objective, create_train_state, eval_step, objective_loss, train_step
 

@@ -5,8 +5,8 @@ from kdjax.data.formats import Split
 from kdjax.data.normalization import (MEAN, STD, TUTORIAL_NORMALIZATION, Normalization, NormalizationError,
                                        channel_statistics, normalize)
 from kdjax.data.pipeline import ResidentLoader, augment_batch, epoch_order, gather_batch
-from kdjax.data.sources import (DATA_DIR_ENV, DATASETS, DataNotFoundError, Dataset, from_arrays, load_cifar10,
-                                 load_dataset, load_npz)
+from kdjax.data.dataset import DataNotFoundError, Dataset
+from kdjax.data.sources import DATA_DIR_ENV, DATASETS, from_arrays, load_cifar10, load_dataset, load_npz
 from kdjax.data.text import PYTHON_TEXT, from_tokens, load_text, windows
 
 __all__ = [

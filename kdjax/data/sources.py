@@ -3,8 +3,6 @@ or any image arrays (in memory or an `.npz` file)."""
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import os
 import pathlib
 import time
@@ -13,96 +11,12 @@ from typing import Literal
 from kdjax.data import tfds_source
 import numpy as np
 
+from kdjax.data import text
+from kdjax.data.dataset import DataNotFoundError, Dataset, integer_labels
 from kdjax.data.formats import CIFAR10, LAYOUTS, Layout, Split, detect_local, read_local
-from kdjax.tasks import NEXT_TOKEN, Task
 
 DATA_DIR_ENV = "KDJAX_DATA_DIR"
 Source = Literal["auto", "local", "tfds"]
-
-
-class DataNotFoundError(RuntimeError):
-    """No data set could be found or fetched; the message lists what was tried."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-    """Both splits of a data set (images and classes, or token windows and a vocabulary: `kdjax.tasks`), its
-    class count (vocabulary size) and where it came from."""
-
-    train: Split
-    test: Split
-    origin: str  # e.g. "binary-dir /data/cifar-10-batches-bin"
-    load_seconds: float
-    num_classes: int = 10
-    name: str = "cifar10"
-
-    def __post_init__(self) -> None:
-        for split_name, split in (("train", self.train), ("test", self.test)):
-            if not len(split):
-                raise ValueError(f"{self.name}: the {split_name} split is empty")
-            _check_range(split.labels, self.num_classes, f"{self.name}: {split_name} labels")
-            if split.task is NEXT_TOKEN:
-                _check_range(split.inputs, self.num_classes, f"{self.name}: {split_name} token ids")
-            elif np.issubdtype(split.inputs.dtype, np.floating):
-                _check_finite(split.inputs, f"{self.name}: {split_name} images")
-        if self.train.inputs.shape[1:] != self.test.inputs.shape[1:] or self.train.task != self.test.task:
-            raise ValueError(f"{self.name}: train inputs are {self.train.inputs.dtype} {self.train.inputs.shape[1:]} "
-                             f"but test inputs are {self.test.inputs.dtype} {self.test.inputs.shape[1:]}")
-
-    @property
-    def task(self) -> Task:
-        return self.train.task
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.inputs.shape[1:])
-
-    @functools.cached_property
-    def fingerprint(self) -> str:
-        """SHA-256 over both splits' bytes (computed once): identifies the data a checkpoint was trained on."""
-        return f"{self.train.fingerprint()[:32]}{self.test.fingerprint()[:32]}"
-
-    def subset(self, train_size: int | None = None, test_size: int | None = None) -> "Dataset":
-        """The first `train_size` / `test_size` examples of each split (the tutorial's CPU subsets)."""
-        return dataclasses.replace(self, train=self.train.take(train_size), test=self.test.take(test_size))
-
-
-def _check_range(values: np.ndarray, count: int, what: str) -> None:
-    """ValueError naming the first example of `values` outside `[0, count)`."""
-    bad = (values < 0) | (values >= count)
-    if bad.any():
-        index = int(np.flatnonzero(bad.reshape(len(values), -1).any(axis=1))[0])
-        raise ValueError(f"{what} must lie in [0, {count}), found {int(values.min())}..{int(values.max())} (first "
-                         f"at index {index}: {int(values[index].flat[np.argmax(bad[index].flat)])}); state the class "
-                         "count (num_classes, --num-classes) if there are more, or fix the labels")
-
-
-def _check_finite(images: np.ndarray, what: str) -> None:
-    """ValueError naming the first image of `images` with a NaN or infinite pixel."""
-    for start in range(0, len(images), 4096):  # in chunks: no full-size boolean copy
-        finite = np.isfinite(images[start:start + 4096]).reshape(min(4096, len(images) - start), -1).all(axis=1)
-        if not finite.all():
-            index = start + int(np.flatnonzero(~finite)[0])
-            raise ValueError(f"{what} hold NaN or infinite pixels (first at index {index}): replace or drop those "
-                             "images before training")
-
-
-def integer_labels(labels: np.ndarray, what: str) -> np.ndarray:
-    """`labels` as int32 if they are integers; ValueError otherwise (floats, strings, booleans are not cast)."""
-    labels = np.asarray(labels)
-    if np.issubdtype(labels.dtype, np.integer):
-        if labels.size and (labels.min() < np.iinfo(np.int32).min or labels.max() > np.iinfo(np.int32).max):
-            raise ValueError(f"{what} exceed int32's range ({labels.min()}..{labels.max()})")
-        return labels.astype(np.int32)
-    example = f" ({labels.flat[0].item()!r}, ...)" if labels.size else ""
-    if np.issubdtype(labels.dtype, np.floating):
-        whole = np.isfinite(labels) & (labels == np.round(labels))
-        if whole.all():
-            raise ValueError(f"{what} are {labels.dtype}, not integers: pass them as labels.astype(np.int64)")
-        index = int(np.flatnonzero(~whole)[0])
-        raise ValueError(f"{what} must be integer class ids, got {labels.dtype} with "
-                         f"{labels.flat[index].item()!r} at index {index}")
-    raise ValueError(f"{what} must be integer class ids, got {labels.dtype}{example}: map them to 0..classes-1 first")
 
 
 def _how_to_point(layout: Layout = CIFAR10) -> str:
@@ -258,8 +172,6 @@ def load_dataset(dataset: str, data_dir: str | os.PathLike | None = None, *, sou
     `num_classes` states the class count (the vocabulary size of token data); by default it is the data set's
     own (CIFAR's, a text's alphabet) or the largest label (token id) + 1.
     """
-    from kdjax.data import text
-
     if dataset.startswith("npz:"):
         return load_npz(dataset[4:], num_classes=num_classes)
     if dataset == "text" or dataset.startswith("text:"):

@@ -15,7 +15,7 @@ import time as clock
 import numpy as np
 
 from kdjax.data.formats import Split
-from kdjax.data.sources import DataNotFoundError, Dataset
+from kdjax.data.dataset import DataNotFoundError, Dataset
 
 PYTHON_TEXT = "python-docs"  # CPython's own help text (`pydoc_data.topics`, ~465k characters, ships with Python)
 

@@ -24,13 +24,13 @@ from kdjax.config import (LAYOUT_SETTINGS, RECIPE_WARMUP, ConfigError, Experimen
 from kdjax.data import TUTORIAL_NORMALIZATION, DataNotFoundError, Dataset, NormalizationError, Split, load_dataset
 from kdjax.data.normalization import choose as choose_normalization
 from kdjax.tasks import CLASSIFICATION, NEXT_TOKEN
-from kdjax.loop import (Member, MemberResult, Settings, TrainingDivergedError, evaluate_members, model_variables,
+from kdjax.engine import (Member, MemberResult, Settings, TrainingDivergedError, evaluate_members, model_variables,
                         program_name, reads_teacher,
                         train_members, unrolls)
-from kdjax.memory import ProgramMemoryError
+from kdjax.engine.memory import ProgramMemoryError
 from kdjax.network import Network
 from kdjax.parallel import batch_mesh
-from kdjax.report import score_for, teacher_warnings, write_run
+from kdjax.report import teacher_warnings, write_run
 from kdjax.teacher import Teacher
 from kdjax.train import TrainState, build_objective
 
@@ -180,7 +180,7 @@ class Checkpoints:
     def program_holding(self, kind: str, network: Network, member: Member) -> list[Member] | None:
         """The members of a saved program that trains `member` among others with these settings, if any.
 
-        On CPU a member's trajectory is the same alone or in a program (`kdjax.loop`), so a
+        On CPU a member's trajectory is the same alone or in a program (`kdjax.engine`), so a
         teacher trained with `teacher --seeds 42,1,2` serves the students of `--teacher-seed 42`.
         """
         folder = self._folder(kind)
@@ -415,7 +415,7 @@ def run(name: str, argv: list[str] | None = None) -> int:
         taught, (learners, validation) = teacher_data(config, data), student_data(config, data)
         teacher_checkpoints = Checkpoints(config, taught, teacher=True)
         student_checkpoints = Checkpoints(config, learners, teacher=False, labelled=config.labelled_size)
-        score = score_for({"task": data.task.name})
+        score = data.task.score
         if name == "teacher":
             teacher_results, states = train_teacher(config, taught, teacher_checkpoints, config.seeds)
             students = []

@@ -36,7 +36,8 @@ Modules: `logits` (classification and sequence logits), `topk`, `fused`, `featur
 `relational`. References are named in each docstring; `tests/reference/reference_losses.py` restates
 each reference formula in PyTorch for the parity tests.
 """
-from kdjax.losses.features import attention_transfer_loss, avg_pool_pairs, cosine_loss, hint_loss
+from kdjax.losses.features import (attention_transfer_loss, avg_pool_pairs, cosine_loss, flatten_channel_major,
+                                   hint_loss)
 from kdjax.losses.fused import fused_cross_entropy, fused_generalized_jsd_loss, fused_kd_loss, fused_topk_kd_loss
 from kdjax.losses.logits import (cross_entropy, dist_loss, dkd_loss, generalized_jsd_loss, kd_loss, soft_cross_entropy,
                                  standardize_logits)
@@ -44,6 +45,7 @@ from kdjax.losses.relational import pkt_loss, rkd_angle_loss, rkd_distance_loss,
 from kdjax.losses.topk import topk_generalized_jsd_loss, topk_kd_loss
 
 __all__ = [
+    "flatten_channel_major",
     "attention_transfer_loss", "avg_pool_pairs", "cosine_loss", "cross_entropy", "dist_loss", "dkd_loss",
     "fused_cross_entropy", "fused_generalized_jsd_loss", "fused_kd_loss", "fused_topk_kd_loss",
     "generalized_jsd_loss", "hint_loss", "kd_loss", "pkt_loss", "rkd_angle_loss", "rkd_distance_loss",

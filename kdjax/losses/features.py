@@ -90,3 +90,9 @@ def attention_transfer_loss(student_features: ArrayLike, teacher_features: Array
 
     per_example = jnp.mean((attention(student) - attention(teacher)) ** 2, axis=-1)
     return _reduce("attention_transfer_loss", per_example, where, reduction)
+
+
+def flatten_channel_major(feature_map: jax.Array) -> jax.Array:
+    """`[n, h, w, c] -> [n, c*h*w]` in PyTorch's `torch.flatten(x, 1)` order on NCHW."""
+    n = feature_map.shape[0]
+    return jnp.transpose(feature_map, (0, 3, 1, 2)).reshape(n, -1)

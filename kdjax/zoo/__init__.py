@@ -21,8 +21,9 @@ from collections.abc import Callable, Mapping
 import jax.numpy as jnp
 from flax import linen as nn
 
-from kdjax.models import IMAGE_SHAPE
-from kdjax.network import Network, linen_network, tutorial_student, tutorial_teacher
+from kdjax.zoo.tutorial import IMAGE_SHAPE
+from kdjax.network import Network, linen_network
+from kdjax.zoo.tutorial import tutorial_student, tutorial_teacher
 from kdjax.zoo import language, mobilenetv2, resnet, shufflenet, vgg, wrn
 
 TUTORIAL = {"deepnn": tutorial_teacher, "lightnn": tutorial_student}

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from kdjax.conv import conv_general_dilated
-from kdjax.initializers import torch_bias_init, torch_kernel_init
+from kdjax.zoo.conv import conv_general_dilated
+from kdjax.zoo.initializers import torch_bias_init, torch_kernel_init
 
 # kaiming_normal_(mode="fan_out", nonlinearity="relu"), and the `normal_(0, sqrt(2 / (k * k * out_channels)))`
 # that the WRN, VGG and MobileNetV2 definitions write by hand: the same distribution.

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from kdjax.initializers import torch_kernel_init
+from kdjax.zoo.initializers import torch_kernel_init
 from kdjax.zoo.layers import BatchNorm, Tap, channel_shuffle, conv, global_average, torch_dense
 
 torch_conv = functools.partial(conv, kernel_init=torch_kernel_init)

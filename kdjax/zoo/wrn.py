@@ -17,7 +17,7 @@ import functools
 import jax
 from flax import linen as nn
 
-from kdjax.initializers import torch_kernel_init
+from kdjax.zoo.initializers import torch_kernel_init
 from kdjax.zoo.layers import BatchNorm, Tap, conv, global_average
 
 

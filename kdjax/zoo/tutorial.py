@@ -1,4 +1,5 @@
-"""The tutorial's networks in `flax.linen`: `DeepNN` (teacher), `LightNN` (student), `Regressor`.
+"""The tutorial's networks in `flax.linen`: `DeepNN` (teacher), `LightNN` (student), `Regressor`, and as
+engine `Network`s (`tutorial_teacher()`, `tutorial_student()`).
 
 Inputs are NHWC float32 images `[batch, 32, 32, 3]`. Each network returns a `ModelOutput`
 that carries, besides the logits, the representations the distillation objectives read:
@@ -18,15 +19,17 @@ map can be read by path (`features_9` in the teacher, `features_5` in the studen
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from flax import struct
 
-from kdjax.conv import add_channel_bias, conv_general_dilated
-from kdjax.initializers import torch_bias_init, torch_kernel_init
+from kdjax.losses.features import flatten_channel_major
+from kdjax.network import Network, linen_network
+from kdjax.zoo.conv import add_channel_bias, conv_general_dilated
+from kdjax.zoo.initializers import torch_bias_init, torch_kernel_init
 
 InitScheme = Literal["torch", "flax"]
 IMAGE_SHAPE = (32, 32, 3)
@@ -55,7 +58,7 @@ class Conv3x3(nn.Module):
 
     Params `kernel` `[3, 3, in, out]` and `bias` `[out]`, laid out and initialised as
     `nn.Conv`'s; `[n, h, w, in] -> [n, h, w, out]`. The kernel and bias gradients take the
-    faster CPU forms in `kdjax.conv`.
+    faster CPU forms in `kdjax.zoo.conv`.
     """
 
     features: int
@@ -100,12 +103,6 @@ class MaxPool2x2(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         return max_pool_2x2(x)
-
-
-def flatten_channel_major(feature_map: jax.Array) -> jax.Array:
-    """`[n, h, w, c] -> [n, c*h*w]` in PyTorch's `torch.flatten(x, 1)` order on NCHW."""
-    n = feature_map.shape[0]
-    return jnp.transpose(feature_map, (0, 3, 1, 2)).reshape(n, -1)
 
 
 def _check_images(x: jax.Array) -> None:
@@ -191,3 +188,18 @@ class LightNN(nn.Module):
         )
         regressed = Regressor(init_scheme=self.init_scheme, name="regressor")(feature_map) if self.hint else None
         return ModelOutput(logits=logits, hidden=hidden, feature_map=feature_map, regressed=regressed)
+
+
+def _tutorial(module: nn.Module, feature_map: str) -> Network:
+    return linen_network(module, input_shape=IMAGE_SHAPE, roles={"feature_map": feature_map},
+                         logits=lambda output: output.logits)
+
+
+def tutorial_teacher(**model_kwargs: Any) -> Network:
+    """`DeepNN(**model_kwargs)`; role `feature_map` is its last pool, `[batch, 8, 8, 32]`."""
+    return _tutorial(DeepNN(**model_kwargs), "features_9")
+
+
+def tutorial_student(**model_kwargs: Any) -> Network:
+    """`LightNN(**model_kwargs)`; role `feature_map` is its last pool, `[batch, 8, 8, 16]`."""
+    return _tutorial(LightNN(**model_kwargs), "features_5")
