@@ -115,7 +115,7 @@ def measure_eval(split: Split, args) -> dict:
 
 
 def measure_e2e(args) -> dict:
-    from kdjax.experiments.common import Checkpoints, train_students, train_teacher
+    from kdjax.run import train_and_evaluate
 
     if args.data_dir:
         data = load_cifar10(args.data_dir).subset(args.e2e_train_size, args.e2e_test_size)
@@ -126,10 +126,9 @@ def measure_e2e(args) -> dict:
         config = ExperimentConfig(name="all", epochs=args.e2e_epochs, checkpoint_dir=f"{tmp}/ck",
                                   output_dir=f"{tmp}/runs", save_every_steps=0)
         start = time.perf_counter()
-        teacher, states = train_teacher(config, data, Checkpoints(config, data, teacher=True))
-        students = train_students(config, data, Checkpoints(config, data, teacher=False),
-                                  model_variables(states))
+        result = train_and_evaluate(config, data)
         seconds = time.perf_counter() - start
+    teacher, students = result.teacher, result.students
     accuracy = {("teacher" if r.network == "DeepNN" else r.member.name): r.test_accuracy for r in teacher + students}
     return {"e2e": {"seconds": seconds, "accuracy": accuracy, "data": data.origin}}
 

@@ -74,7 +74,7 @@ def cache_outputs(teacher: Teacher, split: Split, reads: Iterable[str], *, batch
 def cache_bytes(teacher: Teacher, split: Split, reads: Iterable[str]) -> int:
     """Bytes a cache of `reads` over `split` would take, from the outputs' shapes (nothing is computed)."""
     example = {"inputs": jax.ShapeDtypeStruct((1, *split.inputs.shape[1:]), _input_dtype(split, teacher))}
-    shapes = jax.eval_shape(lambda: teacher.outputs(example, tuple(reads)))
+    shapes = jax.eval_shape(lambda batch: teacher.outputs(batch, tuple(reads)), example)
     return sum(len(split) * int(np.prod(s.shape[1:])) * s.dtype.itemsize for s in jax.tree.leaves(shapes))
 
 

@@ -7,7 +7,9 @@ import pytest
 
 from kdjax.config import ConfigError
 from kdjax.data import channel_statistics, from_arrays
-from kdjax.experiments.common import Checkpoints, parse_config, run_identity, with_recipe_warmup
+from kdjax.experiments.common import parse_config
+from kdjax.identity import Checkpoints, run_identity
+from kdjax.run import with_recipe_warmup
 
 
 def test_the_cifar_kd_recipe_sets_the_benchmarks_settings_and_flags_override_it():

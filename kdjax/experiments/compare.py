@@ -14,7 +14,7 @@ import argparse
 import pathlib
 import sys
 
-from kdjax.experiments.common import fingerprint
+from kdjax.identity import fingerprint
 from kdjax.report import RunFolderError, compare_runs
 
 
