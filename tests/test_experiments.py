@@ -68,7 +68,7 @@ def test_students_take_their_teacher_from_a_program_of_several_seeds(tmp_path, f
 
 def test_augmentation_turns_the_teacher_cache_off(tmp_path, full_size_copy, capsys):
     assert run("kd", _flags(tmp_path, full_size_copy, "--augment")) == 0
-    assert "teacher cache off (--augment" in capsys.readouterr().out
+    assert "teacher cache off (augmentation (flip) shows the teacher another image" in capsys.readouterr().out
 
 
 def test_checkpoints_of_an_earlier_layout_get_a_clear_message(tmp_path, full_size_copy, capsys):
