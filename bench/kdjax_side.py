@@ -8,24 +8,37 @@ import tempfile
 import time
 
 import jax
-
-from kdjax.cpu import use_fast_cpu_kernels
-
 import numpy as np
 
 from bench.common import (
-    BATCH, CACHED_CASES, MEMBERS, STEP_CASES, ZOO_CASES, batch_size, median_rate, run_side, steps_per_window,
+    BATCH,
+    CACHED_CASES,
+    MEMBERS,
+    STEP_CASES,
+    ZOO_CASES,
+    batch_size,
+    median_rate,
+    run_side,
+    steps_per_window,
     synthetic_split,
 )
 from kdjax import methods, zoo
 from kdjax.config import ExperimentConfig
+from kdjax.cpu import use_fast_cpu_kernels
 from kdjax.data import Dataset, ResidentLoader, Split, epoch_order, load_cifar10
-from kdjax.engine import Member, ProgramSpec, init_states, model_variables, program_step, stack_hyperparameters
-from kdjax.zoo.tutorial import tutorial_student, tutorial_teacher
+from kdjax.engine import (
+    Member,
+    ProgramSpec,
+    init_states,
+    model_variables,
+    program_step,
+    stack_hyperparameters,
+)
 from kdjax.parallel import batch_mesh
 from kdjax.teacher import Teacher, cache_outputs
-from kdjax.train import build_objective
+from kdjax.train import Settings, build_objective
 from kdjax.train import eval_step as eval_step_fn
+from kdjax.zoo.tutorial import tutorial_student, tutorial_teacher
 
 OBJECTIVE = {"teacher_ce": "ce", "student_ce": "ce", "kd": "kd", "cosine": "cosine", "hint": "hint"}
 
@@ -123,8 +136,8 @@ def measure_e2e(args) -> dict:
         data = Dataset(Split(*synthetic_split(args.e2e_train_size, 0)), Split(*synthetic_split(args.e2e_test_size, 1)),
                        "synthetic", 0.0)
     with tempfile.TemporaryDirectory() as tmp:
-        config = ExperimentConfig(name="all", epochs=args.e2e_epochs, checkpoint_dir=f"{tmp}/ck",
-                                  output_dir=f"{tmp}/runs", save_every_steps=0)
+        config = ExperimentConfig(name="all", training=Settings(epochs=args.e2e_epochs, save_every_steps=0),
+                                  checkpoint_dir=f"{tmp}/ck", output_dir=f"{tmp}/runs")
         start = time.perf_counter()
         result = train_and_evaluate(config, data)
         seconds = time.perf_counter() - start

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from kdjax.checkpoint import CheckpointMismatchError, RunCheckpoints, saved_identity
-from kdjax.config import LAYOUT_SETTINGS, ExperimentConfig
+from kdjax.config import ExperimentConfig, flat_fields
 from kdjax.data import Dataset
 from kdjax.engine import Member
 from kdjax.network import Network
@@ -46,18 +46,16 @@ def fingerprint(value: Any) -> str:
     return digest.hexdigest()[:FINGERPRINT_CHARS]
 
 
-# Settings added after runs were first written: left out of identities at their defaults, so those runs keep theirs.
-TRAINING_SETTINGS = ("optimizer", "momentum", "nesterov", "weight_decay", "schedule", "milestones", "decay_factor",
-                     "warmup_epochs", "normalization")
-LATER_SETTINGS = frozenset({"teacher", "student", "recipe", "normalize", "method_defaults", "dataset", "baseline", "window",
-                            "num_classes", *TRAINING_SETTINGS})
+# The training settings that enter a program's identity only when changed (`kdjax.fields`: identity "changed").
+CHANGED_TRAINING = tuple(f.name for f in dataclasses.fields(Settings) if f.metadata.get("identity") == "changed")
 
 
 def run_identity(config: ExperimentConfig) -> dict[str, Any]:
-    """The settings that decide a run's results (not where it writes, nor how it is laid out)."""
-    defaults = ExperimentConfig()
-    return {key: value for key, value in dataclasses.asdict(config).items() if key not in LAYOUT_SETTINGS
-            and not (key in LATER_SETTINGS and value == getattr(defaults, key))}
+    """The settings that decide a run's results, as each field's declaration says (`kdjax.fields`)."""
+    values, defaults = config.flat(), ExperimentConfig().flat()
+    membership = {f.name: f.metadata["identity"] for f in flat_fields(ExperimentConfig)}
+    return {key: value for key, value in values.items() if membership.get(key, "always") == "always"
+            or (membership[key] == "changed" and value != defaults[key])}
 
 
 class Checkpoints:
@@ -72,17 +70,18 @@ class Checkpoints:
         self.root = pathlib.Path(config.checkpoint_dir)
         self.restart = config.restart
         augment = config.settings(teacher=teacher).augment
-        self.shared = {"format": FORMAT, "learning_rate": config.learning_rate, "batch_size": config.batch_size,
+        self.shared = {"format": FORMAT, "learning_rate": config.training.learning_rate,
+                       "batch_size": config.training.batch_size,
                        "augment": {"none": False, "flip": True}.get(augment, augment),
                        "data": data.fingerprint}  # augment: the bool of identities written before crops existed
         if labelled:  # recorded only when set, so that identities written before the option stay valid
             self.shared["labelled"] = labelled
-        if config.num_classes is not None:  # likewise: a stated class count sizes the network's head
+        if config.data.num_classes is not None:  # likewise: a stated class count sizes the network's head
             self.shared["classes"] = data.num_classes
         if data.train.inputs.dtype.kind == "f":  # float images are normalised too since this entry was added
             self.shared["float_inputs"] = True
         training, defaults = config.settings(teacher=teacher), Settings()
-        for key in TRAINING_SETTINGS:  # likewise: only what differs from the tutorial's Adam and Normalize
+        for key in CHANGED_TRAINING:  # likewise: only what differs from the tutorial's Adam and Normalize
             if getattr(training, key) != getattr(defaults, key):
                 self.shared[key] = getattr(training, key)
         if training.schedule == "cosine":  # the schedule's length is part of the trajectory

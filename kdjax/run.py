@@ -19,16 +19,27 @@ import numpy as np
 
 from kdjax import methods, zoo
 from kdjax.checkpoint import RunCheckpoints
-from kdjax.config import RECIPE_WARMUP, ConfigError, ExperimentConfig
+from kdjax.config import ConfigError, ExperimentConfig, as_config_error
 from kdjax.data import TUTORIAL_NORMALIZATION, Dataset, NormalizationError, Split, load_dataset
 from kdjax.data.normalization import choose as choose_normalization
-from kdjax.engine import (Member, MemberResult, evaluate_members, model_variables, program_name, reads_teacher,
-                          train_members, unrolls)
+from kdjax.engine import (
+    Member,
+    MemberResult,
+    evaluate_members,
+    model_variables,
+    program_name,
+    reads_teacher,
+    train_members,
+    unrolls,
+)
+from kdjax.fields import SettingError
 from kdjax.identity import Checkpoints, fingerprint, run_identity
 from kdjax.network import Network
 from kdjax.parallel import batch_mesh
+from kdjax.recipes import RECIPE_WARMUP
 from kdjax.released import export_teacher, load_teacher
-from kdjax.report import teacher_warnings, write_run
+from kdjax.report import write_run
+from kdjax.tables import teacher_warnings
 from kdjax.tasks import CLASSIFICATION, NEXT_TOKEN
 from kdjax.teacher import Teacher
 from kdjax.train import build_objective
@@ -53,7 +64,7 @@ class RunResult:
 
 def train_and_evaluate(config: ExperimentConfig, data: Dataset | None = None, *,
                        log: Callable[[str], None] = log) -> RunResult:
-    """Run `config` on `data` (default: the data set `config.dataset` names, loaded here).
+    """Run `config` on `data` (default: the data set `config.data.dataset` names, loaded here).
 
     Raises:
       ConfigError: settings that cannot work with this data or these networks, before any training.
@@ -65,7 +76,7 @@ def train_and_evaluate(config: ExperimentConfig, data: Dataset | None = None, *,
     start = time.perf_counter()
     taught, (learners, validation) = teacher_data(config, data), student_data(config, data)
     teacher_checkpoints = Checkpoints(config, taught, teacher=True)
-    student_checkpoints = Checkpoints(config, learners, teacher=False, labelled=config.labelled_size)
+    student_checkpoints = Checkpoints(config, learners, teacher=False, labelled=config.data.labelled_size)
     score, name = data.task.score, config.name
     if name == "teacher":
         teacher_results, states = train_teacher(config, taught, teacher_checkpoints, log, config.seeds)
@@ -81,7 +92,7 @@ def train_and_evaluate(config: ExperimentConfig, data: Dataset | None = None, *,
             teacher_results, states = train_teacher(config, taught, teacher_checkpoints, log)
         for warning in teacher_warnings(teacher_results, [], score, data.num_classes):
             log(f"warning: {warning}")
-        if config.augment != "none":
+        if config.training.augment != "none":
             teacher_results = with_view_accuracy(config, data, teacher_results, states, log)
         students = train_students(config, learners, student_checkpoints, model_variables(states), log, validation)
         for warning in teacher_warnings(teacher_results, students, score, None):
@@ -89,7 +100,7 @@ def train_and_evaluate(config: ExperimentConfig, data: Dataset | None = None, *,
     else:
         teacher_results = []
         students = train_students(config, learners, student_checkpoints, None, log, validation)
-    outputs = {**dataclasses.asdict(config), "task": data.task.name, "num_classes": data.num_classes,
+    outputs = {**config.flat(), "task": data.task.name, "num_classes": data.num_classes,
                "train_examples": len(learners.train), "test_examples": len(data.test), "machine": machine_line(),
                "seconds_this_invocation": time.perf_counter() - start}
     run_dir = pathlib.Path(config.output_dir) / f"{name}-{fingerprint(run_identity(config))}"
@@ -101,8 +112,8 @@ def train_and_evaluate(config: ExperimentConfig, data: Dataset | None = None, *,
 
 def load(config: ExperimentConfig) -> Dataset:
     """The data set `config` names, from its data dir or tensorflow-datasets."""
-    return load_dataset(config.dataset, config.data_dir, source=config.data_source,  # type: ignore[arg-type]
-                        window=config.window, num_classes=config.num_classes)
+    return load_dataset(config.data.dataset, config.data.data_dir, source=config.data.data_source,  # type: ignore[arg-type]
+                        window=config.data.window, num_classes=config.data.num_classes)
 
 
 def network(name: str, data: Dataset) -> Network:
@@ -137,32 +148,35 @@ def prepare_data(config: ExperimentConfig, full: Dataset, log: Callable[[str], N
                  ) -> tuple[ExperimentConfig, Dataset]:
     """`full` cut to `config`'s sizes, and `config` with the images' normalisation resolved (on all of `full`'s
     training images, or the subset's where asked)."""
-    if config.num_classes is not None and config.num_classes != full.num_classes:
-        raise ConfigError(f"--num-classes {config.num_classes}: the data set has {full.num_classes} classes")
-    for flag, size, available in (("--train-size", config.train_size, len(full.train)),
-                                  ("--test-size", config.test_size, len(full.test))):
+    if config.data.num_classes is not None and config.data.num_classes != full.num_classes:
+        raise ConfigError(f"--num-classes {config.data.num_classes}: the data set has {full.num_classes} classes")
+    for flag, size, available in (("--train-size", config.data.train_size, len(full.train)),
+                                  ("--test-size", config.data.test_size, len(full.test))):
         if size is not None and size > available:
             raise ConfigError(f"{flag} {size:,} exceeds the {available:,} images of {full.origin}")
-    data = full.subset(config.train_size, config.test_size)
-    if config.batch_size > len(data.train):
-        raise ConfigError(f"--batch-size {config.batch_size} exceeds the {len(data.train):,} training images")
-    if config.labelled_size is not None and config.labelled_size > len(data.train):
-        raise ConfigError(f"--labelled-size {config.labelled_size:,} exceeds the {len(data.train):,} training images")
-    if config.validation_size is not None and config.validation_size > len(data.train) - config.batch_size:
-        raise ConfigError(f"--validation-size {config.validation_size:,} leaves fewer than --batch-size "
-                          f"{config.batch_size} of the {len(data.train):,} training images to train on")
+    data = full.subset(config.data.train_size, config.data.test_size)
+    try:
+        config.training.check_data(sequence=data.task is NEXT_TOKEN, examples=len(data.train))
+    except SettingError as error:
+        raise as_config_error(error) from None
+    labelled, validation, batch_size = config.data.labelled_size, config.data.validation_size, config.training.batch_size
+    if labelled is not None and labelled > len(data.train):
+        raise ConfigError(f"--labelled-size {labelled:,} exceeds the {len(data.train):,} training images")
+    if validation is not None and validation > len(data.train) - batch_size:
+        raise ConfigError(f"--validation-size {validation:,} leaves fewer than --batch-size {batch_size} of the "
+                          f"{len(data.train):,} training images to train on")
     log(f"data: {data.origin}; train {len(data.train):,}, test {len(data.test):,}, {data.num_classes:,} "
         f"{'tokens in the vocabulary' if data.task is NEXT_TOKEN else 'classes'} (loaded in {data.load_seconds:.1f} s)")
     if data.task is CLASSIFICATION:
         released = released_normalization(config, data, log)
         try:
-            normalization, line = choose_normalization(config.normalize, dataset=data.name,
+            normalization, line = choose_normalization(config.data.normalize, dataset=data.name,
                                                        train_images=full.train.inputs, used_images=data.train.inputs,
                                                        teacher_trained_with=released)
         except NormalizationError as error:
             raise ConfigError(str(error)) from None
-        log(line + (" (the released teacher's)" if released and config.normalize == "auto" else ""))
-        config = dataclasses.replace(config, normalization=None if normalization == TUTORIAL_NORMALIZATION
+        log(line + (" (the released teacher's)" if released and config.data.normalize == "auto" else ""))
+        config = config.replace(normalization=None if normalization == TUTORIAL_NORMALIZATION
                                      else normalization)  # None: the default, as identities have always said
     return config, data
 
@@ -175,7 +189,7 @@ def released_normalization(config: ExperimentConfig, data: Dataset, log: Callabl
         return "imagenet"  # the tutorial's transforms.Normalize
     if data.name in ("cifar10", "cifar100"):
         return data.name
-    if config.normalize == "auto":
+    if config.data.normalize == "auto":
         log(f"--teacher-weights on {data.name}: the teacher's own normalisation is not known here; pass --normalize "
             "with the one it was trained with if it is not this data set's own statistics")
     return None
@@ -208,14 +222,14 @@ def train_teacher(config: ExperimentConfig, data: Dataset, checkpoints: Checkpoi
 
 def teacher_data(config: ExperimentConfig, data: Dataset) -> Dataset:
     """What the teacher learns from: the labelled images alone under `--labelled-size`."""
-    return data.subset(config.labelled_size) if config.labelled_size else data
+    return data.subset(config.data.labelled_size) if config.data.labelled_size else data
 
 
 def student_data(config: ExperimentConfig, data: Dataset) -> tuple[Dataset, Split | None]:
     """The students' training data and the split `--validation-size` holds out of it (or None)."""
-    if not config.validation_size:
+    if not config.data.validation_size:
         return data, None
-    keep = len(data.train) - config.validation_size
+    keep = len(data.train) - config.data.validation_size
     return dataclasses.replace(data, train=data.train.rows(slice(0, keep))), data.train.rows(slice(keep, None))
 
 
@@ -262,8 +276,8 @@ def with_view_accuracy(config: ExperimentConfig, data: Dataset, teacher: Sequenc
     A teacher that never saw such views can be far worse on them than on clean images, and
     it is on those views that it teaches.
     """
-    accuracy = accuracies(config, network(config.teacher, data), states, data.test, config.augment)
-    log(f"teacher: {accuracy[0]:.2f}% on one {config.augment} view of each test image "
+    accuracy = accuracies(config, network(config.teacher, data), states, data.test, config.training.augment)
+    log(f"teacher: {accuracy[0]:.2f}% on one {config.training.augment} view of each test image "
         f"({teacher[0].test_accuracy:.2f}% on the images themselves)")
     return [dataclasses.replace(r, view_accuracy=float(a)) for r, a in zip(teacher, accuracy)]
 
@@ -281,7 +295,7 @@ def with_recipe_warmup(config: ExperimentConfig, train_examples: int) -> Experim
     method, name, fraction = RECIPE_WARMUP[config.recipe]
     if name in dict(config.hyperparameters) or name in dict(config.sweep):
         return config
-    steps = round(fraction * config.epochs * -(-train_examples // config.batch_size))
+    steps = round(fraction * config.training.epochs * -(-train_examples // config.training.batch_size))
     defaults = dict(config.method_defaults)
     defaults[method] = tuple(sorted({**dict(defaults.get(method, ())), name: float(steps)}.items()))
     return dataclasses.replace(config, method_defaults=tuple(sorted(defaults.items())))

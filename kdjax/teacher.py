@@ -91,7 +91,7 @@ def cache_off_reason(teacher: Teacher, split: Split, reads: Iterable[str], *, au
     (next-token data: a top-k cache would change the loss), and where it would not fit.
     """
     if not wanted:
-        return "not wanted (--no-cache)"
+        return "not wanted (cache=False)"
     if split.task is NEXT_TOKEN:
         return ("next-token data: a cache would hold [examples, time, vocab] logits, and a top-k one would change the "
                 "loss")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,37 +27,97 @@ from flax.training import train_state
 
 from kdjax import losses
 from kdjax.data.normalization import TUTORIAL_NORMALIZATION, Normalization
+from kdjax.fields import require, setting
 from kdjax.methods import Context, Method
 from kdjax.network import Network
+from kdjax.optimizers import OPTIMIZERS, SCHEDULES
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 TeacherOutputs = Mapping[str, jax.Array]
 
 
+AUGMENTATIONS = ("none", "flip", "crop-flip")
+MEMBER_BATCHING = ("auto", "unroll", "vmap")  # how members share a program: `kdjax.engine.map_members`
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """What every member of a program shares. Defaults are the PyTorch tutorial's."""
+    """What every member of a program shares, checked when made. Defaults are the PyTorch tutorial's."""
 
-    epochs: int = 10
-    batch_size: int = 128
-    learning_rate: float = 1e-3  # the base rate of the schedule
-    optimizer: str = "adam"  # adam (PyTorch's defaults) | sgd; see kdjax.optimizers
-    momentum: float = 0.9  # sgd only (0: plain SGD)
-    nesterov: bool = False  # sgd only
-    weight_decay: float = 0.0  # PyTorch's coupled form: added to the gradient
-    schedule: str = "constant"  # constant | step (x decay_factor at each milestone epoch) | cosine (to 0 at `epochs`)
-    milestones: tuple[int, ...] = ()  # epochs, for the step schedule
-    decay_factor: float = 0.1
-    warmup_epochs: float = 0.0  # linear warm-up of the rate over this many epochs
-    normalization: Normalization = TUTORIAL_NORMALIZATION  # (mean, std) per channel of [0, 1] pixels (uint8 / 255)
-    save_every_steps: int = 200  # checkpoint cadence inside an epoch, besides every epoch end
-    augment: str = "none"  # none | flip | crop-flip (4-pixel padded crops, then flips); per (seed, epoch, batch)
-    devices: int = 0  # data-parallel over the first N devices (0: all)
-    member_batching: str = "auto"  # auto: unroll on CPU, vmap elsewhere
-    members_per_program: int = 0  # 0: as many as fit in the device's memory
+    epochs: int = setting(10, "training epochs of each member")
+    batch_size: int = setting(128, "examples per step (split over the devices)")
+    learning_rate: float = setting(1e-3, "base learning rate of Adam or SGD, before the schedule")
+    optimizer: str = setting("adam", "adam (the tutorial's) or sgd (PyTorch's SGD with momentum)", identity="changed")
+    momentum: float = setting(0.9, "SGD momentum (0: plain SGD)", identity="changed")
+    nesterov: bool = setting(False, "Nesterov momentum (SGD)", identity="changed")
+    weight_decay: float = setting(0.0, "weight decay added to the gradient, as PyTorch's optimizers do it (not "
+                                       "decoupled)", identity="changed")
+    schedule: str = setting("constant", "learning-rate schedule: constant, step (x --decay-factor at each of "
+                                        "--milestones) or cosine (to 0)", identity="changed")
+    milestones: tuple[int, ...] = setting((), "comma-separated epochs at which the step schedule decays",
+                                          identity="changed")
+    decay_factor: float = setting(0.1, "the step schedule's factor per milestone", identity="changed")
+    warmup_epochs: float = setting(0.0, "scale the learning rate up linearly over this many epochs",
+                                   identity="changed")
+    # (mean, std) per channel of [0, 1] pixels (uint8 / 255); resolved from the data, never a flag
+    normalization: Normalization = dataclasses.field(default=TUTORIAL_NORMALIZATION,
+                                                     metadata={"identity": "changed"})
+    save_every_steps: int = setting(200, "also checkpoint every N steps inside an epoch (0: only at epoch ends)",
+                                    identity="never")
+    augment: str = setting("none", "random augmentation (not in the tutorial; disables the teacher cache): flip "
+                                   "mirrors images left-right, crop-flip also takes random 32x32 crops of the "
+                                   "4-pixel padded image; --augment alone means flip")
+    devices: int = setting(0, "train data-parallel on the first N devices, the batch split between them (0: all "
+                              "devices)", identity="never")
+    member_batching: str = setting("auto", "how members share a program: unroll (one after another), vmap, or auto "
+                                           "(unroll on CPU)", identity="never")
+    members_per_program: int = setting(0, "at most N members per compiled program (0: as many as fit in memory)",
+                                       identity="never")
     labelled: int | None = None  # only the first N examples' labels count (CE); None: all
-    log_every_steps: int = 100  # a progress line every N steps where the log is no terminal (0: none)
+    log_every_steps: int = setting(100, "where the output is no terminal, a progress line (step, images/s, time "
+                                        "left) every N steps (0: none; a terminal shows a progress bar)",
+                                   identity="never")
+
+    def __post_init__(self):
+        milestones = list(self.milestones)
+        require([
+            (self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}"),
+            (self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}"),
+            (math.isfinite(self.learning_rate) and self.learning_rate > 0, "learning_rate",
+             f"must be a finite number > 0, got {self.learning_rate}"),
+            (self.optimizer in OPTIMIZERS, "optimizer",
+             f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+            (0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}"),
+            (not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0), "nesterov",
+             "needs optimizer sgd with momentum > 0", ("optimizer", "momentum")),
+            (math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay",
+             f"must be a finite number >= 0, got {self.weight_decay}"),
+            (self.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
+            (self.schedule != "step" or bool(milestones), "schedule", "step needs milestones, e.g. 150,180,210",
+             ("milestones",)),
+            (all(m > 0 for m in milestones) and milestones == sorted(set(milestones)), "milestones",
+             f"must be increasing epochs > 0, got {','.join(map(str, milestones))}"),
+            (0 < self.decay_factor <= 1, "decay_factor", f"must be in (0, 1], got {self.decay_factor}"),
+            (self.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {self.warmup_epochs}"),
+            (self.save_every_steps >= 0, "save_every_steps", f"must be >= 0, got {self.save_every_steps}"),
+            (self.log_every_steps >= 0, "log_every_steps", f"must be >= 0, got {self.log_every_steps}"),
+            (self.augment in AUGMENTATIONS, "augment",
+             f"must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}"),
+            (self.devices >= 0, "devices", f"must be >= 0 (0: all devices), got {self.devices}"),
+            (self.member_batching in MEMBER_BATCHING, "member_batching",
+             f"must be one of {', '.join(MEMBER_BATCHING)}, got {self.member_batching!r}"),
+            (self.members_per_program >= 0, "members_per_program", f"must be >= 0, got {self.members_per_program}"),
+            (self.labelled is None or self.labelled > 0, "labelled", f"must be > 0, got {self.labelled}"),
+        ])
+
+    def check_data(self, *, sequence: bool, examples: int | None = None) -> None:
+        """Raise SettingError if these settings cannot train on next-token (`sequence`) or image data of
+        `examples` training examples (None: not known yet)."""
+        require([(not (sequence and self.augment != "none"), "augment",
+                  f"{self.augment} flips and crops images; next-token data takes augment none", ("augment",)),
+                 (examples is None or self.batch_size <= examples, "batch_size",
+                  f"{self.batch_size} exceeds the {examples or 0:,} training examples")])
 
 
 class TrainState(train_state.TrainState):

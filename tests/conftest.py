@@ -14,7 +14,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
     # Many tests compile the same programs at the same tiny shapes, in this process and in the experiment
     # commands they start: one persistent compilation cache for the session serves them all.
-    cache = pathlib.Path(tempfile.mkdtemp(prefix="kdjax-test-xla-cache-"))
+    # Parallel workers (pytest -n) inherit the first process's cache through the environment.
+    owner = "KDJAX_TEST_XLA_CACHE" not in os.environ
+    if owner:
+        os.environ["KDJAX_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="kdjax-test-xla-cache-")
+    cache = pathlib.Path(os.environ["KDJAX_TEST_XLA_CACHE"])
     os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache)
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
     import jax
@@ -24,7 +28,8 @@ def pytest_configure(config: pytest.Config) -> None:
     use_fast_cpu_kernels()  # as the experiment commands do, before any test starts JAX's backends
     jax.config.update("jax_compilation_cache_dir", str(cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-    config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
+    if owner:
+        config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
 
 
 @pytest.fixture(scope="session")

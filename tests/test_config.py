@@ -19,13 +19,13 @@ def test_the_cifar_kd_recipe_sets_the_benchmarks_settings_and_flags_override_it(
         ("sgd", 0.05, 0.9, 5e-4)
     assert (settings.batch_size, settings.epochs, settings.schedule, settings.milestones, settings.augment) == \
         (64, 240, "step", (150, 180, 210), "crop-flip")
-    assert config.normalize == "dataset"
+    assert config.data.normalize == "dataset"
     assert config.members()[0].hp == {"aux_weight": 0.9, "ce_weight": 0.1, "temperature": 4.0}
     mine = parse_config("kd", ["--recipe", "cifar-kd", "--epochs", "16", "--milestones", "10,12,14",
                                "--learning-rate", "0.1", "--temperature", "2", "--student", "shufflenetv2"])
-    assert (mine.epochs, mine.milestones, mine.learning_rate) == (16, (10, 12, 14), 0.1)
+    assert (mine.training.epochs, mine.training.milestones, mine.training.learning_rate) == (16, (10, 12, 14), 0.1)
     assert mine.members()[0].hp["temperature"] == 2.0 and mine.members()[0].hp["ce_weight"] == 0.1
-    assert parse_config("kd", ["--recipe", "cifar-kd", "--student", "shufflenetv2"]).learning_rate == 0.01
+    assert parse_config("kd", ["--recipe", "cifar-kd", "--student", "shufflenetv2"]).training.learning_rate == 0.01
     assert parse_config("kd", []).settings().optimizer == "adam"  # without a recipe: the tutorial's
 
 
@@ -83,7 +83,7 @@ def test_channel_statistics_are_each_channels_mean_and_population_std():
 
 def test_each_commands_help_shows_the_defaults_it_runs_with():
     """lm runs its char-lm recipe: its --help says so, and the image commands keep the tutorial's."""
-    from kdjax.config import OneLineParser, add_flags
+    from kdjax.experiments.flags import OneLineParser, add_flags
 
     def help_of(name: str) -> str:
         parser = OneLineParser(prog=name)
@@ -91,10 +91,38 @@ def test_each_commands_help_shows_the_defaults_it_runs_with():
         return " ".join(parser.format_help().split())
 
     lm, kd = help_of("lm"), help_of("kd")
-    for shown in ("Adam learning rate (default: 0.003)", "(split over the devices) (default: 32)",
+    for shown in ("base learning rate of Adam or SGD, before the schedule (default: 0.003)", "(split over the devices) (default: 32)",
                   "(default: causal_conv_128x5)", "(default: causal_conv_32x2)", "--window tokens (default: text)",
                   "--temperature HP_TEMPERATURE default per method: kd 1", "--ce-weight HP_CE_WEIGHT default per "
                   "method: kd 0.5, gkd 0.5"):
         assert shown in lm, shown
     assert "(default: deepnn)" not in lm and "(default: 0.001)" not in lm
-    assert "Adam learning rate (default: 0.001)" in kd and "(default: deepnn)" in kd and "kd 0.75" in kd
+    assert "base learning rate of Adam or SGD, before the schedule (default: 0.001)" in kd and "(default: deepnn)" in kd and "kd 0.75" in kd
+
+
+def test_a_config_holds_its_parts_and_each_setting_is_declared_once():
+    """Nested and flat construction agree; flat() round-trips; every flag has its help from its one declaration;
+    the parts check their own values when made, in the library's words and in the command line's."""
+    from kdjax.config import DataSpec, ExperimentConfig, flag_fields, layout_settings
+    from kdjax.fields import SettingError
+    from kdjax.train import Settings
+
+    nested = ExperimentConfig(name="kd", seeds=(0, 1), training=Settings(epochs=2, batch_size=64),
+                              data=DataSpec(train_size=500, normalize="dataset"))
+    flat = ExperimentConfig.from_flat(name="kd", seeds=(0, 1), epochs=2, batch_size=64, train_size=500,
+                                      normalize="dataset")
+    assert nested == flat and ExperimentConfig.from_flat(**flat.flat()) == flat
+    assert flat.replace(epochs=3).training == Settings(epochs=3, batch_size=64)
+    assert flat.settings(teacher=True).epochs == 2 and flat.replace(teacher_epochs=5).settings(teacher=True).epochs == 5
+    names = [f.name for f in flag_fields()]
+    assert len(names) == len(set(names)) and all(f.metadata["help"] for f in flag_fields())
+    assert {"epochs", "dataset", "teacher", "augment"} <= set(names) and "normalization" not in names
+    assert {"devices", "checkpoint_dir", "cache"} <= layout_settings() and "epochs" not in layout_settings()
+    with pytest.raises(SettingError, match=r"^schedule step needs milestones"):
+        Settings(schedule="step")
+    with pytest.raises(SettingError, match=r"^train_size must be > 0, got 0"):
+        DataSpec(train_size=0)
+    with pytest.raises(ConfigError, match=r"^--schedule step needs --milestones"):
+        ExperimentConfig.from_flat(schedule="step")
+    with pytest.raises(TypeError, match="no setting.*epoch\\b"):
+        ExperimentConfig.from_flat(epoch=3)

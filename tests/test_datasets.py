@@ -75,7 +75,9 @@ def test_arrays_of_any_shape_and_class_count_become_a_dataset(tmp_path):
 
 @pytest.mark.parametrize("arrays, message", [
     ((np.zeros((4, 8, 8, 3), np.uint8), np.array([0, 1, 2, 9]), np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1])),
-     r"train labels must lie in \[0, 5\), found 0..9"),
+     r"train labels must lie in \[0, 5\), found 0..9 .*state the class count"),
+    ((np.zeros((4, 8, 8, 3), np.uint8), np.array([0, 1, -1, 2]), np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1])),
+     r"train labels must lie in \[0, 5\), found -1..2 \(first at index 2: -1\); class ids start at 0: fix the labels$"),
     ((np.zeros((0, 8, 8, 3), np.uint8), np.zeros(0, int), np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1])),
      "the train split is empty"),
     ((np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4, int), np.zeros((2, 9, 8, 3), np.uint8), np.array([0, 1])),

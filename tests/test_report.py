@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from kdjax.experiments import compare
-from kdjax.engine import Member, MemberResult
 from kdjax import methods
-from kdjax.report import RunFolderError, compare_runs, paired_table, read_run, titles, write_run
+from kdjax.engine import Member, MemberResult
+from kdjax.experiments import compare
+from kdjax.report import RunFolderError, compare_runs, read_run, write_run
+from kdjax.tables import paired_table, titles
 
 ACCURACIES = {"ce": [60.0, 61.0, 59.5], "kd": [61.0, 62.5, 60.0], "at": [55.0, 54.0, 57.0]}
 
@@ -142,7 +143,8 @@ def test_reports_title_methods_as_their_papers_do(tmp_path):
 
 def test_a_useless_teacher_is_warned_about_in_the_summary(tmp_path):
     """At or below chance (100 / classes %), or worse than the CE students' mean: one warning line each."""
-    from kdjax.report import ACCURACY, BITS_PER_TOKEN, teacher_warnings
+    from kdjax.tables import teacher_warnings
+    from kdjax.tasks import ACCURACY, BITS_PER_TOKEN
 
     students = [_result("ce", seed, a) for seed, a in enumerate(ACCURACIES["ce"])]
     weak = [_result("ce", 42, 58.0)]
@@ -174,8 +176,9 @@ def test_plots_tick_whole_epochs_and_the_ranking_axis_fits_the_means():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kdjax.report import ACCURACY, _epoch_axis, _ranking_limits
+    from kdjax.plots import _epoch_axis, _ranking_limits
     from kdjax.stats import summarize
+    from kdjax.tasks import ACCURACY
 
     fig, ax = plt.subplots()
     ax.plot([1], [50.0], "o")

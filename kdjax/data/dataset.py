@@ -63,9 +63,10 @@ def _check_range(values: np.ndarray, count: int, what: str) -> None:
     bad = (values < 0) | (values >= count)
     if bad.any():
         index = int(np.flatnonzero(bad.reshape(len(values), -1).any(axis=1))[0])
+        hint = ("class ids start at 0: fix the labels" if values.min() < 0 else
+                "state the class count (num_classes, --num-classes) if there are more, or fix the labels")
         raise ValueError(f"{what} must lie in [0, {count}), found {int(values.min())}..{int(values.max())} (first "
-                         f"at index {index}: {int(values[index].flat[np.argmax(bad[index].flat)])}); state the class "
-                         "count (num_classes, --num-classes) if there are more, or fix the labels")
+                         f"at index {index}: {int(values[index].flat[np.argmax(bad[index].flat)])}); {hint}")
 
 
 def _check_finite(images: np.ndarray, what: str) -> None:

@@ -13,9 +13,9 @@ from jax.sharding import Mesh
 
 from kdjax.data import ResidentLoader, Split
 from kdjax.data.normalization import TUTORIAL_NORMALIZATION, Normalization
-from kdjax.engine.step import AUGMENTATIONS, augment_views, map_members
+from kdjax.engine.step import augment_views, map_members
 from kdjax.network import Network
-from kdjax.train import Objective, TrainState, eval_step
+from kdjax.train import AUGMENTATIONS, Objective, TrainState, eval_step
 
 
 @functools.lru_cache(maxsize=32)

@@ -26,8 +26,17 @@ from kdjax.data import Split
 from kdjax.data.pipeline import epoch_order, num_batches
 from kdjax.engine import memory
 from kdjax.engine.evaluate import evaluate_members
-from kdjax.engine.members import (Member, MemberResult, ProgramResult, chunks, data_groups, program_name, programs,
-                                  reads_teacher, stack_hyperparameters)
+from kdjax.engine.members import (
+    Member,
+    MemberResult,
+    ProgramResult,
+    chunks,
+    data_groups,
+    program_name,
+    programs,
+    reads_teacher,
+    stack_hyperparameters,
+)
 from kdjax.engine.step import ProgramSpec, first_nonfinite, init_states, jitted_step, unrolls
 from kdjax.methods import Method
 from kdjax.network import Network
@@ -100,10 +109,7 @@ def train_program(
     mesh = batch_mesh(settings.devices or None)
     check_batch_size(settings.batch_size, mesh)
     n, batch_size = len(train_split), settings.batch_size
-    if train_split.task is NEXT_TOKEN and settings.augment != "none":
-        raise ValueError(f"augment {settings.augment!r} flips and crops images; token windows take augment 'none'")
-    if batch_size > n:
-        raise ValueError(f"batch size {batch_size} is larger than the {n} training examples")
+    settings.check_data(sequence=train_split.task is NEXT_TOKEN, examples=n)
     unroll = unrolls(settings, mesh)
     if mixed and (not unroll or any(o.adapter is not None for o in per_member)):
         raise ValueError(f"methods {program_name(members)} cannot share a program: that needs unrolled members "

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 
@@ -11,10 +10,10 @@ import jax
 
 from kdjax import methods
 from kdjax.checkpoint import CheckpointMismatchError
-from kdjax.config import (ConfigError, ExperimentConfig, OneLineParser, UsageError, add_flags, check_experiment,
-                          from_args)
+from kdjax.config import ConfigError, ExperimentConfig, check_experiment
 from kdjax.data import DataNotFoundError
 from kdjax.engine import ProgramMemoryError, TrainingDivergedError
+from kdjax.experiments.flags import OneLineParser, UsageError, add_flags, from_args
 from kdjax.run import load, log, train_and_evaluate
 
 
@@ -45,10 +44,10 @@ def run(name: str, argv: list[str] | None = None) -> int:
             jax.distributed.initialize()  # coordinator, process count and id from the launcher's environment
         else:
             use_fast_cpu_kernels()
-        if config.devices > jax.device_count():
-            raise ConfigError(f"--devices {config.devices}: only {jax.device_count()} {jax.default_backend()} "
+        if config.training.devices > jax.device_count():
+            raise ConfigError(f"--devices {config.training.devices}: only {jax.device_count()} {jax.default_backend()} "
                               f"device(s) here; pass --devices between 1 and {jax.device_count()} (0: all)")
-        log(f"config: {json.dumps(dataclasses.asdict(config))}")
+        log(f"config: {json.dumps(config.flat())}")
         try:
             data = load(config)
         except ValueError as error:  # corrupt or unsafe files: the message names the file
