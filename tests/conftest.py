@@ -11,7 +11,7 @@ sys.path.insert(0, str(REFERENCE_DIR))
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line("markers", "slow: more than about 5 s; `-m \"not slow\"` is the quick tier")
     # Many tests compile the same programs at the same tiny shapes, in this process and in the experiment
     # commands they start: one persistent compilation cache for the session serves them all.
     # Parallel workers (pytest -n) inherit the first process's cache through the environment.

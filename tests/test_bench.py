@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench.__main__ import merge_rounds, table
 from bench.common import CACHED_CASES, MEMBERS, STEP_CASES
 
@@ -37,6 +39,7 @@ def test_without_pytorch_only_kdjax_is_listed():
     assert "vs" not in report and "per round" not in report
 
 
+@pytest.mark.slow
 def test_python_m_bench_runs_every_case(tmp_path):
     """Each case for one step on synthetic data, the end-to-end run on a few hundred images: the benchmark
     cannot break without a test noticing (torch, when installed, adds its side)."""

@@ -126,3 +126,29 @@ def test_a_config_holds_its_parts_and_each_setting_is_declared_once():
         ExperimentConfig.from_flat(schedule="step")
     with pytest.raises(TypeError, match="no setting.*epoch\\b"):
         ExperimentConfig.from_flat(epoch=3)
+
+
+@pytest.mark.parametrize("module", ["all", "teacher", "baseline", "kd", "cosine", "hint", "dkd", "lskd", "dist", "at",
+                                    "rkd", "pkt", "sp", "gkd", "methods", "lm"])
+def test_every_experiment_module_is_its_command(module, monkeypatch, capsys):
+    """`python -m kdjax.experiments.<name> --help` (run in this process): the module parses its own command's flags."""
+    import runpy
+
+    monkeypatch.setattr("sys.argv", [module, "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module(f"kdjax.experiments.{module}", run_name="__main__")
+    assert exit_.value.code == 0
+    assert f"python -m kdjax.experiments.{module}" in capsys.readouterr().out
+
+
+def test_python_m_kdjax_experiments_names_the_experiment(monkeypatch, capsys):
+    import runpy
+
+    monkeypatch.setattr("sys.argv", ["kdjax.experiments"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("kdjax.experiments", run_name="__main__")
+    assert exit_.value.code == 2 and "usage: python -m kdjax.experiments {teacher," in capsys.readouterr().err
+    monkeypatch.setattr("sys.argv", ["kdjax.experiments", "sp", "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("kdjax.experiments", run_name="__main__")
+    assert exit_.value.code == 0 and "python -m kdjax.experiments.sp" in capsys.readouterr().out

@@ -69,6 +69,7 @@ def test_rejects_unknown_missing_and_misshapen_parameters():
         from_torch(state | {"classifier.0.weight": state["classifier.0.weight"].T})
 
 
+@pytest.mark.slow
 def test_the_names_a_released_teacher_needs_are_pytorchs():
     """`python -m kdjax.convert NAME` lists the keys of the reference PyTorch model's own state_dict."""
     import os

@@ -139,6 +139,7 @@ def test_subsets_are_the_first_examples(tmp_path):
         data.subset(train_size=0)
 
 
+@pytest.mark.slow
 def test_full_local_copy(cifar10_copy):
     data = load_cifar10(cifar10_copy)
     assert (len(data.train), len(data.test)) == (50_000, 10_000)

@@ -101,6 +101,7 @@ def test_an_npz_without_the_expected_arrays_is_refused(tmp_path):
         load_npz(tmp_path / "broken.npz")
 
 
+@pytest.mark.slow
 def test_commands_train_a_zoo_network_on_greyscale_arrays_and_refuse_the_tutorials(tmp_path, capsys):
     rng = np.random.default_rng(1)
     images, labels = rng.integers(0, 256, (96, 28, 28), dtype=np.uint8), rng.integers(0, 4, 96)

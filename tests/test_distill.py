@@ -28,6 +28,7 @@ def _readme_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
 
+@pytest.mark.slow
 def test_the_readmes_own_loop_examples_run():
     blocks = _readme_blocks()
     assert len(blocks) == 2 and all(len(block.splitlines()) <= 22 for block in blocks)
@@ -42,6 +43,7 @@ def test_the_readmes_own_loop_examples_run():
     assert bool(scope["metrics"]["finite"]) and np.isfinite(float(scope["loss"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, overrides", [("kd", {"temperature": 4.0}), ("hint", {}), ("dkd", {"beta": 8.0}),
                                              ("ce", {})])
 def test_a_distillers_step_is_the_engines_step_for_the_same_batch(name, overrides):

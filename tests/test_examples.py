@@ -11,6 +11,7 @@ import pytest
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,student", [("resnet_to_cnn.py", "SmallCNN"), ("nnx_student.py", "NnxCNN")])
 def test_example_distils_through_the_engine(script, student, tmp_path):
     done = subprocess.run([sys.executable, str(EXAMPLES / script), "--synthetic", "--epochs", "1", "--train-size",
@@ -22,6 +23,7 @@ def test_example_distils_through_the_engine(script, student, tmp_path):
     assert (tmp_path / f"student-{student}" / "hint").is_dir()
 
 
+@pytest.mark.slow
 def test_char_lm_example_distils_a_users_transformer_through_the_engine(tmp_path):
     done = subprocess.run([sys.executable, str(EXAMPLES / "char_lm_distillation.py"), "--epochs", "1",
                            "--train-size", "64", "--window", "32", "--seeds", "0", "--workdir", str(tmp_path)],

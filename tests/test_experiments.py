@@ -29,6 +29,7 @@ def _flags(tmp_path, data_dir, *extra: str) -> list[str]:
             *extra]
 
 
+@pytest.mark.slow
 def test_all_writes_its_outputs_reuses_the_teacher_and_extends(tmp_path, full_size_copy, capsys):
     assert run("all", _flags(tmp_path, full_size_copy)) == 0
     out = capsys.readouterr().out
@@ -54,6 +55,7 @@ def test_all_writes_its_outputs_reuses_the_teacher_and_extends(tmp_path, full_si
     assert "resuming at epoch 2, batch 0" in out, out
 
 
+@pytest.mark.slow
 def test_students_take_their_teacher_from_a_program_of_several_seeds(tmp_path, full_size_copy, capsys):
     """A member trains bitwise the same alone or in a program (test_loop), so the program's seed 4 is that teacher."""
     assert run("teacher", _flags(tmp_path, full_size_copy, "--seeds", "3,4", "--train-size", "128")) == 0
@@ -66,6 +68,7 @@ def test_students_take_their_teacher_from_a_program_of_several_seeds(tmp_path, f
     assert (used["seed"], used["test_loss"]) == (4, teachers[1]["test_loss"]) != (3, teachers[0]["test_loss"])
 
 
+@pytest.mark.slow
 def test_augmentation_turns_the_teacher_cache_off(tmp_path, full_size_copy, capsys):
     assert run("kd", _flags(tmp_path, full_size_copy, "--augment")) == 0
     assert "teacher cache off (augmentation (flip) shows the teacher another image" in capsys.readouterr().out
@@ -87,6 +90,7 @@ def _final_params(directory):
     return step, tree["params"]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_is_bitwise_identical(tmp_path, full_size_copy):
     flags = ["--data-dir", str(full_size_copy), "--train-size", "1536", "--test-size", "256", "--epochs", "2",
              "--batch-size", "32", "--save-every-steps", "5"]
@@ -171,6 +175,7 @@ def shared_dirs(tmp_path_factory):
     return tmp_path_factory.mktemp("library")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dkd", "lskd", "dist", "at", "rkd", "pkt", "sp"])
 def test_each_library_method_runs_from_its_command(name, shared_dirs, full_size_copy, capsys):
     """One teacher (trained by the first command) serves all seven."""
@@ -183,6 +188,7 @@ def test_each_library_method_runs_from_its_command(name, shared_dirs, full_size_
     assert f"{name}: outputs in {run_dir}" in out
 
 
+@pytest.mark.slow
 def test_baseline_flag_compares_with_the_ce_program_a_baseline_command_saved(shared_dirs, full_size_copy, capsys):
     flags = _flags(shared_dirs, full_size_copy, "--train-size", "128", "--seeds", "0,1")
     assert run("baseline", flags) == 0
@@ -196,6 +202,7 @@ def test_baseline_flag_compares_with_the_ce_program_a_baseline_command_saved(sha
     assert "## Against CE over the same seeds" in summary and "CE + DIST" in summary
 
 
+@pytest.mark.slow
 def test_label_transfer_teaches_from_the_labelled_images_and_holds_out_validation(tmp_path, full_size_copy, capsys):
     flags = _flags(tmp_path, full_size_copy, "--labelled-size", "128", "--validation-size", "64", "--seeds", "0,1")
     assert run("kd", flags) == 0
@@ -223,6 +230,7 @@ def test_methods_runs_every_registered_method():
     assert ExperimentConfig(name="methods", methods=("ce", "at")).student_methods == ("ce", "at")
 
 
+@pytest.mark.slow
 def test_with_augmentation_the_methods_that_read_the_teacher_share_a_program(tmp_path, full_size_copy, capsys):
     flags = _flags(tmp_path, full_size_copy, "--methods", "ce,kd,at", "--augment", "crop-flip",
                    "--teacher-augment", "none", "--train-size", "128")
@@ -255,6 +263,7 @@ def test_networks_by_name_are_checked_before_any_work(tmp_path, full_size_copy, 
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "ck" / "teacher").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_where_training_stands_then_the_rerun_resumes_there(tmp_path, full_size_copy):
     flags = ["--data-dir", str(full_size_copy), "--train-size", "6016", "--test-size", "256", "--epochs", "2",
              "--batch-size", "32", "--save-every-steps", "0", "--checkpoint-dir", str(tmp_path / "ck"),
@@ -278,6 +287,7 @@ def test_ctrl_c_saves_where_training_stands_then_the_rerun_resumes_there(tmp_pat
     assert 0 < saved < 188 and f"resuming at epoch 2, batch {saved} " in rerun.stdout
 
 
+@pytest.mark.slow
 def test_students_learn_from_a_converted_pytorch_teacher(tmp_path, full_size_copy, capsys):
     """--teacher-weights: a state_dict in PyTorch's layout (.npz here: the tests never import torch) is the teacher;
     nothing trains it, and the accuracy logged is that of its weights on the test images under the normalisation
@@ -308,6 +318,7 @@ def test_students_learn_from_a_converted_pytorch_teacher(tmp_path, full_size_cop
     assert "does not match resnet20" in err and "\n" not in err
 
 
+@pytest.mark.slow
 def test_a_trained_teacher_exports_the_weights_teacher_weights_reads(tmp_path, full_size_copy, capsys):
     """teacher --export-weights FILE.npz writes its state_dict; distilling from that file (same normalisation)
     scores the teacher exactly as its own run did."""

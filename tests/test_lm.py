@@ -94,6 +94,7 @@ def _train(tmp, members, data, name):
                          teacher=Teacher(teacher, *teacher_variables), log=lambda _: None)
 
 
+@pytest.mark.slow
 def test_language_model_members_train_as_they_would_alone_and_score_per_token(tmp_path):
     """CE and GKD members of two seeds in one program; each equals the same member trained alone, and the
     evaluation's loss is the mean next-token cross-entropy computed directly from the logits."""
@@ -130,6 +131,7 @@ def test_init_states_feed_token_ids():
     assert states.params["model"]["Embed_0"]["embedding"].shape == (2, VOCAB, 32)
 
 
+@pytest.mark.slow
 def test_the_lm_command_reports_bits_per_token_with_intervals_over_paired_seeds(tmp_path, capsys):
     np.save(tmp_path / "tokens.npy", _tokens(3000))
     flags = ["--dataset", f"tokens:{tmp_path / 'tokens.npy'}", "--window", str(TIME), "--seeds", "0,1,2",

@@ -26,6 +26,7 @@ def _same(a, b) -> None:
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
+@pytest.mark.slow
 def test_a_member_is_bitwise_the_same_alone_or_among_others_over_a_full_epoch(tmp_path):
     member = Member.of("kd", 1, temperature=4.0)
     alone, together = [], []
@@ -39,6 +40,7 @@ def test_a_member_is_bitwise_the_same_alone_or_among_others_over_a_full_epoch(tm
                               _params(together[0], 1)["model"]["features_0"]["kernel"])
 
 
+@pytest.mark.slow
 def test_vmapped_members_agree_with_unrolled_ones_to_float_rounding(tmp_path):
     members = [Member.of("ce", 0), Member.of("ce", 1)]
     unrolled, vmapped = [], []
@@ -48,6 +50,7 @@ def test_vmapped_members_agree_with_unrolled_ones_to_float_rounding(tmp_path):
                  _params(unrolled[0], 1), _params(vmapped[0], 1))
 
 
+@pytest.mark.slow
 def test_methods_sharing_a_seed_share_one_teacher_forward_and_train_as_they_would_alone(tmp_path):
     members = [Member.of("kd", 0), Member.of("at", 0), Member.of("kd", 1)]
     together = []
@@ -90,6 +93,7 @@ def _teacher_forwards(groups: tuple[int, ...]) -> int:
     return count(jaxpr.jaxpr)
 
 
+@pytest.mark.slow
 def test_one_teacher_forward_per_data_group():
     assert _teacher_forwards((0, 0, 2)) * 3 == _teacher_forwards((0, 1, 2)) * 2 > 0
 
@@ -111,6 +115,7 @@ def test_the_program_step_compiles_once_across_epochs_batches_and_hyperparameter
     chex.clear_trace_counter()
 
 
+@pytest.mark.slow
 def test_cache_and_live_teacher_train_the_same_student(tmp_path):
     members = [Member.of("hint", 0)]
     cached = run_members(tmp_path, members, name="cached", cached=True)
@@ -118,6 +123,7 @@ def test_cache_and_live_teacher_train_the_same_student(tmp_path):
     np.testing.assert_allclose(cached[0].test_loss, live[0].test_loss, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_extending_a_finished_run_equals_running_it_straight_and_a_rerun_trains_nothing(tmp_path):
     members = [Member.of("kd", 0)]
     straight, extended, rerun = [], [], []
@@ -134,6 +140,7 @@ def test_extending_a_finished_run_equals_running_it_straight_and_a_rerun_trains_
     assert back[0].history == extended[0].results[0].history[:1]
 
 
+@pytest.mark.slow
 def test_resuming_from_a_mid_epoch_checkpoint_is_bitwise(tmp_path, monkeypatch):
     members = [Member.of("ce", 3), Member.of("ce", 4)]
     straight, resumed = [], []
@@ -153,6 +160,7 @@ def test_resuming_from_a_mid_epoch_checkpoint_is_bitwise(tmp_path, monkeypatch):
     _same(_params(straight[0], 1), _params(resumed[0], 1))
 
 
+@pytest.mark.slow
 def test_a_corrupt_newest_step_is_moved_aside_and_written_again(tmp_path, capsys):
     members = [Member.of("ce", 0)]
     run_members(tmp_path, members, epochs=2, name="c")
@@ -179,6 +187,7 @@ def test_a_diverging_member_stops_the_program_naming_it(tmp_path):
         run_members(tmp_path, [member], data=data, learning_rate=3e38)
 
 
+@pytest.mark.slow
 def test_members_split_into_programs_that_fit_and_get_the_same_results(tmp_path, monkeypatch):
     members = [Member.of("ce", seed) for seed in range(3)]
     whole, chunked = [], []

@@ -164,6 +164,7 @@ def test_dkd_stays_finite_for_a_student_certain_of_the_true_class():
     assert np.isfinite(value) and value > 0 and np.all(np.isfinite(grad))
 
 
+@pytest.mark.slow
 def test_rkd_angle_with_duplicate_rows_and_batch_of_two():
     x = _x(1, (5, 6))
     x[3] = x[1]  # a zero difference vector
@@ -173,6 +174,7 @@ def test_rkd_angle_with_duplicate_rows_and_batch_of_two():
     assert abs(float(pair[0])) < 1e-12 and np.all(np.isfinite(pair[1]))  # two points: every angle is 0 or 1 for both
 
 
+@pytest.mark.slow
 def test_rkd_angle_agrees_with_the_explicit_differences_on_offset_relu_features():
     """The Gram-matrix form against the reference's `[B, B, features]` form, where cancellation would show."""
     def explicit(student, teacher):

@@ -64,6 +64,7 @@ def test_a_new_method_runs_through_the_unchanged_engine(tmp_path):
 LIBRARY = ("dkd", "lskd", "dist", "at", "rkd", "pkt", "sp")
 
 
+@pytest.mark.slow
 def test_each_library_method_trains_the_tutorial_student_through_the_engine(tmp_path):
     from engine_helpers import run_members
 

@@ -57,6 +57,7 @@ def test_named_statistics_refuse_float_images_that_are_no_pixels():
         choose("cifar10", dataset="npz", train_images=standardised[..., :1], used_images=standardised[..., :1])
 
 
+@pytest.mark.slow
 def test_a_float_npz_trains_under_the_default_and_the_recipe(tmp_path, capsys):
     labels = np.arange(96) % 4
     dataset = _npz(tmp_path / "float.npz", _images(64), labels[:64], _images(32, 1), labels[64:])
@@ -104,6 +105,7 @@ def test_labels_that_are_not_integers_are_refused_not_coerced(labels, message):
         from_arrays(_images(8), labels, _images(2), np.array([0, 1]))
 
 
+@pytest.mark.slow
 def test_a_stated_class_count_bounds_the_labels_and_is_logged_recorded_and_identified(tmp_path, capsys):
     labels = np.arange(96) % 11  # a label 10: eleven classes
     dataset = _npz(tmp_path / "eleven.npz", _images(64), labels[:64], _images(32, 1), labels[64:])

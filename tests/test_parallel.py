@@ -42,6 +42,7 @@ def four_device_runs(tmp_path_factory) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_batches_are_split_across_the_devices(four_device_runs):
     assert four_device_runs["device_count"] == 4
     assert four_device_runs["rows_per_device"] == [8, 8, 8, 8]

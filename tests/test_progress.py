@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from kdjax import progress
 from kdjax.experiments.common import run
@@ -26,6 +27,7 @@ def test_durations_read_as_people_write_them():
         "0 s", "59 s", "1 min 35 s", "59 min 59 s", "1 h 06 min"]
 
 
+@pytest.mark.slow
 def test_an_epoch_in_a_log_reports_its_steps(tmp_path, capsys):
     rng = np.random.default_rng(0)
     labels = np.arange(160) % 3

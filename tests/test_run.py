@@ -20,6 +20,7 @@ def _data(classes: int = 4):
                        rng.integers(0, 256, (32, 8, 8, 3), dtype=np.uint8), labels[128:], name="mine")
 
 
+@pytest.mark.slow
 def test_a_run_takes_a_config_and_a_dataset_and_returns_its_results(tmp_path):
     config = ExperimentConfig(name="kd", teacher="resnet8", student="resnet8",
                               training=Settings(epochs=1, batch_size=32), seeds=(0, 1), checkpoint_dir=str(tmp_path / "ck"), output_dir=str(tmp_path / "runs"))

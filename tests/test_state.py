@@ -168,6 +168,7 @@ def four_device_runs(tmp_path_factory) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("teacher, cache", list(itertools.product(("fresh", "restored"), ("cache", "live"))))
 def test_batchnorm_members_train_alike_on_one_and_four_devices(four_device_runs, teacher, cache):
     """Every combination trains (a restored teacher once crashed multi-device programs). BatchNorm under a sharded

@@ -7,6 +7,8 @@ import hashlib
 import pathlib
 import re
 
+import pytest
+
 from kdjax.experiments.common import run
 
 TEACHERS = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "teachers"
@@ -19,6 +21,7 @@ def _record(name: str) -> tuple[str, float]:
     return digest, accuracy
 
 
+@pytest.mark.slow
 def test_the_kept_resnet56_teacher_scores_its_recorded_accuracy(tmp_path, cifar10_copy, capsys):
     weights = TEACHERS / "resnet56-cifar10.npz"
     digest, accuracy = _record("resnet56-cifar10")

@@ -28,6 +28,7 @@ from kdjax import convert, zoo
 
 REFERENCE = np.load(pathlib.Path(__file__).parent / "reference" / "zoo_reference.npz")
 NAMES = list(dict.fromkeys(key.split("/")[0] for key in REFERENCE.files))
+QUICK = ("resnet8", "vgg8", "wrn_16_2")  # one of each family's cheapest; the deeper ones are marked slow
 # The benchmarks' published sizes at 100 classes (CRD, Tian et al. 2020, Table 1 and 2), in millions.
 PUBLISHED_MILLIONS = {"resnet8": 0.08, "resnet14": 0.18, "resnet20": 0.28, "resnet32": 0.47, "resnet44": 0.67,
                       "resnet56": 0.86, "resnet110": 1.74, "resnet8x4": 1.23, "resnet32x4": 7.43, "wrn_16_2": 0.70,
@@ -81,7 +82,8 @@ def _check_features(name: str, mode: str, features: dict) -> None:
                                    atol=1e-6 * np.sqrt(value.size * REFERENCE[f"{key}/sumsq"]), err_msg=key)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [name if name in QUICK else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in NAMES])
 def test_matches_pytorch(name):
     shapes, params, state = _variables(name)
     assert sorted(shapes) == list(REFERENCE[f"{name}/keys"])
@@ -122,6 +124,7 @@ def test_matches_pytorch(name):
            "gradient entries")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet110", "wrn_40_2", "vgg13", "mobilenetv2", "shufflenetv2"])
 def test_float32_forward_matches(name):
     """float32, as users run it: logits to 1e-5 of their scale in eval mode, 1e-4 in training mode (batch
@@ -136,6 +139,7 @@ def test_float32_forward_matches(name):
         np.testing.assert_allclose(logits, expected, rtol=0, atol=tolerance * np.abs(expected).max(), err_msg=mode)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("teacher_name, student_name, compiled", [("resnet32x4", "resnet8x4", True),
                                                                    ("wrn_40_2", "wrn_16_2", False)])
 def test_every_method_trains_between_zoo_pairs(teacher_name, student_name, compiled):

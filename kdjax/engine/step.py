@@ -161,8 +161,10 @@ def init_states(objective: Objective, seeds: Sequence[int], optimizer: float | o
     `optimizer`: an Optax transformation, or a learning rate for Adam.
     """
     tx = optax.adam(optimizer) if isinstance(optimizer, (int, float)) else optimizer
-    states = [create_train_state(objective, init_keys(seed)[0], tx=tx) for seed in seeds]
-    per_leaf = zip(*(jax.tree.leaves(state) for state in states))  # each state holds its own (equal) optimiser
-    return jax.tree.unflatten(jax.tree.structure(states[0]), [jnp.stack(leaves) for leaves in per_leaf])
+    # One compiled initialiser and one stacking program: run op by op, every parameter's draw, optimiser slot and
+    # stack would be compiled on its own.
+    create = jax.jit(functools.partial(create_train_state, objective, tx=tx))
+    states = [create(init_keys(seed)[0]) for seed in seeds]
+    return jax.jit(lambda *states: jax.tree.map(lambda *leaves: jnp.stack(leaves), *states))(*states)
 
 
