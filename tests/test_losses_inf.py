@@ -117,3 +117,117 @@ def test_bf16_logits_compute_in_float32_and_return_gradients_in_their_own_dtype(
     np.testing.assert_allclose(value, reference, rtol=1e-6)
     assert np.all(np.isfinite(np.asarray(grad, np.float32)))
     np.testing.assert_allclose(np.asarray(grad, np.float32), grad32, rtol=1e-2, atol=1e-2 * np.abs(grad32).max())
+
+
+# --- a padded vocabulary: both sides hold -inf at the same classes --------------------------------------------
+
+VALID = 7  # real classes of a 10-entry vocabulary; 7..9 are padding
+PAD_STUDENT = RNG.normal(size=(4, 10))
+PAD_TEACHER = np.where(np.arange(10) < VALID, RNG.normal(size=(4, 10)), -np.inf)
+
+
+def _gjsd(student: np.ndarray, teacher: np.ndarray, beta: float) -> float:
+    """Float64 GKD divergence (TRL's definition) over each distribution's support, mean over rows."""
+    log_s, log_t = _log_softmax(student), _log_softmax(teacher)
+    if beta == 0.0:
+        return float(_kl(log_t, log_s).mean())
+    if beta == 1.0:
+        return float(_kl(log_s, log_t).mean())
+    log_m = np.logaddexp(log_s + np.log1p(-beta), log_t + np.log(beta))
+    return float((beta * _kl(log_t, log_m) + (1 - beta) * _kl(log_s, log_m)).mean())
+
+
+def _finite_differences(f, x: np.ndarray, columns: int, eps: float = 1e-6) -> np.ndarray:
+    """Central differences of float64 `f` in the first `columns` entries of each row of `x`; 0 elsewhere."""
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape[0], columns):
+        up, down = x.copy(), x.copy()
+        up[index] += eps
+        down[index] -= eps
+        grad[index] = (f(up) - f(down)) / (2 * eps)
+    return grad
+
+
+def _padded(x):
+    return jnp.where(jnp.arange(10) < VALID, x, -jnp.inf)  # how a model masks its padding
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("traced", [False, True])
+def test_a_padded_vocabulary_on_both_sides_gives_finite_gradients_equal_to_the_unpadded_ones(beta, traced):
+    """The regression: at β strictly inside (0, 1) every gradient entry was NaN, the real classes' included."""
+    def loss(x, b):
+        return losses.generalized_jsd_loss(_padded(x), PAD_TEACHER.astype(np.float32), beta=b)
+
+    fn = jax.jit(loss) if traced else (lambda x, b: loss(x, float(b)))
+    student = PAD_STUDENT.astype(np.float32)
+    value, grad = jax.value_and_grad(fn)(jnp.asarray(student), beta)
+    real = lambda s: _gjsd(s[:, :VALID], PAD_TEACHER[:, :VALID], beta)  # noqa: E731 (the unpadded problem)
+    np.testing.assert_allclose(value, real(PAD_STUDENT), rtol=1e-5)
+    assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[:, VALID:] == 0)
+    np.testing.assert_allclose(grad, _finite_differences(real, PAD_STUDENT, VALID), atol=2e-6)
+
+
+@pytest.mark.parametrize("beta", [0.3, 1.0])
+@pytest.mark.parametrize("traced", [False, True])
+def test_a_student_only_minus_infinity_is_finite_where_the_divergence_is(beta, traced):
+    """The student rules out classes the teacher keeps: finite for β > 0 (the mixture covers them), with zero
+    gradient into the -inf logits."""
+    teacher = RNG.normal(size=(4, 10))
+
+    def loss(x, b):
+        return losses.generalized_jsd_loss(_padded(x), teacher.astype(np.float32), beta=b)
+
+    fn = jax.jit(loss) if traced else (lambda x, b: loss(x, float(b)))
+    value, grad = jax.value_and_grad(fn)(jnp.asarray(PAD_STUDENT, jnp.float32), beta)
+    student = lambda s: np.where(np.arange(10) < VALID, s, -np.inf)  # noqa: E731
+    np.testing.assert_allclose(value, _gjsd(student(PAD_STUDENT), teacher, beta), rtol=1e-5)
+    assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[:, VALID:] == 0)
+    np.testing.assert_allclose(grad, _finite_differences(lambda s: _gjsd(student(s), teacher, beta), PAD_STUDENT,
+                                                         VALID), atol=2e-6)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 0.5])  # the top-k form refuses β = 1 (infinite outside the k)
+def test_a_top_k_teacher_reaching_into_the_padding_keeps_gradients_finite(beta):
+    """k = the whole vocabulary: the top-k loss is the dense one, padding included."""
+    order = np.argsort(-PAD_TEACHER, axis=-1)
+    values, indices = np.take_along_axis(PAD_TEACHER, order, -1).astype(np.float32), order.astype(np.int32)
+
+    def loss(x):
+        return losses.topk_generalized_jsd_loss(_padded(x), values, indices, beta=beta)
+
+    value, grad = jax.value_and_grad(loss)(jnp.asarray(PAD_STUDENT, jnp.float32))
+    real = lambda s: _gjsd(s[:, :VALID], PAD_TEACHER[:, :VALID], beta)  # noqa: E731
+    np.testing.assert_allclose(value, real(PAD_STUDENT), rtol=1e-5)
+    assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[:, VALID:] == 0)
+    np.testing.assert_allclose(grad, _finite_differences(real, PAD_STUDENT, VALID), atol=2e-6)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "kd", "gjsd"])
+def test_a_fused_loss_over_a_padded_head_is_the_loss_over_the_real_vocabulary(loss):
+    """`vocab_size`: the head's columns past it are padding; value and gradients equal the unpadded head's, and
+    the padding columns get zero gradient."""
+    rng = np.random.default_rng(3)
+    hidden, teacher_hidden = rng.normal(size=(2, 5, 6)).astype(np.float32), rng.normal(size=(2, 5, 4))
+    head = rng.normal(size=(6, 10)).astype(np.float32)
+    teacher_head = rng.normal(size=(4, 10)).astype(np.float32)
+    labels = rng.integers(0, VALID, (2, 5))
+    teacher_hidden = teacher_hidden.astype(np.float32)
+
+    def fused(h, w, vocab):
+        kwargs = {"chunk_size": 4, "vocab_size": vocab} if vocab == VALID else {"chunk_size": 4}
+        if loss == "cross_entropy":
+            return losses.fused_cross_entropy(h, w, labels, **kwargs)
+        pair = (teacher_hidden, teacher_head[:, :w.shape[1]])
+        if loss == "kd":
+            return losses.fused_kd_loss(h, w, *pair, labels=labels, ce_weight=0.5, **kwargs)
+        return losses.fused_generalized_jsd_loss(h, w, *pair, beta=0.5, labels=labels, ce_weight=0.5, **kwargs)
+
+    value, (d_hidden, d_head) = jax.value_and_grad(fused, argnums=(0, 1))(hidden, head, VALID)
+    expected, (e_hidden, e_head) = jax.value_and_grad(fused, argnums=(0, 1))(hidden, head[:, :VALID], None)
+    np.testing.assert_allclose(value, expected, rtol=1e-6)
+    np.testing.assert_allclose(d_hidden, e_hidden, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(d_head[:, :VALID], e_head, rtol=1e-5, atol=1e-7)
+    assert np.all(np.asarray(d_head)[:, VALID:] == 0)
+    with pytest.raises(ValueError, match=r"vocab_size must be an integer in \[1, 10\]"):
+        losses.fused_cross_entropy(hidden, head, labels, vocab_size=11)

@@ -168,6 +168,7 @@ def four_device_runs(tmp_path_factory) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.xdist_group("four-device-batchnorm-runs")  # one worker computes the module fixture once
 @pytest.mark.slow
 @pytest.mark.parametrize("teacher, cache", list(itertools.product(("fresh", "restored"), ("cache", "live"))))
 def test_batchnorm_members_train_alike_on_one_and_four_devices(four_device_runs, teacher, cache):

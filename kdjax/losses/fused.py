@@ -124,16 +124,20 @@ def _weighted(values: jax.Array, weights: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(weights > 0, values * weights, 0.0))
 
 
-def _masked_logits(logits: jax.Array, weights: jax.Array) -> jax.Array:
-    """Zero the logits of excluded (and padding) tokens so that not even a NaN reaches the gradient."""
-    return jnp.where((weights > 0)[:, None], logits, 0.0)
+def _masked_logits(logits: jax.Array, weights: jax.Array, vocab_size: int | None) -> jax.Array:
+    """Zero the logits of excluded (and padding) tokens so that not even a NaN reaches the gradient; the head's
+    columns past `vocab_size` (a vocabulary padded to a round size) are -inf, as the unfused losses see them."""
+    logits = jnp.where((weights > 0)[:, None], logits, 0.0)
+    if vocab_size is None or vocab_size == logits.shape[-1]:
+        return logits
+    return jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
 
 
 def _with_ce(divergence: Callable[..., jax.Array] | None, ce_weight: float, distillation_weight: float,
-             label_smoothing: float = 0.0) -> ChunkLoss:
+             label_smoothing: float = 0.0, vocab_size: int | None = None) -> ChunkLoss:
     def chunk_loss(student, shared, inputs):
         weights = inputs["weights"]
-        student = _masked_logits(student, weights)
+        student = _masked_logits(student, weights, vocab_size)
         per_token = jnp.zeros(student.shape[:1], jnp.float32)
         if ce_weight:
             per_token += ce_weight * cross_entropy_per_position(student, inputs["labels"], label_smoothing)
@@ -144,8 +148,8 @@ def _with_ce(divergence: Callable[..., jax.Array] | None, ce_weight: float, dist
     return chunk_loss
 
 
-def _teacher_logits(shared, inputs) -> jax.Array:
-    return _masked_logits(_logits(inputs["teacher_hidden"], shared["teacher_head"]), inputs["weights"])
+def _teacher_logits(shared, inputs, vocab_size: int | None) -> jax.Array:
+    return _masked_logits(_logits(inputs["teacher_hidden"], shared["teacher_head"]), inputs["weights"], vocab_size)
 
 
 # --- checks ---------------------------------------------------------------------------------------------
@@ -156,6 +160,13 @@ def _static(name: str, **options: float) -> None:
         if isinstance(value, jax.core.Tracer):
             raise TypeError(f"{name}: {option} must be a Python number (the fused loss is specialised on it), "
                             "got a traced value")
+
+
+def _vocab_size(name: str, vocab_size: int | None, head: jax.Array) -> int | None:
+    if vocab_size is not None and not (isinstance(vocab_size, int) and 1 <= vocab_size <= head.shape[1]):
+        raise ValueError(f"{name}: vocab_size must be an integer in [1, {head.shape[1]}] (the head's columns), got "
+                         f"{vocab_size!r}")
+    return vocab_size
 
 
 def _hidden_and_head(name: str, who: str, hidden: ArrayLike, head: ArrayLike) -> tuple[jax.Array, jax.Array]:
@@ -227,7 +238,7 @@ def _teacher_pair(name: str, student_hidden, student_head, teacher_hidden, teach
 
 def fused_cross_entropy(hidden: ArrayLike, head: ArrayLike, labels: ArrayLike, *, label_smoothing: float = 0.0,
                         where: ArrayLike | None = None, reduction: FusedReduction = "mean",
-                        chunk_size: int | None = None) -> jax.Array:
+                        chunk_size: int | None = None, vocab_size: int | None = None) -> jax.Array:
     """`cross_entropy(hidden @ head, labels)` without the `[tokens, vocab]` logits.
 
     Args:
@@ -238,6 +249,8 @@ def fused_cross_entropy(hidden: ArrayLike, head: ArrayLike, labels: ArrayLike, *
       where: optional boolean `[...]`.
       reduction: "mean" over included tokens or "sum".
       chunk_size: tokens per chunk; default `default_chunk_size(tokens, vocab)`.
+      vocab_size: the vocabulary when the head is padded past it (e.g. to a multiple of 128): the head's
+        columns from `vocab_size` on hold -inf logits and get zero gradient. Default: every column.
 
     Returns:
       Nats, a float32 scalar.
@@ -250,12 +263,12 @@ def fused_cross_entropy(hidden: ArrayLike, head: ArrayLike, labels: ArrayLike, *
     positions = hidden.shape[:-1]
     weights = _weights(name, where, positions, reduction)
     per_token = {"weights": weights, "labels": _labels(name, labels, positions, 1.0, weights)}
-    chunk_loss = _with_ce(None, 1.0, 0.0, float(label_smoothing))
+    chunk_loss = _with_ce(None, 1.0, 0.0, float(label_smoothing), _vocab_size(name, vocab_size, head))
     return _run(name, chunk_loss, hidden, head, {}, per_token, chunk_size)
 
 
 def _distillation(name: str, divergence, student_hidden, student_head, teacher_hidden, teacher_head, labels,
-                  temperature, ce_weight, distillation_weight, where, reduction, chunk_size, **options):
+                  temperature, ce_weight, distillation_weight, where, reduction, chunk_size, vocab_size, **options):
     _static(name, temperature=temperature, ce_weight=ce_weight, distillation_weight=distillation_weight, **options)
     _positive(name, "temperature", temperature)
     student_hidden, student_head, teacher_hidden, teacher_head = _teacher_pair(
@@ -264,7 +277,8 @@ def _distillation(name: str, divergence, student_hidden, student_head, teacher_h
     weights = _weights(name, where, positions, reduction)
     per_token = {"weights": weights, "labels": _labels(name, labels, positions, ce_weight, weights),
                  "teacher_hidden": jax.lax.stop_gradient(teacher_hidden.reshape(-1, teacher_hidden.shape[-1]))}
-    chunk_loss = _with_ce(divergence, float(ce_weight), float(distillation_weight))
+    chunk_loss = _with_ce(functools.partial(divergence, vocab_size=_vocab_size(name, vocab_size, student_head)),
+                          float(ce_weight), float(distillation_weight), vocab_size=vocab_size)
     return _run(name, chunk_loss, student_hidden, student_head,
                 {"teacher_head": jax.lax.stop_gradient(teacher_head)}, per_token, chunk_size)
 
@@ -272,7 +286,8 @@ def _distillation(name: str, divergence, student_hidden, student_head, teacher_h
 def fused_kd_loss(student_hidden: ArrayLike, student_head: ArrayLike, teacher_hidden: ArrayLike,
                   teacher_head: ArrayLike, *, temperature: float = 2.0, labels: ArrayLike | None = None,
                   ce_weight: float = 0.0, distillation_weight: float = 1.0, where: ArrayLike | None = None,
-                  reduction: FusedReduction = "mean", chunk_size: int | None = None) -> jax.Array:
+                  reduction: FusedReduction = "mean", chunk_size: int | None = None,
+                  vocab_size: int | None = None) -> jax.Array:
     """`ce_weight * CE + distillation_weight * kd_loss` of `student_hidden @ student_head` and the teacher's.
 
     Args:
@@ -283,22 +298,24 @@ def fused_kd_loss(student_hidden: ArrayLike, student_head: ArrayLike, teacher_hi
       where: optional boolean `[...]`.
       reduction: "mean" over included tokens or "sum".
       chunk_size: tokens per chunk; default `default_chunk_size(tokens, vocab)`.
+      vocab_size: the vocabulary of a padded head, as `fused_cross_entropy`.
 
     Returns:
       A float32 scalar.
     """
-    def divergence(student, shared, inputs):
-        return kd_per_position(student, _teacher_logits(shared, inputs), temperature)
+    def divergence(student, shared, inputs, vocab_size):
+        return kd_per_position(student, _teacher_logits(shared, inputs, vocab_size), temperature)
 
     return _distillation("fused_kd_loss", divergence, student_hidden, student_head, teacher_hidden, teacher_head,
-                         labels, temperature, ce_weight, distillation_weight, where, reduction, chunk_size)
+                         labels, temperature, ce_weight, distillation_weight, where, reduction, chunk_size, vocab_size)
 
 
 def fused_generalized_jsd_loss(student_hidden: ArrayLike, student_head: ArrayLike, teacher_hidden: ArrayLike,
                                teacher_head: ArrayLike, *, beta: float = 0.5, temperature: float = 1.0,
                                labels: ArrayLike | None = None, ce_weight: float = 0.0,
                                distillation_weight: float = 1.0, where: ArrayLike | None = None,
-                               reduction: FusedReduction = "mean", chunk_size: int | None = None) -> jax.Array:
+                               reduction: FusedReduction = "mean", chunk_size: int | None = None,
+                  vocab_size: int | None = None) -> jax.Array:
     """`ce_weight * CE + distillation_weight * generalized_jsd_loss` from hidden states and heads.
 
     TRL's GKD loss and Liger's `LigerFusedLinearJSDLoss` (β = 0 forward KL, β = 1 reverse KL,
@@ -306,18 +323,19 @@ def fused_generalized_jsd_loss(student_hidden: ArrayLike, student_head: ArrayLik
     """
     check_beta("fused_generalized_jsd_loss", beta)
 
-    def divergence(student, shared, inputs):
-        return generalized_jsd_per_position(student, _teacher_logits(shared, inputs), beta, temperature)
+    def divergence(student, shared, inputs, vocab_size):
+        return generalized_jsd_per_position(student, _teacher_logits(shared, inputs, vocab_size), beta, temperature)
 
     return _distillation("fused_generalized_jsd_loss", divergence, student_hidden, student_head, teacher_hidden,
                          teacher_head, labels, temperature, ce_weight, distillation_weight, where, reduction,
-                         chunk_size, beta=beta)
+                         chunk_size, vocab_size, beta=beta)
 
 
 def fused_topk_kd_loss(student_hidden: ArrayLike, student_head: ArrayLike, teacher_topk_logits: ArrayLike,
                        teacher_topk_indices: ArrayLike, *, temperature: float = 2.0, labels: ArrayLike | None = None,
                        ce_weight: float = 0.0, distillation_weight: float = 1.0, where: ArrayLike | None = None,
-                       reduction: FusedReduction = "mean", chunk_size: int | None = None) -> jax.Array:
+                       reduction: FusedReduction = "mean", chunk_size: int | None = None,
+                  vocab_size: int | None = None) -> jax.Array:
     """`topk_kd_loss` (a cached top-k teacher) from the student's hidden states and head.
 
     Args:
@@ -343,5 +361,6 @@ def fused_topk_kd_loss(student_hidden: ArrayLike, student_head: ArrayLike, teach
         values = jnp.where((inputs["weights"] > 0)[:, None], inputs["values"], 0.0)
         return topk_kd_per_position(student, values, inputs["indices"], temperature)
 
-    chunk_loss = _with_ce(divergence, float(ce_weight), float(distillation_weight))
+    chunk_loss = _with_ce(divergence, float(ce_weight), float(distillation_weight),
+                          vocab_size=_vocab_size(name, vocab_size, student_head))
     return _run(name, chunk_loss, student_hidden, student_head, {}, per_token, chunk_size)

@@ -246,8 +246,14 @@ def kd_per_position(student: jax.Array, teacher: jax.Array, temperature: float) 
 def generalized_jsd_from_logs(log_s: jax.Array, log_t: jax.Array, beta) -> jax.Array:
     """GKD's divergence from the two log-distributions; one branch for a Python `beta`, all three for a traced one."""
 
+    # A class neither side supports (both -inf: a padded vocabulary) has log m = -inf; logaddexp's gradient there is
+    # NaN, and the softmax would spread it over every class, so such classes take finite stand-ins first.
+    neither = (log_s == -jnp.inf) & (log_t == -jnp.inf)
+
     def mixture(weight):
-        log_m = jnp.logaddexp(log_s + jnp.log1p(-weight), log_t + jnp.log(weight))
+        log_m = jnp.logaddexp(jnp.where(neither, 0.0, log_s + jnp.log1p(-weight)),
+                              jnp.where(neither, 0.0, log_t + jnp.log(weight)))
+        log_m = jnp.where(neither, -jnp.inf, log_m)
         return weight * _kl_from_logs(log_t, log_m) + (1 - weight) * _kl_from_logs(log_s, log_m)
 
     if not isinstance(beta, jax.core.Tracer):
