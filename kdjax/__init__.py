@@ -14,8 +14,9 @@ from typing import Any
 
 __version__ = "0.2.0"
 
-_SUBMODULES = ("checkpoint", "config", "cpu", "data", "distill", "engine", "features", "losses", "methods",
-               "network", "optimizers", "parallel", "report", "stats", "tasks", "teacher", "train", "zoo")
+_SUBMODULES = ("checkpoint", "config", "convert", "cpu", "data", "distill", "engine", "features", "fields", "identity",
+               "losses", "methods", "network", "optimizers", "parallel", "plots", "recipes", "released", "report", "run",
+               "stats", "tables", "tasks", "teacher", "train", "zoo")
 
 
 def __getattr__(name: str) -> Any:

@@ -6,6 +6,8 @@ import tempfile
 
 import pytest
 
+from kdjax.cpu import OPT_OUT_ENV
+
 REFERENCE_DIR = pathlib.Path(__file__).parent / "reference"
 sys.path.insert(0, str(REFERENCE_DIR))
 
@@ -21,11 +23,11 @@ def pytest_configure(config: pytest.Config) -> None:
     cache = pathlib.Path(os.environ["KDJAX_TEST_XLA_CACHE"])
     os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache)
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+    # XLA's own CPU defaults, here and in the commands the tests start: kdjax's CPU flag (kdjax.cpu, tested in fresh
+    # processes by test_cpu.py) speeds float32 training but slows the float64 parity programs several-fold.
+    os.environ.setdefault(OPT_OUT_ENV, "0")
     import jax
 
-    from kdjax.cpu import use_fast_cpu_kernels
-
-    use_fast_cpu_kernels()  # as the experiment commands do, before any test starts JAX's backends
     jax.config.update("jax_compilation_cache_dir", str(cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     if owner:
@@ -64,3 +66,20 @@ def cifar10_copy(tmp_path_factory) -> pathlib.Path:
     root = tmp_path_factory.mktemp("cifar10-real")
     subprocess.run([sys.executable, str(script), str(root)], check=True, capture_output=True)
     return root
+
+
+def computed_once(tmp_path_factory: pytest.TempPathFactory, name: str, compute):
+    """`compute()`'s JSON-able result, computed once per test run: under pytest-xdist the first worker to ask
+    computes it while the others wait for it, instead of each worker computing its own copy."""
+    import fcntl
+    import json
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return compute()
+    root = tmp_path_factory.getbasetemp().parent  # this run's folder, shared by its workers
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = root / f"{name}.json"
+        if not path.is_file():
+            path.write_text(json.dumps(compute()))
+        return json.loads(path.read_text())

@@ -175,7 +175,6 @@ def shared_dirs(tmp_path_factory):
     return tmp_path_factory.mktemp("library")
 
 
-@pytest.mark.xdist_group("one-library-teacher")  # on one worker: the teacher is trained once
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["dkd", "lskd", "dist", "at", "rkd", "pkt", "sp"])
 def test_each_library_method_runs_from_its_command(name, shared_dirs, full_size_copy, capsys):
@@ -189,7 +188,6 @@ def test_each_library_method_runs_from_its_command(name, shared_dirs, full_size_
     assert f"{name}: outputs in {run_dir}" in out
 
 
-@pytest.mark.xdist_group("one-library-teacher")  # on one worker: the teacher is trained once
 @pytest.mark.slow
 def test_baseline_flag_compares_with_the_ce_program_a_baseline_command_saved(shared_dirs, full_size_copy, capsys):
     flags = _flags(shared_dirs, full_size_copy, "--train-size", "128", "--seeds", "0,1")

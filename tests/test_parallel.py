@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import computed_once
 
 from kdjax.parallel import batch_mesh, check_batch_size
 
@@ -30,8 +31,12 @@ def test_asking_for_more_devices_than_exist_is_an_error():
         batch_mesh(99)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def four_device_runs(tmp_path_factory) -> dict:
+    return computed_once(tmp_path_factory, "parallel-four-device-runs", lambda: _four_device_runs(tmp_path_factory))
+
+
+def _four_device_runs(tmp_path_factory) -> dict:
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
     env["JAX_PLATFORMS"] = "cpu"
@@ -42,14 +47,12 @@ def four_device_runs(tmp_path_factory) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.xdist_group("four-device-runs")  # one worker computes the module fixture once
 @pytest.mark.slow
 def test_batches_are_split_across_the_devices(four_device_runs):
     assert four_device_runs["device_count"] == 4
     assert four_device_runs["rows_per_device"] == [8, 8, 8, 8]
 
 
-@pytest.mark.xdist_group("four-device-runs")  # one worker computes the module fixture once
 def test_four_devices_train_like_one(four_device_runs):
     one = np.asarray(four_device_runs["params_1"])
     four = np.asarray(four_device_runs["params_4"])
@@ -57,7 +60,6 @@ def test_four_devices_train_like_one(four_device_runs):
     np.testing.assert_allclose(four, one, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.xdist_group("four-device-runs")  # one worker computes the module fixture once
 def test_checkpoint_written_on_four_devices_resumes_on_two(four_device_runs):
     np.testing.assert_allclose(four_device_runs["params_4_then_2"], four_device_runs["params_4"], rtol=1e-4, atol=1e-5)
     assert four_device_runs["resumed_sharding_devices"] == 2

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import computed_once
 from engine_helpers import BatchNormCNN, batchnorm_network, tiny_data, train_batchnorm
 from flax import linen as nn
 from flax import nnx
@@ -156,8 +157,12 @@ def test_resuming_restores_the_statistics_bitwise(tmp_path):
                  (straight.params, straight.model_state))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def four_device_runs(tmp_path_factory) -> dict:
+    return computed_once(tmp_path_factory, "state-four-device-runs", lambda: _four_device_runs(tmp_path_factory))
+
+
+def _four_device_runs(tmp_path_factory) -> dict:
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
     env["JAX_PLATFORMS"] = "cpu"
@@ -168,7 +173,6 @@ def four_device_runs(tmp_path_factory) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.xdist_group("four-device-batchnorm-runs")  # one worker computes the module fixture once
 @pytest.mark.slow
 @pytest.mark.parametrize("teacher, cache", list(itertools.product(("fresh", "restored"), ("cache", "live"))))
 def test_batchnorm_members_train_alike_on_one_and_four_devices(four_device_runs, teacher, cache):
