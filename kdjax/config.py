@@ -150,7 +150,8 @@ class ExperimentConfig:
         """The config whose `flat()` form holds `values` (any subset; the rest default); ConfigError names the
         flag of a value that cannot work."""
         parts = {part: {f.name for f in flat_fields(kind)} for part, kind in PARTS.items()}
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)} - set().union(*parts.values())
+        in_parts = set().union(*parts.values())
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)} - in_parts
         if unknown:
             raise TypeError(f"ExperimentConfig has no setting(s) {', '.join(sorted(unknown))}")
         try:
@@ -158,7 +159,7 @@ class ExperimentConfig:
                     for part, names in parts.items()}
         except SettingError as error:
             raise as_config_error(error) from None
-        return cls(**{k: v for k, v in values.items() if k not in set().union(*parts.values())}, **made)
+        return cls(**{k: v for k, v in values.items() if k not in in_parts}, **made)
 
     def flat(self) -> dict[str, Any]:
         """Every setting by name, the parts' fields inline: what `config.json` records and identities hash."""

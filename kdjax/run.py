@@ -22,16 +22,8 @@ from kdjax.checkpoint import RunCheckpoints
 from kdjax.config import ConfigError, ExperimentConfig, as_config_error
 from kdjax.data import TUTORIAL_NORMALIZATION, Dataset, NormalizationError, Split, load_dataset
 from kdjax.data.normalization import choose as choose_normalization
-from kdjax.engine import (
-    Member,
-    MemberResult,
-    evaluate_members,
-    model_variables,
-    program_name,
-    reads_teacher,
-    train_members,
-    unrolls,
-)
+from kdjax.engine import (Member, MemberResult, evaluate_members, model_variables, program_name, reads_teacher,
+                          train_members, unrolls)
 from kdjax.fields import SettingError
 from kdjax.identity import Checkpoints, fingerprint, run_identity
 from kdjax.network import Network
@@ -159,7 +151,8 @@ def prepare_data(config: ExperimentConfig, full: Dataset, log: Callable[[str], N
         config.training.check_data(sequence=data.task is NEXT_TOKEN, examples=len(data.train))
     except SettingError as error:
         raise as_config_error(error) from None
-    labelled, validation, batch_size = config.data.labelled_size, config.data.validation_size, config.training.batch_size
+    labelled, validation = config.data.labelled_size, config.data.validation_size
+    batch_size = config.training.batch_size
     if labelled is not None and labelled > len(data.train):
         raise ConfigError(f"--labelled-size {labelled:,} exceeds the {len(data.train):,} training images")
     if validation is not None and validation > len(data.train) - batch_size:

@@ -184,11 +184,22 @@ def _jitted_init(network: Network):
 def create_train_state(objective: Objective, key: jax.Array, *, learning_rate: float = 1e-3,
                        tx: optax.GradientTransformation | None = None) -> TrainState:
     """Params and model state from `key` paired with `tx` (default: Adam(`learning_rate`), PyTorch's betas and
-    eps; `kdjax.optimizers.make_optimizer` builds the others)."""
-    params, model_state = init_params(objective, key)
-    tx = optax.adam(learning_rate) if tx is None else tx
-    state = TrainState.create(apply_fn=None, params=params, tx=tx, model_state=model_state)
-    return state.replace(step=jnp.zeros((), jnp.int32))  # a concrete int32: the first jitted call compiles once
+    eps; `kdjax.optimizers.make_optimizer` builds the others).
+
+    One compiled program per (objective, tx): run op by op, every parameter's draw and optimiser slot would be
+    compiled on its own (the values are the same either way).
+    """
+    return _jitted_create(objective, optax.adam(learning_rate) if tx is None else tx)(key)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_create(objective: Objective, tx: optax.GradientTransformation):
+    def create(key: jax.Array) -> TrainState:
+        params, model_state = init_params(objective, key)
+        state = TrainState.create(apply_fn=None, params=params, tx=tx, model_state=model_state)
+        return state.replace(step=jnp.zeros((), jnp.int32))  # a concrete int32: the first jitted call compiles once
+
+    return jax.jit(create)
 
 
 def check_batch(network: Network, batch: Batch) -> None:

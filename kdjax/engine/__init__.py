@@ -7,17 +7,8 @@ one-member program; a teacher is trained by the same loop.
 
 from kdjax.engine.evaluate import evaluate_members, model_variables
 from kdjax.engine.loop import InterruptGuard, TrainingDivergedError, train_members, train_program
-from kdjax.engine.members import (
-                                  Member,
-                                  MemberResult,
-                                  ProgramResult,
-                                  data_groups,
-                                  expand_members,
-                                  program_name,
-                                  programs,
-                                  reads_teacher,
-                                  stack_hyperparameters,
-)
+from kdjax.engine.members import (Member, MemberResult, ProgramResult, data_groups, expand_members, program_name,
+                                  programs, reads_teacher, stack_hyperparameters)
 from kdjax.engine.memory import MemoryPlan, ProgramMemoryError, plan_program_size
 from kdjax.engine.step import ProgramSpec, augment_views, init_states, map_members, program_step, unrolls
 from kdjax.train import AUGMENTATIONS, MEMBER_BATCHING, Settings

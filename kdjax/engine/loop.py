@@ -26,17 +26,8 @@ from kdjax.data import Split
 from kdjax.data.pipeline import epoch_order, num_batches
 from kdjax.engine import memory
 from kdjax.engine.evaluate import evaluate_members
-from kdjax.engine.members import (
-    Member,
-    MemberResult,
-    ProgramResult,
-    chunks,
-    data_groups,
-    program_name,
-    programs,
-    reads_teacher,
-    stack_hyperparameters,
-)
+from kdjax.engine.members import (Member, MemberResult, ProgramResult, chunks, data_groups, program_name, programs,
+                                  reads_teacher, stack_hyperparameters)
 from kdjax.engine.step import ProgramSpec, first_nonfinite, init_states, jitted_step, unrolls
 from kdjax.methods import Method
 from kdjax.network import Network

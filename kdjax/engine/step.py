@@ -161,10 +161,13 @@ def init_states(objective: Objective, seeds: Sequence[int], optimizer: float | o
     `optimizer`: an Optax transformation, or a learning rate for Adam.
     """
     tx = optax.adam(optimizer) if isinstance(optimizer, (int, float)) else optimizer
-    # One compiled initialiser and one stacking program: run op by op, every parameter's draw, optimiser slot and
-    # stack would be compiled on its own.
-    create = jax.jit(functools.partial(create_train_state, objective, tx=tx))
-    states = [create(init_keys(seed)[0]) for seed in seeds]
-    return jax.jit(lambda *states: jax.tree.map(lambda *leaves: jnp.stack(leaves), *states))(*states)
+    states = [create_train_state(objective, init_keys(seed)[0], tx=tx) for seed in seeds]
+    return _stack(*states)
+
+
+@jax.jit
+def _stack(*states: TrainState) -> TrainState:
+    """`[members, ...]` leaves, in one compiled program rather than one per leaf shape."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
 
 

@@ -70,7 +70,7 @@ def add_flags(parser: argparse.ArgumentParser, experiment: str) -> None:
     """One flag per declared setting this experiment uses, plus its methods' hyperparameters; `--help` shows the
     defaults this experiment runs with."""
     defaults = command_defaults(experiment)
-    flat = defaults.flat()
+    flat, plain = defaults.flat(), ExperimentConfig().flat()
     skip = STUDENT_ONLY if experiment == "teacher" else TEACHER_ONLY
     if experiment not in ("methods", "lm"):
         skip = skip | {"methods"}
@@ -90,8 +90,7 @@ def add_flags(parser: argparse.ArgumentParser, experiment: str) -> None:
         elif isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            plain = ExperimentConfig().flat()[field.name]
-            kwargs["type"] = {"int | None": int, "str | None": str}.get(str(field.type), type(plain))
+            kwargs["type"] = {"int | None": int, "str | None": str}.get(str(field.type), type(plain[field.name]))
         parser.add_argument(flag(field.name), **kwargs)
     chosen = defaults.chosen_methods
     group = parser.add_argument_group("method hyperparameters (each sweepable with --sweep NAME=V1,V2,...)")

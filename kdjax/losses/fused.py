@@ -142,7 +142,7 @@ def _with_ce(divergence: Callable[..., jax.Array] | None, ce_weight: float, dist
         if ce_weight:
             per_token += ce_weight * cross_entropy_per_position(student, inputs["labels"], label_smoothing)
         if divergence is not None and distillation_weight:
-            per_token += distillation_weight * divergence(student, shared, inputs)
+            per_token += distillation_weight * divergence(student, shared, inputs, vocab_size)
         return _weighted(per_token, weights)
 
     return chunk_loss
@@ -277,8 +277,8 @@ def _distillation(name: str, divergence, student_hidden, student_head, teacher_h
     weights = _weights(name, where, positions, reduction)
     per_token = {"weights": weights, "labels": _labels(name, labels, positions, ce_weight, weights),
                  "teacher_hidden": jax.lax.stop_gradient(teacher_hidden.reshape(-1, teacher_hidden.shape[-1]))}
-    chunk_loss = _with_ce(functools.partial(divergence, vocab_size=_vocab_size(name, vocab_size, student_head)),
-                          float(ce_weight), float(distillation_weight), vocab_size=vocab_size)
+    chunk_loss = _with_ce(divergence, float(ce_weight), float(distillation_weight),
+                          vocab_size=_vocab_size(name, vocab_size, student_head))
     return _run(name, chunk_loss, student_hidden, student_head,
                 {"teacher_head": jax.lax.stop_gradient(teacher_head)}, per_token, chunk_size)
 
@@ -315,7 +315,7 @@ def fused_generalized_jsd_loss(student_hidden: ArrayLike, student_head: ArrayLik
                                labels: ArrayLike | None = None, ce_weight: float = 0.0,
                                distillation_weight: float = 1.0, where: ArrayLike | None = None,
                                reduction: FusedReduction = "mean", chunk_size: int | None = None,
-                  vocab_size: int | None = None) -> jax.Array:
+                               vocab_size: int | None = None) -> jax.Array:
     """`ce_weight * CE + distillation_weight * generalized_jsd_loss` from hidden states and heads.
 
     TRL's GKD loss and Liger's `LigerFusedLinearJSDLoss` (β = 0 forward KL, β = 1 reverse KL,
@@ -335,7 +335,7 @@ def fused_topk_kd_loss(student_hidden: ArrayLike, student_head: ArrayLike, teach
                        teacher_topk_indices: ArrayLike, *, temperature: float = 2.0, labels: ArrayLike | None = None,
                        ce_weight: float = 0.0, distillation_weight: float = 1.0, where: ArrayLike | None = None,
                        reduction: FusedReduction = "mean", chunk_size: int | None = None,
-                  vocab_size: int | None = None) -> jax.Array:
+                       vocab_size: int | None = None) -> jax.Array:
     """`topk_kd_loss` (a cached top-k teacher) from the student's hidden states and head.
 
     Args:
@@ -357,7 +357,7 @@ def fused_topk_kd_loss(student_hidden: ArrayLike, student_head: ArrayLike, teach
                  "values": jax.lax.stop_gradient(values.reshape(-1, k).astype(jnp.float32)),
                  "indices": jnp.where(weights[:, None] > 0, indices.reshape(-1, k), 0)}
 
-    def divergence(student, shared, inputs):
+    def divergence(student, shared, inputs, vocab_size):  # unused here: the student's logits arrive masked
         values = jnp.where((inputs["weights"] > 0)[:, None], inputs["values"], 0.0)
         return topk_kd_per_position(student, values, inputs["indices"], temperature)
 
