@@ -77,12 +77,14 @@ def seconds_per_step(tokens: int, vocab: int, dtype: str, name: str, repeats: in
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def report(time_configs: list[tuple[int, int, str]], repeats: int) -> str:
+def report(time_configs: list[tuple[int, int, str]], repeats: int,
+           memory_configs: list[tuple[int, int, str]] | None = None) -> str:
     lines = [f"host: {cpu_model()}, {jax.device_count()} × {jax.devices()[0].device_kind}, jax {jax.__version__}",
              f"hidden {HIDDEN}; a step is value_and_grad with respect to the student's hidden states and head", "",
              "| tokens | vocab | dtype | loss | unfused temp GB | fused temp GB | fused / unfused | unfused total GB "
              "| fused total GB |", "|---:|---:|---|---|---:|---:|---:|---:|---:|"]
-    for tokens, vocab, dtype, name in itertools.product(TOKENS, VOCABS, DTYPES, LOSSES):
+    configs = itertools.product(TOKENS, VOCABS, DTYPES) if memory_configs is None else memory_configs
+    for (tokens, vocab, dtype), name in itertools.product(configs, LOSSES):
         (u_temp, u_total), (f_temp, f_total) = (memory(loss, tokens, vocab, dtype) for loss in LOSSES[name])
         lines.append(f"| {tokens} | {vocab} | {dtype} | {name} | {u_temp / GB:.2f} | {f_temp / GB:.2f} | "
                      f"{f_temp / u_temp:.3f} | {u_total / GB:.2f} | {f_total / GB:.2f} |")
@@ -110,10 +112,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--time", type=_config, nargs="*", default=[(4096, 32_000, "float32")],
                         help="configurations to time, tokens:vocab:dtype (none: memory only)")
+    parser.add_argument("--memory", type=_config, nargs="*", default=None,
+                        help="configurations whose memory to analyse, tokens:vocab:dtype (default: every one of "
+                             f"tokens {TOKENS}, vocabularies {VOCABS}, {DTYPES})")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--markdown", type=pathlib.Path, help="also write the tables here")
     args = parser.parse_args(argv)
-    text = report(args.time, args.repeats)
+    text = report(args.time, args.repeats, args.memory)
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")

@@ -28,7 +28,7 @@ import pathlib
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from kdjax.cpu import use_fast_cpu_kernels
 
@@ -160,11 +160,11 @@ def measure_step(name: str, repeats: int) -> dict:
     return {"ms": ms, "bytes": float(cost.get("bytes accessed", 0.0)), "ops": per_op.most_common(12)}
 
 
-def report(repeats: int) -> str:
+def report(repeats: int, networks: Sequence[str] = tuple(NETWORKS)) -> str:
     peak, bandwidth = matmul_gflops(repeats), bandwidth_gbs(repeats)
     lines = [f"Machine: {cpu_model()}, {jax.devices()[0].device_kind}, jax {jax.__version__}. float32 matmul "
              f"2048^3: {peak:.0f} GFLOP/s; in-place element-wise pass over 256 MB: {bandwidth:.1f} GB/s.", ""]
-    for name in NETWORKS:
+    for name in networks:
         layer_list = layers(NETWORKS[name](), batch_size(f"{name}_ce"))
         gflop = step_gflop(layer_list)
         step = measure_step(name, repeats)
@@ -191,8 +191,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed windows per figure (median reported)")
     parser.add_argument("--out", default=None, help="also write the report to this Markdown file")
+    parser.add_argument("--networks", type=lambda text: text.split(","), default=list(NETWORKS),
+                        help=f"comma-separated, from {', '.join(NETWORKS)} (default: all)")
     args = parser.parse_args(argv)
-    text = report(args.repeats)
+    text = report(args.repeats, args.networks)
     print(text)
     if args.out:
         pathlib.Path(args.out).write_text(f"# CE train step profile\n\n`python -m bench.profile --repeats "

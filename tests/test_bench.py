@@ -59,3 +59,25 @@ def test_python_m_bench_runs_every_case(tmp_path):
         assert figures[case]["images_per_s"] > 0, case
     assert set(figures["e2e"]["accuracy"]) == {"teacher", "ce", "kd", "cosine", "hint"}
     assert "| teacher CE step (images/s) |" in (tmp_path / "BENCH.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module, flags, expected", [
+    ("bench.lm", ["--memory", "16:128:float32", "--time", "16:128:float32", "--repeats", "1"],
+     "| 16 | 128 | float32 | jsd |"),
+    ("bench.profile", ["--repeats", "1", "--networks", "student"], "## student: CE train step"),
+])
+def test_the_other_benchmarks_run_at_a_tiny_size(module, flags, expected, tmp_path):
+    """`python -m bench.lm` (fused against unfused losses) and `python -m bench.profile` (a step against its floors),
+    so that neither breaks without a test noticing."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "report.md"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", module, *flags, "--markdown" if module == "bench.lm" else "--out",
+                           str(out)], capture_output=True, text=True, env=env,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert expected in done.stdout and expected in out.read_text()
