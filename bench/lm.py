@@ -1,6 +1,7 @@
-"""Language-model distillation losses, fused against unfused: XLA's memory analysis and time per step.
+"""Language-model distillation, fused against unfused: XLA's memory analysis and time per step.
 
     python -m bench.lm [--time 4096:32000:float32 ...] [--repeats 3] [--markdown PATH]
+                       [--engine 8x512:128256 ...] [--engine-time 8x512:32000 ...]
 
 A step is `jax.value_and_grad` of the loss with respect to the student's hidden states and
 LM head, the teacher's hidden states and head given: unfused, `kd_loss(hs @ ws, ht @ wt)`
@@ -13,6 +14,13 @@ temporaries), from `compiled.memory_analysis()`, for 4,096 and 8,192 tokens, voc
 figure is reported even where it would not fit in this machine's memory. Time: seconds per
 step (median of `--repeats` after one warm-up, fused and unfused taking turns) at each
 `--time` configuration, `tokens:vocab:dtype`, which must fit in memory unfused.
+
+Engine rows: one member's whole distillation step as the engine compiles it (the student's
+forward and backward, the teacher's forward, Adam), CE, KD and GKD, for a tiny embedding +
+Dense student (d 64) and teacher (d 128) at `--engine BATCHxTIME:VOCAB`; "logits" is the
+path of networks that declare no output head, "fused" that of networks that do. Temporaries
+from XLA's memory analysis of the program step; tokens/s (median of `--repeats`) at each
+`--engine-time` configuration, the logits path only where its step fits in memory.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench.__main__ import cpu_model
-from kdjax import losses
+from kdjax import losses, methods
 
 HIDDEN = 2048
 TOKENS = (4096, 8192)
@@ -98,6 +106,117 @@ def report(time_configs: list[tuple[int, int, str]], repeats: int,
     return "\n".join(lines)
 
 
+ENGINE_METHODS = ("ce", "kd", "gkd")
+STUDENT_WIDTH, TEACHER_WIDTH = 64, 128
+
+
+def _embed_dense(vocab: int, width: int, fused: bool):
+    """Token ids -> Embed(vocab, width) -> Dense(vocab): the smallest language model with a 128k head."""
+    from flax import linen as nn
+
+    from kdjax.network import OutputHead, linen_network
+
+    class EmbedDense(nn.Module):
+        @nn.compact
+        def __call__(self, tokens):
+            return nn.Dense(vocab)(nn.Embed(vocab, width)(tokens))
+
+    return linen_network(EmbedDense(), input_shape=(0,), train_argument=None, input_dtype=jnp.int32,
+                         name=f"embed{width}-dense", head=OutputHead("Embed_0", "Dense_0") if fused else None)
+
+
+def _engine_setup(batch: int, time_: int, vocab: int, fused: bool):
+    import dataclasses
+
+    from kdjax.data import from_tokens
+    from kdjax.teacher import Teacher
+    from kdjax.train import Settings
+
+    windows = 2 * batch + 2  # two training batches, and test windows
+    tokens = np.random.default_rng(0).integers(0, vocab, windows * (time_ + 1)).astype(np.int32)
+    data = from_tokens(tokens, time=time_, vocab_size=vocab, test_fraction=2 / windows)
+    student, teacher = (dataclasses.replace(_embed_dense(vocab, width, fused), input_shape=(time_,))
+                        for width in (STUDENT_WIDTH, TEACHER_WIDTH))
+    teacher_shapes = jax.eval_shape(teacher.init, jax.random.key(0))
+    return data, student, Teacher(teacher, *teacher_shapes), Settings(batch_size=batch, epochs=1)
+
+
+def engine_memory(batch: int, time_: int, vocab: int, method: str, fused: bool) -> tuple[int, int]:
+    """(temporary, total) bytes of one member's engine program step."""
+    from kdjax.engine.memory import program_analysis
+    from kdjax.parallel import batch_mesh
+    from kdjax.train import build_objective
+
+    data, student, teacher, settings = _engine_setup(batch, time_, vocab, fused)
+    method = methods.get(method)
+    objective = build_objective(method, student, teacher.network if method.needs_teacher else None)
+    analysis = program_analysis(objective, data.train, settings, teacher if method.needs_teacher else None,
+                                batch_mesh(1))
+    temp = analysis.temp_size_in_bytes
+    return temp, temp + analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+
+
+def engine_tokens_per_second(batch: int, time_: int, vocab: int, method: str, fused: bool, repeats: int) -> float:
+    """Median tokens/s of `Distiller.step` (the engine's train step), jitted, the state donated."""
+    import optax
+
+    from kdjax.distill import Distiller
+
+    data, student, teacher, _ = _engine_setup(batch, time_, vocab, fused)
+    distiller = Distiller(student, teacher.network, method, optax.adam(1e-3))
+    state = distiller.init(jax.random.key(0), teacher.network.init(jax.random.key(1)))
+    step = jax.jit(distiller.step, donate_argnums=0)
+    split = data.train
+    batch_arrays = {"inputs": jnp.asarray(split.inputs[:batch]), "label": jnp.asarray(split.labels[:batch])}
+    state, metrics = step(state, batch_arrays)
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        state, metrics = step(state, batch_arrays)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    return batch * time_ / statistics.median(times)
+
+
+def engine_report(memory_configs: list[tuple[int, int, int]], time_configs: list[tuple[int, int, int]],
+                  repeats: int) -> list[str]:
+    from kdjax.engine.memory import device_capacity_bytes
+
+    lines = ["", f"engine step, one member (student Embed+Dense d {STUDENT_WIDTH}, teacher d {TEACHER_WIDTH}; "
+                 "XLA's memory analysis of the program step):", "",
+             "| batch × time | vocab | method | logits temp GB | fused temp GB | fused / logits | logits total GB "
+             "| fused total GB |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for (batch, time_, vocab), method in itertools.product(memory_configs, ENGINE_METHODS):
+        (u_temp, u_total), (f_temp, f_total) = (engine_memory(batch, time_, vocab, method, fused)
+                                                for fused in (False, True))
+        lines.append(f"| {batch} × {time_} | {vocab} | {method} | {u_temp / GB:.2f} | {f_temp / GB:.3f} | "
+                     f"{f_temp / u_temp:.3f} | {u_total / GB:.2f} | {f_total / GB:.3f} |")
+    if time_configs:
+        capacity = device_capacity_bytes()
+        lines += ["", f"engine step tokens/s, median of {repeats} after one warm-up (—: the logits path's step does not "
+                      f"fit in the {capacity / GB:.0f} GB available):", "",
+                  "| batch × time | vocab | method | logits tokens/s | fused tokens/s | fused / logits |",
+                  "|---|---:|---|---:|---:|---:|"]
+        for (batch, time_, vocab), method in itertools.product(time_configs, ENGINE_METHODS):
+            fits = engine_memory(batch, time_, vocab, method, False)[1] < 0.8 * capacity
+            unfused = engine_tokens_per_second(batch, time_, vocab, method, False, repeats) if fits else None
+            fused = engine_tokens_per_second(batch, time_, vocab, method, True, repeats)
+            ratio = f"{fused / unfused:.2f}" if unfused else "—"
+            lines.append(f"| {batch} × {time_} | {vocab} | {method} | "
+                         f"{f'{unfused:,.0f}' if unfused else '—'} | {fused:,.0f} | {ratio} |")
+    return lines
+
+
+def _engine_config(text: str) -> tuple[int, int, int]:
+    try:
+        shape, vocab = text.split(":")
+        batch, time_ = shape.split("x")
+        return int(batch), int(time_), int(vocab)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected BATCHxTIME:VOCAB (e.g. 8x512:128256), got {text!r}") from None
+
+
 def _config(text: str) -> tuple[int, int, str]:
     try:
         tokens, vocab, dtype = text.split(":")
@@ -115,10 +234,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory", type=_config, nargs="*", default=None,
                         help="configurations whose memory to analyse, tokens:vocab:dtype (default: every one of "
                              f"tokens {TOKENS}, vocabularies {VOCABS}, {DTYPES})")
+    parser.add_argument("--engine", type=_engine_config, nargs="*", default=[(8, 512, 128_256)],
+                        help="engine-step configurations whose memory to analyse, BATCHxTIME:VOCAB (none: skip)")
+    parser.add_argument("--engine-time", type=_engine_config, nargs="*", default=[(8, 512, 32_000), (8, 512, 128_256)],
+                        help="engine-step configurations to time, BATCHxTIME:VOCAB (none: skip)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--markdown", type=pathlib.Path, help="also write the tables here")
     args = parser.parse_args(argv)
-    text = report(args.time, args.repeats, args.memory)
+    text = "\n".join([report(args.time, args.repeats, args.memory),
+                      *engine_report(args.engine, args.engine_time, args.repeats)])
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")

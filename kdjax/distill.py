@@ -96,8 +96,8 @@ class Distiller:
         Returns the new state and scalar metrics: `loss`, `ce_loss`, `aux_loss`, `correct` (right top-1
         predictions) and `finite`.
         """
-        method = self.objective.method
-        outputs = state.teacher.outputs(batch, method.reads) if method.needs_teacher else None
+        reads = self.objective.teacher_reads
+        outputs = state.teacher.outputs(batch, reads) if reads else None
         student, metrics = train_step(state.student, batch, state.key, outputs, state.hyperparameters,
                                       objective=self.objective)
         return state.replace(student=student), metrics

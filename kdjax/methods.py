@@ -20,6 +20,7 @@ from flax import linen as nn
 
 from kdjax import losses
 from kdjax.losses import flatten_channel_major
+from kdjax.losses.logits import generalized_jsd_per_position, kd_per_position
 
 Outputs = Mapping[str, jax.Array]  # "logits" (`[batch, classes]` or `[batch, time, vocab]`) and each role read
 Hyperparameters = Mapping[str, jax.Array]
@@ -36,6 +37,8 @@ class Context:
 
 # (student outputs, teacher outputs, hyperparameters, context) -> scalar auxiliary loss
 AuxLoss = Callable[[Outputs, Outputs, Hyperparameters, Context], jax.Array]
+# (student logits [n, vocab], teacher logits [n, vocab], hyperparameters) -> [n]: the auxiliary term per position
+PerPosition = Callable[[jax.Array, jax.Array, Hyperparameters], jax.Array]
 # (student role shape, teacher role shape) -> adapter module mapping one to the other
 AdapterFactory = Callable[[tuple[int, ...], tuple[int, ...]], nn.Module]
 
@@ -59,6 +62,9 @@ class Method:
       uses_labels: whether `loss` reads the labels (DKD's target class), which rules out
         training on partly labelled data.
       title: the name reports give the student ("CE + DIST"); "CE + <name>" when left empty.
+      per_position: `loss` per position from float32 logits (its where-masked mean is `loss`), for a
+        method that reads only the logits. With it, a network that declares its output head trains
+        through the fused losses (`kdjax.losses.fused`), never holding `[tokens, vocab]` logits.
     """
 
     name: str
@@ -70,6 +76,7 @@ class Method:
     adapted: str | None = None
     uses_labels: bool = False  # the auxiliary term reads `Context.labels` (so every row needs its label)
     title: str = ""
+    per_position: PerPosition | None = None
 
     def __post_init__(self) -> None:
         if not self.title:
@@ -78,6 +85,9 @@ class Method:
             object.__setattr__(self, "hyperparameters", {**DISTILLATION_WEIGHTS, **self.hyperparameters})
         if (self.adapter is None) != (self.adapted is None):
             raise ValueError(f"method {self.name!r}: give both adapter and adapted, or neither")
+        if self.per_position is not None and self.reads != ("logits",):
+            raise ValueError(f"method {self.name!r}: per_position is for a loss of the logits alone, but it reads "
+                             f"{self.reads}")
 
     @property
     def needs_teacher(self) -> bool:
@@ -197,7 +207,8 @@ class _TorchConv3x3(nn.Module):
 
 CE = register(Method("ce", "cross-entropy on the labels only", title="CE"))
 KD = register(Method("kd", "Hinton et al. 2015: KL divergence of temperature-softened logits, x T^2",
-                     reads=("logits",), loss=_kd, hyperparameters={"temperature": 2.0}, title="CE + KD"))
+                     reads=("logits",), loss=_kd, hyperparameters={"temperature": 2.0}, title="CE + KD",
+                     per_position=lambda s, t, hp: kd_per_position(s, t, hp["temperature"])))
 COSINE = register(Method("cosine", "cosine embedding of the flattened last feature maps (teacher's "
                          "average-pooled in groups to the student's width: pairs in the tutorial)",
                          reads=("feature_map",), loss=_cosine))
@@ -289,5 +300,6 @@ GKD = register(Method(
     "gkd", "GKD's generalised Jensen-Shannon divergence (Agarwal et al. 2024; TRL's loss): beta = 0 forward KL, "
     "1 reverse KL, between a mixture",
     reads=("logits",), loss=_gkd, title="CE + GKD-JSD",
+    per_position=lambda s, t, hp: generalized_jsd_per_position(s, t, hp["beta"], hp["temperature"]),
     # beta 0.5: TRL's default; T = 1 (TRL samples at 0.9 but computes the loss at the temperature it is given).
     hyperparameters={"ce_weight": 0.5, "aux_weight": 0.5, "beta": 0.5, "temperature": 1.0}))

@@ -9,6 +9,11 @@ besides `nnx.Param` and RNG streams), `{}` for a stateless model. In training mo
 forward pass returns the updated state; in inference mode it reads the state and returns
 it unchanged. A model that updates its state in inference mode is refused when wrapped.
 
+A language model may also declare its output head (`OutputHead`: the module whose output
+is the head's input, and where the head's weights are). The engine then computes the losses
+from the hidden states and the head chunk by chunk (`kdjax.losses.fused`) instead of
+from `[batch, time, vocab]` logits.
+
 A role is a name a distillation method reads (`"feature_map"`); the network maps it to a
 module path of its model, read with `kdjax.features.capture`, so any model can be
 distilled without editing it. The tutorial's networks and the field's CIFAR networks are in
@@ -27,11 +32,29 @@ from flax import linen as nn
 from flax import nnx
 
 from kdjax import features as features_lib
+from kdjax.losses.fused import LinearHead
 
 Params = Any
 State = Any  # {collection or variable path: array}; `{}` when the model keeps none
 Apply = Callable[..., tuple[Any, dict[str, jax.Array], State]]
 NOT_STATE_COLLECTIONS = ("params", "intermediates")  # linen collections that are not model state
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputHead:
+    """Where a model's linear output head is: `logits == hidden @ kernel + bias`.
+
+    Attributes:
+      hidden: module path whose output is the head's input, `[batch, time, d]` (e.g. the final LayerNorm).
+      params: path of the head's parameters: a Dense / NNX Linear (`kernel` `[d, vocab]`, optional `bias`),
+        or an Embed whose table the head shares (`embedding` `[vocab, d]`: a tied head, `hidden @ table.T`).
+      vocab_size: the real vocabulary when the head is padded past it (columns from it on are never
+        predicted); None: every column.
+    """
+
+    hidden: str
+    params: str
+    vocab_size: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -46,6 +69,7 @@ class Network:
       apply: `(params, state, images, train, key, paths) -> (model output, {path: array}, state)`.
       logits: model output -> logits `[batch, classes]` (`[batch, time, vocab]` for a language model).
       input_dtype: what `init` and the shape probes feed: float32 images, or int32 token ids.
+      head: where the output head is (`OutputHead`), or None: the losses then take the logits.
     """
 
     name: str
@@ -55,9 +79,12 @@ class Network:
     apply: Apply
     logits: Callable[[Any], jax.Array]
     input_dtype: Any = jnp.float32
+    head: OutputHead | None = None
 
     def __post_init__(self) -> None:
         check_inference_keeps_state(self)
+        if self.head is not None:
+            check_head(self)
 
     def forward(self, params: Params, state: State, inputs: jax.Array, *, train: bool, key: jax.Array | None = None,
                 roles: Sequence[str] = ()) -> tuple[jax.Array, dict[str, jax.Array], State]:
@@ -75,6 +102,21 @@ class Network:
         output, captured, new_state = self.apply(params, state, inputs, train, key, paths)
         return self.logits(output), {role: captured[self.roles[role]] for role in roles}, new_state
 
+    def head_forward(self, params: Params, state: State, inputs: jax.Array, *, train: bool,
+                     key: jax.Array | None = None, roles: Sequence[str] = ()
+                     ) -> tuple[LinearHead, dict[str, jax.Array], State]:
+        """As `forward`, but the head's input and weights (`LinearHead`) in place of the logits.
+
+        The model still computes its logits, but nothing reads them, so XLA leaves them out of a
+        jitted program: no `[batch, time, vocab]` array exists.
+        """
+        if self.head is None:
+            raise ValueError(f"{self.name} declares no output head: give the network head=OutputHead(...)")
+        _, outs, new_state = self.forward(params, state, inputs, train=train, key=key,
+                                          roles=(*roles, HIDDEN_ROLE))
+        hidden = outs.pop(HIDDEN_ROLE)
+        return LinearHead(hidden, *head_weights(params, self.head.params)), outs, new_state
+
     def output_shapes(self, roles: Sequence[str], batch: int = 2) -> dict[str, tuple[int, ...]]:
         """Shapes of `forward`'s logits (under `"logits"`) and `roles` for a batch of `batch`, abstractly."""
         def run(key):
@@ -87,6 +129,65 @@ class Network:
     def example_inputs(self, batch: int) -> jax.Array:
         """Zeros `[batch, *input_shape]` of `input_dtype`: what initialisation and shape probes feed."""
         return jnp.zeros((batch, *self.input_shape), self.input_dtype)
+
+
+HIDDEN_ROLE = "head_input"  # the role a network with an `OutputHead` maps to the head's input
+HEAD_READ = "head"  # what a fused step reads from a teacher with an `OutputHead`: its `LinearHead`
+
+
+def head_weights(params: Params, path: str) -> tuple[jax.Array, jax.Array | None]:
+    """(kernel `[d, vocab]`, bias `[vocab]` or None) of the head whose parameters are at `path` in `params`
+    (linen's dict or NNX's `nnx.State`)."""
+    node = params
+    for part in path.split("/"):
+        try:
+            node = node[int(part) if part.isdigit() and not _has_key(node, part) else part]
+        except (KeyError, TypeError, IndexError):
+            raise ValueError(f"no head parameters at {path!r}: {part!r} is not among "
+                             f"{sorted(map(str, _keys(node)))}") from None
+    names = set(map(str, _keys(node)))
+    if "kernel" in names:
+        return _value(node["kernel"]), _value(node["bias"]) if "bias" in names else None
+    if "embedding" in names:
+        return _value(node["embedding"]).T, None
+    raise ValueError(f"the parameters at {path!r} ({sorted(names)}) are neither a Dense/Linear head (kernel) nor a "
+                     "tied embedding (embedding)")
+
+
+def _keys(node: Any) -> list:
+    return list(node.keys()) if hasattr(node, "keys") else []
+
+
+def _has_key(node: Any, key: str) -> bool:
+    return key in map(str, _keys(node))
+
+
+def _value(leaf: Any) -> jax.Array:
+    return leaf.get_value() if hasattr(leaf, "get_value") else leaf
+
+
+def check_head(network: Network) -> None:
+    """Raise ValueError unless `network.head` reproduces its logits' shape, abstractly (no FLOPs)."""
+    head = network.head
+
+    def probe(key):
+        params, state = network.init(key)
+        logits, outs, _ = network.forward(params, state, network.example_inputs(2), train=False,
+                                          roles=(HIDDEN_ROLE,))
+        kernel, bias = head_weights(params, head.params)
+        return logits, outs[HIDDEN_ROLE], kernel, bias
+
+    try:
+        logits, hidden, kernel, bias = jax.eval_shape(probe, jax.random.key(0))
+    except features_lib.UnknownFeatureError as error:
+        raise ValueError(f"{network.name}'s head: {error}") from None
+    got = (*hidden.shape[:-1], kernel.shape[-1])
+    if hidden.shape[-1] != kernel.shape[0] or got != tuple(logits.shape):
+        raise ValueError(f"{network.name}'s head: {head.hidden!r} gives {tuple(hidden.shape)} and {head.params!r} a "
+                         f"[{kernel.shape[0]}, {kernel.shape[1]}] kernel, which do not make its logits "
+                         f"{tuple(logits.shape)}; name the module that feeds the head and the head's own parameters")
+    if head.vocab_size is not None and not 1 <= head.vocab_size <= kernel.shape[1]:
+        raise ValueError(f"{network.name}'s head: vocab_size must be in [1, {kernel.shape[1]}], got {head.vocab_size}")
 
 
 def check_inference_keeps_state(network: Network) -> None:
@@ -115,7 +216,7 @@ def check_inference_keeps_state(network: Network) -> None:
 
 def linen_network(module: nn.Module, *, input_shape: Sequence[int], roles: Mapping[str, str] | None = None,
                   logits: Callable[[Any], jax.Array] | None = None, train_argument: str | None = "train",
-                  name: str | None = None, input_dtype: Any = jnp.float32) -> Network:
+                  name: str | None = None, input_dtype: Any = jnp.float32, head: OutputHead | None = None) -> Network:
     """A `flax.linen` module as a `Network`.
 
     Args:
@@ -127,6 +228,7 @@ def linen_network(module: nn.Module, *, input_shape: Sequence[int], roles: Mappi
       logits: picks the logits out of the module's output (default: the output itself).
       train_argument: the keyword that switches training mode (dropout, BatchNorm), or None if there is none.
       input_dtype: float32 for images, an integer type for token ids (`nn.Embed` takes no floats).
+      head: where the output head is (`OutputHead`), for the fused losses.
     """
     def init(key: jax.Array) -> tuple[Params, State]:
         kwargs = {train_argument: False} if train_argument else {}
@@ -145,8 +247,8 @@ def linen_network(module: nn.Module, *, input_shape: Sequence[int], roles: Mappi
                                                              paths=paths, mutable=list(state), **kwargs)
         return output, captured, {name: new_state.get(name, value) for name, value in state.items()}
 
-    return Network(name or type(module).__name__, tuple(input_shape), dict(roles or {}), init, apply,
-                   logits or (lambda output: output), input_dtype)
+    return Network(name or type(module).__name__, tuple(input_shape), _with_head_role(roles, head), init, apply,
+                   logits or (lambda output: output), input_dtype, head)
 
 
 # NNX state the engine carries: every variable but the trained params, the RNG streams (rebuilt from the
@@ -156,7 +258,7 @@ _NNX_STATE = nnx.Not(nnx.Any(nnx.Param, nnx.RngState, nnx.Intermediate))
 
 def nnx_network(factory: Callable[[nnx.Rngs], nnx.Module], *, input_shape: Sequence[int],
                 roles: Mapping[str, str] | None = None, logits: Callable[[Any], jax.Array] | None = None,
-                name: str | None = None, input_dtype: Any = jnp.float32) -> Network:
+                name: str | None = None, input_dtype: Any = jnp.float32, head: OutputHead | None = None) -> Network:
     """An `flax.nnx` model as a `Network`: `factory(nnx.Rngs(key))` builds it.
 
     Its `nnx.Param`s are trained; its other variables (`nnx.BatchStat`, ...) are its state,
@@ -181,5 +283,9 @@ def nnx_network(factory: Callable[[nnx.Rngs], nnx.Module], *, input_shape: Seque
         output, captured = features_lib.capture(model, images, paths=paths)
         return output, captured, nnx.state(model, _NNX_STATE)
 
-    return Network(name or type(abstract).__name__, tuple(input_shape), dict(roles or {}), init, apply,
-                   logits or (lambda output: output), input_dtype)
+    return Network(name or type(abstract).__name__, tuple(input_shape), _with_head_role(roles, head), init, apply,
+                   logits or (lambda output: output), input_dtype, head)
+
+
+def _with_head_role(roles: Mapping[str, str] | None, head: OutputHead | None) -> dict[str, str]:
+    return dict(roles or {}) | ({HIDDEN_ROLE: head.hidden} if head is not None else {})

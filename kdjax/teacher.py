@@ -10,7 +10,7 @@ Both are pytrees (`flax.struct`): a jitted step takes either as an argument.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -19,7 +19,8 @@ import numpy as np
 from flax import struct
 
 from kdjax.data import TUTORIAL_NORMALIZATION, Normalization, ResidentLoader, Split
-from kdjax.network import Network
+from kdjax.losses.fused import LinearHead
+from kdjax.network import HEAD_READ, HIDDEN_ROLE, Network, head_weights
 from kdjax.tasks import NEXT_TOKEN
 
 Batch = Mapping[str, jax.Array]
@@ -34,11 +35,20 @@ class Teacher:
     params: Any
     state: Any
 
-    def outputs(self, batch: Batch, reads: Iterable[str]) -> dict[str, jax.Array]:
-        """`{"logits": [batch, classes], role: ...}` for `batch["inputs"]`, whichever of them `reads` names."""
+    def outputs(self, batch: Batch, reads: Iterable[str]) -> dict[str, Any]:
+        """`{"logits": [batch, classes], role: ...}` for `batch["inputs"]`, whichever of them `reads` names;
+        `"head"` (`kdjax.network.HEAD_READ`) gives the network's `LinearHead` (hidden states and head weights)."""
         reads = tuple(reads)
-        roles = tuple(role for role in reads if role != "logits")
+        roles = tuple(role for role in reads if role not in ("logits", HEAD_READ))
+        if HEAD_READ in reads and "logits" not in reads:
+            head, found, _ = self.network.head_forward(self.params, self.state, batch["inputs"], train=False,
+                                                       roles=roles)
+            return {role: head if role == HEAD_READ else found[role] for role in reads}
+        if HEAD_READ in reads:
+            roles += (HIDDEN_ROLE,)
         logits, found, _ = self.network.forward(self.params, self.state, batch["inputs"], train=False, roles=roles)
+        if HEAD_READ in reads:
+            found[HEAD_READ] = LinearHead(found.pop(HIDDEN_ROLE), *head_weights(self.params, self.network.head.params))
         return {role: logits if role == "logits" else found[role] for role in reads}
 
     @property
@@ -82,7 +92,7 @@ def _input_dtype(split: Split, teacher: Teacher):
     return teacher.network.input_dtype if split.task is NEXT_TOKEN else jnp.float32
 
 
-def cache_off_reason(teacher: Teacher, split: Split, reads: Iterable[str], *, augment: str, wanted: bool = True,
+def cache_off_reason(teacher: Teacher, split: Split, reads: Sequence[str], *, augment: str, wanted: bool = True,
                      capacity_bytes: int | None = None) -> str | None:
     """Why a cache of `teacher`'s outputs over `split` cannot serve the students, or None if it can.
 
@@ -97,6 +107,8 @@ def cache_off_reason(teacher: Teacher, split: Split, reads: Iterable[str], *, au
                 "loss")
     if augment != "none":
         return f"augmentation ({augment}) shows the teacher another image of each example every epoch"
+    if HEAD_READ in reads:
+        return "the step reads the teacher's hidden states and output head (the fused losses), not outputs to keep"
     if capacity_bytes is not None:
         needed = cache_bytes(teacher, split, reads)
         if needed > CACHE_MEMORY_FRACTION * capacity_bytes:

@@ -28,8 +28,9 @@ from flax.training import train_state
 from kdjax import losses
 from kdjax.data.normalization import TUTORIAL_NORMALIZATION, Normalization
 from kdjax.fields import require, setting
+from kdjax.losses.fused import fused_objective
 from kdjax.methods import Context, Method
-from kdjax.network import Network
+from kdjax.network import HEAD_READ, Network
 from kdjax.optimizers import OPTIMIZERS, SCHEDULES
 
 Batch = dict[str, jax.Array]
@@ -126,13 +127,46 @@ class TrainState(train_state.TrainState):
     model_state: Any = struct.field(default_factory=dict)
 
 
+CE_ONLY = {"ce_weight": 1.0, "aux_weight": 0.0}  # the weights of a method without an auxiliary term
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Objective:
-    """What a member minimises: `method` on `student`, with the method's adapter built for this pair."""
+    """What a member minimises: `method` on `student`, with the method's adapter built for this pair.
+
+    `teacher_head`: the teacher declares its output head, so a fused step reads its hidden
+    states and head instead of its logits.
+    """
 
     method: Method
     student: Network
     adapter: nn.Module | None = None
+    teacher_head: bool = False
+
+    @property
+    def fused(self) -> bool:
+        """The step computes its losses from the student's output head chunk by chunk (`kdjax.losses.fused`):
+        the student declares a head and the method is CE or has a per-position form."""
+        return self.student.head is not None and (self.method.loss is None or self.method.per_position is not None)
+
+    @property
+    def teacher_reads(self) -> tuple[str, ...]:
+        """What the step reads from the teacher: the method's roles, or the teacher's head on the fused path."""
+        if not self.method.needs_teacher:
+            return ()
+        return (HEAD_READ,) if self.fused and self.teacher_head else self.method.reads
+
+    def describe_path(self) -> str:
+        """Which way the step computes its losses, for the log."""
+        if not self.fused:
+            why = ("declares no output head" if self.student.head is None else
+                   f"is trained with {self.method.name}, which has no per-position form")
+            return f"{self.method.name}: full logits ({self.student.name} {why})"
+        if not self.method.needs_teacher:
+            return f"{self.method.name}: fused head (the student's logits one chunk of tokens at a time)"
+        teacher = ("its head too" if self.teacher_head else
+                   "the teacher's full logits: it declares no output head")
+        return f"{self.method.name}: fused head (the student's logits one chunk at a time; {teacher})"
 
 
 def build_objective(method: Method, student: Network, teacher: Network | None = None) -> Objective:
@@ -148,7 +182,7 @@ def build_objective(method: Method, student: Network, teacher: Network | None = 
         adapter = method.adapter(student_shape, teacher_shape)
     elif method.roles:
         student.output_shapes(method.roles)
-    return Objective(method, student, adapter)
+    return Objective(method, student, adapter, teacher_head=teacher is not None and teacher.head is not None)
 
 
 def init_keys(seed: int | jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -226,6 +260,9 @@ def objective_loss(
     if labelled is not None:  # per example; a sequence's positions inherit it
         labelled = jnp.broadcast_to(labelled.reshape(labelled.shape + (1,) * (batch["label"].ndim - 1)),
                                     batch["label"].shape)
+    if objective.fused:
+        return _fused_loss(params, model_state, batch, dropout_key, teacher, hyperparameters, objective=objective,
+                           labelled=labelled)
     logits, outs, new_model_state = objective.student.forward(params["model"], model_state["model"], batch["inputs"],
                                                               train=True, key=dropout_key, roles=method.roles)
     new_state = {"model": new_model_state}
@@ -242,6 +279,30 @@ def objective_loss(
         correct = jnp.logical_and(correct, where)
     metrics = {"loss": loss, "ce_loss": ce, "aux_loss": aux, "correct": jnp.sum(correct)}
     return loss, (metrics, new_state)
+
+
+def _fused_loss(params: Any, model_state: Any, batch: Batch, dropout_key: jax.Array, teacher: TeacherOutputs | None,
+                hyperparameters: Mapping[str, jax.Array], *, objective: Objective, labelled: jax.Array | None
+                ) -> tuple[jax.Array, tuple[Metrics, Any]]:
+    """`objective_loss` through the student's output head, chunk by chunk: the same values, no `[tokens, vocab]`
+    logits (the teacher's neither, where it declares its head)."""
+    method, student, where = objective.method, objective.student, batch.get("mask")
+    head, _, new_model_state = student.head_forward(params["model"], model_state["model"], batch["inputs"],
+                                                    train=True, key=dropout_key)
+    teacher_side, divergence = None, None
+    if method.loss is not None:
+        if teacher is None:
+            raise ValueError(f"method {method.name!r} needs the teacher's outputs")
+        teacher_side = teacher[HEAD_READ] if HEAD_READ in teacher else teacher["logits"]
+        divergence = method.per_position
+    ce_where = where if labelled is None else labelled if where is None else jnp.logical_and(where, labelled)
+    loss, sums = fused_objective(head, batch["label"], teacher=teacher_side, divergence=divergence,
+                                 hyperparameters=hyperparameters if method.loss is not None else CE_ONLY,
+                                 ce_where=ce_where, aux_where=where, counted=where,
+                                 vocab_size=student.head.vocab_size)
+    metrics = {"loss": loss, "ce_loss": sums["ce"], "aux_loss": sums["aux"],
+               "correct": sums["correct"].astype(jnp.int32)}
+    return loss, (metrics, {"model": new_model_state})
 
 
 def weighted_loss(method: Method, student: Mapping[str, jax.Array], teacher: TeacherOutputs | None,
@@ -294,8 +355,13 @@ def eval_step(params: Any, model_state: Any, batch: Batch, *, network: Network) 
     predictions), `loss_sum` (summed CE, nats) and `count` (examples, or tokens, included, honouring `mask`).
     """
     check_batch(network, batch)
-    logits, _, _ = network.forward(params, model_state, batch["inputs"], train=False)
     mask = batch.get("mask", jnp.ones(batch["label"].shape, bool))
+    if network.head is not None:  # no [batch, time, vocab] logits
+        head, _, _ = network.head_forward(params, model_state, batch["inputs"], train=False)
+        _, sums = fused_objective(head, batch["label"], hyperparameters=CE_ONLY, ce_where=mask, counted=mask,
+                                  vocab_size=network.head.vocab_size, reduction="sum")
+        return {"correct": sums["correct"].astype(jnp.int32), "loss_sum": sums["ce"], "count": jnp.sum(mask)}
+    logits, _, _ = network.forward(params, model_state, batch["inputs"], train=False)
     per_example = optax.losses.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     return {
         "correct": jnp.sum(jnp.logical_and(logits.argmax(-1) == batch["label"], mask)),

@@ -94,10 +94,10 @@ def measure(compiled_bytes: Callable[[int], int | None], shared: Any, state_byte
     return per_member, max(shared_bytes, one - per_member)
 
 
-def member_bytes(objective: Objective, train_split: Split, settings: Settings, teacher_arg: TeacherLike | None,
-                 mesh: Mesh) -> tuple[int, int]:
-    """(bytes per member, shared bytes) of `objective`'s program step, from XLA's analysis of one- and two-member
-    compiles (`memory.measure`)."""
+def program_analysis(objective: Objective, train_split: Split, settings: Settings, teacher_arg: TeacherLike | None,
+                     mesh: Mesh, members: int = 1) -> Any:
+    """XLA's memory analysis (`temp_size_in_bytes`, ...) of `objective`'s program step for `members` members,
+    compiled from shapes alone (nothing is allocated); None where the backend gives none."""
     spec = ProgramSpec(objective, settings.batch_size, len(train_split), settings.augment,
                        unrolls(settings, mesh), mesh, settings.labelled, settings.normalization)
     step = jax.jit(functools.partial(program_step, spec=spec))
@@ -106,23 +106,32 @@ def member_bytes(objective: Objective, train_split: Split, settings: Settings, t
     teacher_arg = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), teacher_arg)
     data = {name: jax.ShapeDtypeStruct(array.shape, array.dtype) for name, array in train_split.arrays().items()}
     order_length = num_batches(len(train_split), settings.batch_size) * settings.batch_size
+    keys = jax.eval_shape(lambda: jnp.stack([jax.random.key(i) for i in range(members)]))
+    hp = {name: jax.ShapeDtypeStruct((members,), jnp.float32) for name in objective.method.hyperparameters}
+    orders = jax.ShapeDtypeStruct((members, order_length), jnp.int32)
+    lowered = step.lower(state_shapes(objective, train_split, settings, members), orders, np.int32(0), np.int32(0),
+                         data, teacher_arg, keys, keys, hp)
+    return lowered.compile().memory_analysis()
 
-    def state_shapes(count: int) -> TrainState:
-        tx = make_optimizer(settings, num_batches(len(train_split), settings.batch_size))
-        return jax.eval_shape(lambda: init_states(objective, list(range(count)), tx))
 
+def state_shapes(objective: Objective, train_split: Split, settings: Settings, members: int) -> TrainState:
+    tx = make_optimizer(settings, num_batches(len(train_split), settings.batch_size))
+    return jax.eval_shape(lambda: init_states(objective, list(range(members)), tx))
+
+
+def member_bytes(objective: Objective, train_split: Split, settings: Settings, teacher_arg: TeacherLike | None,
+                 mesh: Mesh) -> tuple[int, int]:
+    """(bytes per member, shared bytes) of `objective`'s program step, from XLA's analysis of one- and two-member
+    compiles (`memory.measure`)."""
     def compiled_bytes(count: int) -> int | None:
-        keys = jax.eval_shape(lambda: jnp.stack([jax.random.key(i) for i in range(count)]))
-        hp = {name: jax.ShapeDtypeStruct((count,), jnp.float32) for name in objective.method.hyperparameters}
-        orders = jax.ShapeDtypeStruct((count, order_length), jnp.int32)
-        lowered = step.lower(state_shapes(count), orders, np.int32(0), np.int32(0), data, teacher_arg,
-                             keys, keys, hp)
-        analysis = lowered.compile().memory_analysis()
+        analysis = program_analysis(objective, train_split, settings, teacher_arg, mesh, count)
         if analysis is None:
             return None
         return analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
 
-    return measure(compiled_bytes, (data, teacher_arg), nbytes(state_shapes(1)))
+    shapes = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), teacher_arg)
+    data = {name: jax.ShapeDtypeStruct(array.shape, array.dtype) for name, array in train_split.arrays().items()}
+    return measure(compiled_bytes, (data, shapes), nbytes(state_shapes(objective, train_split, settings, 1)))
 
 
 def plan_program_size(objectives: Mapping[Method, Objective], members: Sequence[Member], train_split: Split,

@@ -108,10 +108,10 @@ def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index:
         return batch, None if reads is None else teacher.outputs(batch, reads)
 
     if not spec.unroll:
-        method = spec.objective.method
+        objective = spec.objective
 
         def one_member(state, order, data_key, dropout_key, hp):
-            batch, outputs = prepare(order, data_key, method.reads if method.needs_teacher else None)
+            batch, outputs = prepare(order, data_key, objective.teacher_reads or None)
             return train_step(state, batch, dropout_key, outputs, hp, objective=spec.objective)
 
         return jax.vmap(one_member)(states, orders, data_keys, dropout_keys, hyperparameters)
@@ -124,9 +124,9 @@ def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index:
     def member_step(i, state, order, data_key, dropout_key, hp):
         method = objectives[i].method
         if groups[i] not in prepared:
-            sharing = [objectives[j].method for j in range(count) if groups[j] == groups[i]]
-            reads = tuple(dict.fromkeys(r for m in sharing if m.needs_teacher for r in m.reads))
-            prepared[groups[i]] = prepare(order, data_key, reads if any(m.needs_teacher for m in sharing) else None)
+            sharing = [objectives[j] for j in range(count) if groups[j] == groups[i]]
+            reads = tuple(dict.fromkeys(r for o in sharing for r in o.teacher_reads))
+            prepared[groups[i]] = prepare(order, data_key, reads or None)
         batch, outputs = prepared[groups[i]]
         own = {name: hp[name] for name in method.hyperparameters}  # others' names hold NaN for this member
         return train_step(state, batch, dropout_key, outputs, own, objective=objectives[i])

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +47,20 @@ FusedReduction = Literal["mean", "sum"]
 # vocabulary, 512 at 32k. Each chunk holds a handful of such float32 arrays.
 CHUNK_ELEMENTS = 2**24
 
-# (student logits [chunk, vocab] float32, shared arrays, this chunk's per-token arrays) -> scalar
-ChunkLoss = Callable[[jax.Array, Any, Any], jax.Array]
+# (student logits [chunk, vocab] float32, shared arrays, this chunk's per-token arrays) -> (scalar, {name: scalar})
+ChunkLoss = Callable[[jax.Array, Any, Any], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+class LinearHead(NamedTuple):
+    """A linear output head and its input: `logits = hidden @ kernel + bias`, never formed whole.
+
+    hidden: `[..., d]`; kernel: `[d, vocab]` (a Flax `Dense` kernel; a tied embedding's table transposed);
+    bias: `[vocab]` or None.
+    """
+
+    hidden: jax.Array
+    kernel: jax.Array
+    bias: jax.Array | None = None
 
 
 def default_chunk_size(tokens: int, vocab: int) -> int:
@@ -59,8 +71,9 @@ def default_chunk_size(tokens: int, vocab: int) -> int:
     return max(1, min(chunk, tokens))
 
 
-def _logits(hidden: jax.Array, head: jax.Array) -> jax.Array:
-    return jnp.dot(hidden, head, preferred_element_type=jnp.float32)
+def _logits(hidden: jax.Array, head: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+    logits = jnp.dot(hidden, head, preferred_element_type=jnp.float32)
+    return logits if bias is None else logits + bias.astype(jnp.float32)
 
 
 def _chunked(array: jax.Array, chunk: int) -> jax.Array:
@@ -71,47 +84,56 @@ def _chunked(array: jax.Array, chunk: int) -> jax.Array:
     return array.reshape((-1, chunk) + array.shape[1:])
 
 
-def _scan(chunk_loss: ChunkLoss, chunk: int, hidden: jax.Array, head: jax.Array, shared: Any, per_token: Any,
-          with_gradients: bool):
+def _scan(chunk_loss: ChunkLoss, chunk: int, hidden: jax.Array, head: jax.Array, bias: jax.Array | None,
+          shared: Any, per_token: Any, with_gradients: bool):
     tokens = hidden.shape[0]
     xs = (_chunked(hidden, chunk), jax.tree.map(lambda a: _chunked(a, chunk), per_token))
+    metric_shapes = jax.eval_shape(lambda h, x: chunk_loss(_logits(h, head, bias), shared, x)[1],
+                                   *jax.tree.map(lambda a: a[0], xs))
+    zero_metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
     if not with_gradients:
-        def value_only(total, x):
+        def value_only(carry, x):
+            total, metrics = carry
             h, inputs = x
-            return total + chunk_loss(_logits(h, head), shared, inputs), None
+            value, chunk_metrics = chunk_loss(_logits(h, head, bias), shared, inputs)
+            return (total + value, jax.tree.map(jnp.add, metrics, chunk_metrics)), None
 
-        total, _ = jax.lax.scan(value_only, jnp.zeros((), jnp.float32), xs)
-        return total
+        (total, metrics), _ = jax.lax.scan(value_only, (jnp.zeros((), jnp.float32), zero_metrics), xs)
+        return total, metrics
 
     def with_grads(carry, x):
-        total, d_head = carry
+        total, metrics, d_head, d_bias = carry
         h, inputs = x
-        value, d_logits = jax.value_and_grad(chunk_loss)(_logits(h, head), shared, inputs)
+        (value, chunk_metrics), d_logits = jax.value_and_grad(chunk_loss, has_aux=True)(
+            _logits(h, head, bias), shared, inputs)
+        if d_bias is not None:
+            d_bias = d_bias + jnp.sum(d_logits, axis=0)
         d_logits = d_logits.astype(head.dtype)
         d_hidden = jnp.dot(d_logits, head.T, preferred_element_type=jnp.float32).astype(hidden.dtype)
         d_head = d_head + jnp.dot(h.T, d_logits, preferred_element_type=jnp.float32)
-        return (total + value, d_head), d_hidden
+        return (total + value, jax.tree.map(jnp.add, metrics, chunk_metrics), d_head, d_bias), d_hidden
 
-    init = (jnp.zeros((), jnp.float32), jnp.zeros(head.shape, jnp.float32))
-    (total, d_head), d_hidden = jax.lax.scan(with_grads, init, xs)
-    return total, d_hidden.reshape((-1, hidden.shape[1]))[:tokens], d_head.astype(head.dtype)
+    init = (jnp.zeros((), jnp.float32), zero_metrics, jnp.zeros(head.shape, jnp.float32),
+            None if bias is None else jnp.zeros(bias.shape, jnp.float32))
+    (total, metrics, d_head, d_bias), d_hidden = jax.lax.scan(with_grads, init, xs)
+    d_bias = None if bias is None else d_bias.astype(bias.dtype)
+    return (total, metrics), (d_hidden.reshape((-1, hidden.shape[1]))[:tokens], d_head.astype(head.dtype), d_bias)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _fused(chunk_loss: ChunkLoss, chunk: int, hidden: jax.Array, head: jax.Array, shared: Any,
-           per_token: Any) -> jax.Array:
-    return _scan(chunk_loss, chunk, hidden, head, shared, per_token, with_gradients=False)
+def _fused(chunk_loss: ChunkLoss, chunk: int, hidden: jax.Array, head: jax.Array, bias: jax.Array | None,
+           shared: Any, per_token: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+    return _scan(chunk_loss, chunk, hidden, head, bias, shared, per_token, with_gradients=False)
 
 
-def _fused_forward(chunk_loss, chunk, hidden, head, shared, per_token):
-    total, d_hidden, d_head = _scan(chunk_loss, chunk, hidden, head, shared, per_token, with_gradients=True)
-    return total, (d_hidden, d_head)
+def _fused_forward(chunk_loss, chunk, hidden, head, bias, shared, per_token):
+    return _scan(chunk_loss, chunk, hidden, head, bias, shared, per_token, with_gradients=True)
 
 
-def _fused_backward(chunk_loss, chunk, residuals, cotangent):
-    d_hidden, d_head = residuals
-    scale = lambda g: (cotangent * g).astype(g.dtype)  # noqa: E731
-    return scale(d_hidden), scale(d_head), None, None
+def _fused_backward(chunk_loss, chunk, residuals, cotangents):
+    cotangent, _ = cotangents  # the metrics carry no gradient
+    scale = lambda g: None if g is None else (cotangent * g).astype(g.dtype)  # noqa: E731
+    return (*map(scale, residuals), None, None)
 
 
 _fused.defvjp(_fused_forward, _fused_backward)
@@ -124,32 +146,42 @@ def _weighted(values: jax.Array, weights: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(weights > 0, values * weights, 0.0))
 
 
-def _masked_logits(logits: jax.Array, weights: jax.Array, vocab_size: int | None) -> jax.Array:
+def _masked_logits(logits: jax.Array, included: jax.Array, vocab_size: int | None) -> jax.Array:
     """Zero the logits of excluded (and padding) tokens so that not even a NaN reaches the gradient; the head's
     columns past `vocab_size` (a vocabulary padded to a round size) are -inf, as the unfused losses see them."""
-    logits = jnp.where((weights > 0)[:, None], logits, 0.0)
+    logits = jnp.where(included[:, None], logits, 0.0)
     if vocab_size is None or vocab_size == logits.shape[-1]:
         return logits
     return jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
 
 
-def _with_ce(divergence: Callable[..., jax.Array] | None, ce_weight: float, distillation_weight: float,
-             label_smoothing: float = 0.0, vocab_size: int | None = None) -> ChunkLoss:
+def _objective(divergence: Callable[..., jax.Array] | None, label_smoothing: float = 0.0,
+               vocab_size: int | None = None) -> ChunkLoss:
+    """`ce_weight * sum(ce_weights * CE) + aux_weight * sum(aux_weights * divergence)` over a chunk, the weights
+    read from `shared`; metrics `ce` and `aux` (the two weighted sums) and `correct` (top-1 hits among `counted`)."""
     def chunk_loss(student, shared, inputs):
-        weights = inputs["weights"]
-        student = _masked_logits(student, weights, vocab_size)
-        per_token = jnp.zeros(student.shape[:1], jnp.float32)
-        if ce_weight:
-            per_token += ce_weight * cross_entropy_per_position(student, inputs["labels"], label_smoothing)
-        if divergence is not None and distillation_weight:
-            per_token += distillation_weight * divergence(student, shared, inputs, vocab_size)
-        return _weighted(per_token, weights)
+        student = _masked_logits(student, inputs["included"], vocab_size)
+        metrics = {"ce": jnp.zeros((), jnp.float32), "aux": jnp.zeros((), jnp.float32)}
+        if "labels" in inputs:
+            ce = cross_entropy_per_position(student, inputs["labels"], label_smoothing)
+            metrics["ce"] = _weighted(ce, inputs["ce_weights"])
+            hits = (jnp.argmax(student, axis=-1) == inputs["labels"]) & inputs["counted"]
+            metrics["correct"] = jnp.sum(hits).astype(jnp.float32)
+        if divergence is not None:
+            metrics["aux"] = _weighted(divergence(student, shared, inputs, vocab_size), inputs["aux_weights"])
+        value = shared["ce_weight"] * metrics["ce"] + shared["aux_weight"] * metrics["aux"]
+        return value, jax.lax.stop_gradient(metrics)
 
     return chunk_loss
 
 
 def _teacher_logits(shared, inputs, vocab_size: int | None) -> jax.Array:
-    return _masked_logits(_logits(inputs["teacher_hidden"], shared["teacher_head"]), inputs["weights"], vocab_size)
+    """The teacher's logits for this chunk: from its hidden states and head, or as given."""
+    if "teacher_logits" in inputs:
+        logits = inputs["teacher_logits"].astype(jnp.float32)
+    else:
+        logits = _logits(inputs["teacher_hidden"], shared["teacher_head"], shared.get("teacher_bias"))
+    return _masked_logits(logits, inputs["included"], vocab_size)
 
 
 # --- checks ---------------------------------------------------------------------------------------------
@@ -199,22 +231,30 @@ def _labels(name: str, labels: ArrayLike | None, positions: tuple[int, ...], ce_
     return jnp.where(weights > 0, labels.reshape(-1), 0)
 
 
-def _run(name: str, chunk_loss: ChunkLoss, hidden: jax.Array, head: jax.Array, shared: Any, per_token: dict,
-         chunk_size: int | None) -> jax.Array:
-    tokens, vocab = per_token["weights"].shape[0], head.shape[1]
+def _run(name: str, chunk_loss: ChunkLoss, hidden: jax.Array, head: jax.Array, bias: jax.Array | None, shared: Any,
+         per_token: dict, chunk_size: int | None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    tokens, vocab = per_token["included"].shape[0], head.shape[1]
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"{name}: chunk_size must be a positive integer or None, got {chunk_size!r}")
     chunk = default_chunk_size(tokens, vocab) if chunk_size is None else min(chunk_size, max(tokens, 1))
     per_token = {key: value for key, value in per_token.items() if value is not None}
-    if "teacher_hidden" in per_token:
-        per_token["teacher_hidden"] = _zero_excluded(per_token["teacher_hidden"], per_token["weights"])
-    hidden = _zero_excluded(hidden.reshape(tokens, hidden.shape[-1]), per_token["weights"])
-    return _fused(chunk_loss, chunk, hidden, head, shared, per_token)
+    for key in ("teacher_hidden", "teacher_logits"):
+        if key in per_token:
+            per_token[key] = _zero_excluded(per_token[key], per_token["included"])
+    hidden = _zero_excluded(hidden.reshape(tokens, hidden.shape[-1]), per_token["included"])
+    return _fused(chunk_loss, chunk, hidden, head, bias, shared, per_token)
 
 
-def _zero_excluded(hidden: jax.Array, weights: jax.Array) -> jax.Array:
-    """Zero excluded tokens' hidden states: a NaN there would reach the head's gradient through 0 * NaN."""
-    return jnp.where((weights > 0)[:, None], hidden, jnp.zeros((), hidden.dtype))
+def _zero_excluded(hidden: jax.Array, included: jax.Array) -> jax.Array:
+    """Zero excluded tokens' rows: a NaN there would reach the head's gradient through 0 * NaN."""
+    return jnp.where(included[:, None], hidden, jnp.zeros((), hidden.dtype))
+
+
+def _uniform(weights: jax.Array, ce_weight: float, distillation_weight: float) -> tuple[dict, dict]:
+    """(per-token arrays, shared weights) of a public loss, whose two terms share one mask and reduction."""
+    included = weights > 0
+    per_token = {"included": included, "counted": included, "ce_weights": weights, "aux_weights": weights}
+    return per_token, {"ce_weight": jnp.float32(ce_weight), "aux_weight": jnp.float32(distillation_weight)}
 
 
 def _teacher_pair(name: str, student_hidden, student_head, teacher_hidden, teacher_head):
@@ -262,9 +302,10 @@ def fused_cross_entropy(hidden: ArrayLike, head: ArrayLike, labels: ArrayLike, *
     hidden, head = _hidden_and_head(name, "the", hidden, head)
     positions = hidden.shape[:-1]
     weights = _weights(name, where, positions, reduction)
-    per_token = {"weights": weights, "labels": _labels(name, labels, positions, 1.0, weights)}
-    chunk_loss = _with_ce(None, 1.0, 0.0, float(label_smoothing), _vocab_size(name, vocab_size, head))
-    return _run(name, chunk_loss, hidden, head, {}, per_token, chunk_size)
+    per_token, shared = _uniform(weights, 1.0, 0.0)
+    per_token["labels"] = _labels(name, labels, positions, 1.0, weights)
+    chunk_loss = _objective(None, float(label_smoothing), _vocab_size(name, vocab_size, head))
+    return _run(name, chunk_loss, hidden, head, None, shared, per_token, chunk_size)[0]
 
 
 def _distillation(name: str, divergence, student_hidden, student_head, teacher_hidden, teacher_head, labels,
@@ -275,12 +316,13 @@ def _distillation(name: str, divergence, student_hidden, student_head, teacher_h
         name, student_hidden, student_head, teacher_hidden, teacher_head)
     positions = student_hidden.shape[:-1]
     weights = _weights(name, where, positions, reduction)
-    per_token = {"weights": weights, "labels": _labels(name, labels, positions, ce_weight, weights),
-                 "teacher_hidden": jax.lax.stop_gradient(teacher_hidden.reshape(-1, teacher_hidden.shape[-1]))}
-    chunk_loss = _with_ce(divergence, float(ce_weight), float(distillation_weight),
-                          vocab_size=_vocab_size(name, vocab_size, student_head))
-    return _run(name, chunk_loss, student_hidden, student_head,
-                {"teacher_head": jax.lax.stop_gradient(teacher_head)}, per_token, chunk_size)
+    per_token, shared = _uniform(weights, ce_weight, distillation_weight)
+    per_token["labels"] = _labels(name, labels, positions, ce_weight, weights) if ce_weight else None
+    per_token["teacher_hidden"] = jax.lax.stop_gradient(teacher_hidden.reshape(-1, teacher_hidden.shape[-1]))
+    shared["teacher_head"] = jax.lax.stop_gradient(teacher_head)
+    chunk_loss = _objective(divergence if distillation_weight else None,
+                            vocab_size=_vocab_size(name, vocab_size, student_head))
+    return _run(name, chunk_loss, student_hidden, student_head, None, shared, per_token, chunk_size)[0]
 
 
 def fused_kd_loss(student_hidden: ArrayLike, student_head: ArrayLike, teacher_hidden: ArrayLike,
@@ -353,14 +395,102 @@ def fused_topk_kd_loss(student_hidden: ArrayLike, student_head: ArrayLike, teach
     check_topk(name, jax.ShapeDtypeStruct(positions + (student_head.shape[1],), jnp.float32), values, indices)
     weights = _weights(name, where, positions, reduction)
     k = values.shape[-1]
-    per_token = {"weights": weights, "labels": _labels(name, labels, positions, ce_weight, weights),
-                 "values": jax.lax.stop_gradient(values.reshape(-1, k).astype(jnp.float32)),
-                 "indices": jnp.where(weights[:, None] > 0, indices.reshape(-1, k), 0)}
+    per_token, shared = _uniform(weights, ce_weight, distillation_weight)
+    per_token |= {"labels": _labels(name, labels, positions, ce_weight, weights) if ce_weight else None,
+                  "values": jax.lax.stop_gradient(values.reshape(-1, k).astype(jnp.float32)),
+                  "indices": jnp.where(weights[:, None] > 0, indices.reshape(-1, k), 0)}
 
-    def divergence(student, shared, inputs, vocab_size):  # unused here: the student's logits arrive masked
-        values = jnp.where((inputs["weights"] > 0)[:, None], inputs["values"], 0.0)
+    def divergence(student, shared, inputs, vocab_size):  # vocab_size unused: the student's logits arrive masked
+        values = jnp.where(inputs["included"][:, None], inputs["values"], 0.0)
         return topk_kd_per_position(student, values, inputs["indices"], temperature)
 
-    chunk_loss = _with_ce(divergence, float(ce_weight), float(distillation_weight),
-                          vocab_size=_vocab_size(name, vocab_size, student_head))
-    return _run(name, chunk_loss, student_hidden, student_head, {}, per_token, chunk_size)
+    chunk_loss = _objective(divergence if distillation_weight else None,
+                            vocab_size=_vocab_size(name, vocab_size, student_head))
+    return _run(name, chunk_loss, student_hidden, student_head, None, shared, per_token, chunk_size)[0]
+
+
+# --- the engine's form: any per-position divergence, traced hyperparameters, a term per mask ------------------
+
+# (student logits [n, vocab], teacher logits [n, vocab], hyperparameters) -> [n], both float32
+PerPositionDivergence = Callable[[jax.Array, jax.Array, Any], jax.Array]
+
+
+def fused_objective(student: LinearHead, labels: ArrayLike, *, teacher: LinearHead | ArrayLike | None = None,
+                    divergence: PerPositionDivergence | None = None, hyperparameters: Any,
+                    ce_where: ArrayLike | None = None, aux_where: ArrayLike | None = None,
+                    counted: ArrayLike | None = None, vocab_size: int | None = None,
+                    reduction: FusedReduction = "mean", chunk_size: int | None = None
+                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`ce_weight * CE + aux_weight * divergence`, each the mean over its own mask, from the student's head.
+
+    What a distillation step computes, chunk by chunk: the student's logits (and the teacher's,
+    from its head) exist one chunk at a time. Unlike the public losses, the hyperparameters may
+    be traced arrays, so one compiled step serves a grid of them.
+
+    Args:
+      student: the student's `LinearHead`, hidden `[..., d_s]`.
+      labels: `[...]` integers, the next tokens (or classes).
+      teacher: the teacher's `LinearHead` (hidden `[..., d_t]`), or its logits `[..., vocab]`, or None
+        without a divergence; no gradient reaches it.
+      divergence: `(student logits, teacher logits, hyperparameters) -> [n]` per position, as
+        `kdjax.losses.logits.kd_per_position`.
+      hyperparameters: a mapping holding `ce_weight` and `aux_weight` (scalars) and whatever `divergence` reads.
+      ce_where, aux_where: boolean `[...]`, the positions each term averages over (None: all).
+      counted: boolean `[...]`, the positions whose top-1 hits count (default `aux_where`).
+      vocab_size: the vocabulary of a padded head (see `fused_cross_entropy`).
+      reduction: "mean" (each term over its mask) or "sum".
+
+    Returns:
+      (loss, metrics): a float32 scalar, and `{"ce": CE, "aux": the divergence (0 without one),
+      "correct": top-1 hits among counted}`, float32 scalars without gradient, reduced as the loss.
+    """
+    name = "fused_objective"
+    hidden, kernel = _hidden_and_head(name, "student", student.hidden, student.kernel)
+    bias = _bias(name, student.bias, kernel)
+    positions = hidden.shape[:-1]
+    masks = {key: _mask(name, value, positions) for key, value in
+             (("ce_where", ce_where), ("aux_where", aux_where), ("counted", counted))}
+    everything = jnp.ones(positions, bool)
+    ce_mask = everything if masks["ce_where"] is None else masks["ce_where"]
+    aux_mask = everything if masks["aux_where"] is None else masks["aux_where"]
+    counted_mask = aux_mask if masks["counted"] is None else masks["counted"]
+    ce_weights = _weights(name, ce_mask, positions, reduction)
+    aux_weights = _weights(name, aux_mask, positions, reduction) if divergence is not None else None
+    per_token = {"included": (ce_mask | aux_mask).reshape(-1) if divergence is not None else ce_mask.reshape(-1),
+                 "counted": counted_mask.reshape(-1), "ce_weights": ce_weights, "aux_weights": aux_weights,
+                 "labels": _labels(name, labels, positions, 1.0, ce_weights)}
+    shared = {"ce_weight": jnp.asarray(hyperparameters["ce_weight"], jnp.float32),
+              "aux_weight": jnp.asarray(hyperparameters.get("aux_weight", 0.0), jnp.float32),
+              "hp": dict(hyperparameters)}
+    if divergence is not None:
+        if teacher is None:
+            raise ValueError(f"{name}: a divergence needs the teacher's head or logits")
+        if isinstance(teacher, LinearHead):
+            _, _, t_hidden, t_kernel = _teacher_pair(name, hidden, kernel, teacher.hidden, teacher.kernel)
+            per_token["teacher_hidden"] = jax.lax.stop_gradient(t_hidden.reshape(-1, t_hidden.shape[-1]))
+            shared["teacher_head"] = jax.lax.stop_gradient(t_kernel)
+            if teacher.bias is not None:
+                shared["teacher_bias"] = jax.lax.stop_gradient(_bias(name, teacher.bias, t_kernel))
+        else:
+            logits, = _floating(name, teacher)
+            if logits.shape != positions + (kernel.shape[1],):
+                raise ValueError(f"{name}: the teacher's logits must be {positions + (kernel.shape[1],)} (the "
+                                 f"student's positions and vocabulary), got {logits.shape}")
+            per_token["teacher_logits"] = jax.lax.stop_gradient(logits.reshape(-1, logits.shape[-1]))
+
+        def chunk_divergence(student_logits, shared, inputs, vocab_size):
+            return divergence(student_logits, _teacher_logits(shared, inputs, vocab_size), shared["hp"])
+    else:
+        chunk_divergence = None
+    chunk_loss = _objective(chunk_divergence, vocab_size=_vocab_size(name, vocab_size, kernel))
+    loss, sums = _run(name, chunk_loss, hidden, kernel, bias, shared, per_token, chunk_size)
+    return loss, {"ce": sums["ce"], "aux": sums["aux"], "correct": sums["correct"]}
+
+
+def _bias(name: str, bias: ArrayLike | None, kernel: jax.Array) -> jax.Array | None:
+    if bias is None:
+        return None
+    bias, = _floating(name, bias)
+    if bias.shape != kernel.shape[1:]:
+        raise ValueError(f"{name}: the head's bias must be [vocab] = {kernel.shape[1:]}, got {bias.shape}")
+    return bias

@@ -68,8 +68,9 @@ def network(name: str, *, num_classes: int = 10, input_shape: tuple[int, ...] = 
         raise ValueError(f"{name} takes {wanted}, but the data's examples have shape {input_shape}; pick a "
                          f"{'zoo image network' if is_language_model else 'language model (causal_conv_*)'}")
     if is_language_model:
-        return linen_network(module(name, num_classes=num_classes), input_shape=input_shape, roles={},
-                             train_argument=None, name=name, input_dtype=jnp.int32)
+        lm = module(name, num_classes=num_classes)
+        return linen_network(lm, input_shape=input_shape, roles={}, train_argument=None, name=name,
+                             input_dtype=jnp.int32, head=language.output_head(lm))
     return linen_network(module(name, num_classes=num_classes), input_shape=input_shape, roles=ZOO[name][1],
                          name=name)
 

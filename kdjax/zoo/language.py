@@ -2,7 +2,8 @@
 
 `causal_conv_WxL`: an embedding, L causal 1-D convolutions of width W (kernel 4, dilations
 1, 2, 4, ...: position t sees only tokens <= t) with LayerNorm, GELU and residuals, then a
-LayerNorm and a linear read-out. Fast on a CPU, and enough to show distillation on
+LayerNorm and a linear read-out (declared as the network's `OutputHead`, so the engine
+computes its losses without `[batch, time, vocab]` logits). Fast on a CPU, and enough to show distillation on
 character-level text. Stateless (no BatchNorm, no dropout).
 """
 
@@ -13,6 +14,8 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from kdjax.network import OutputHead
 
 
 class CausalConvLM(nn.Module):
@@ -30,6 +33,11 @@ class CausalConvLM(nn.Module):
             y = nn.Conv(self.width, (self.kernel,), kernel_dilation=(dilation,), padding="VALID")(padded)
             x = x + nn.gelu(nn.LayerNorm()(y))
         return nn.Dense(self.vocab)(nn.LayerNorm()(x))
+
+
+def output_head(model: CausalConvLM) -> OutputHead:
+    """The read-out: the final LayerNorm feeds the Dense head."""
+    return OutputHead(hidden=f"LayerNorm_{model.layers}", params="Dense_0")
 
 
 def _causal_conv(width: int, layers: int, num_classes: int) -> nn.Module:
