@@ -56,14 +56,14 @@ def _step(loss):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
 
 
-def _shapes(tokens: int, vocab: int, dtype: str):
+def _shapes(tokens: int, vocab: int, dtype: str, hidden: int = HIDDEN):
     spec = functools.partial(jax.ShapeDtypeStruct, dtype=jnp.dtype(dtype))
-    return spec((tokens, HIDDEN)), spec((HIDDEN, vocab)), spec((tokens, HIDDEN)), spec((HIDDEN, vocab))
+    return spec((tokens, hidden)), spec((hidden, vocab)), spec((tokens, hidden)), spec((hidden, vocab))
 
 
-def memory(loss, tokens: int, vocab: int, dtype: str) -> tuple[float, float]:
+def memory(loss, tokens: int, vocab: int, dtype: str, hidden: int = HIDDEN) -> tuple[float, float]:
     """(temporary, total) bytes of the compiled step."""
-    analysis = _step(loss).lower(*_shapes(tokens, vocab, dtype)).compile().memory_analysis()
+    analysis = _step(loss).lower(*_shapes(tokens, vocab, dtype, hidden)).compile().memory_analysis()
     temp = analysis.temp_size_in_bytes
     return temp, analysis.argument_size_in_bytes + analysis.output_size_in_bytes + temp
 
@@ -86,15 +86,15 @@ def seconds_per_step(tokens: int, vocab: int, dtype: str, name: str, repeats: in
 
 
 def report(time_configs: list[tuple[int, int, str]], repeats: int,
-           memory_configs: list[tuple[int, int, str]] | None = None) -> str:
+           memory_configs: list[tuple[int, int, str]] | None = None, hiddens: tuple[int, ...] = (HIDDEN,)) -> str:
     lines = [f"host: {cpu_model()}, {jax.device_count()} × {jax.devices()[0].device_kind}, jax {jax.__version__}",
-             f"hidden {HIDDEN}; a step is value_and_grad with respect to the student's hidden states and head", "",
-             "| tokens | vocab | dtype | loss | unfused temp GB | fused temp GB | fused / unfused | unfused total GB "
-             "| fused total GB |", "|---:|---:|---|---|---:|---:|---:|---:|---:|"]
+             "a step is value_and_grad with respect to the student's hidden states and head", "",
+             "| hidden | tokens | vocab | dtype | loss | unfused temp GB | fused temp GB | fused / unfused | unfused total "
+             "GB | fused total GB |", "|---:|---:|---:|---|---|---:|---:|---:|---:|---:|"]
     configs = itertools.product(TOKENS, VOCABS, DTYPES) if memory_configs is None else memory_configs
-    for (tokens, vocab, dtype), name in itertools.product(configs, LOSSES):
-        (u_temp, u_total), (f_temp, f_total) = (memory(loss, tokens, vocab, dtype) for loss in LOSSES[name])
-        lines.append(f"| {tokens} | {vocab} | {dtype} | {name} | {u_temp / GB:.2f} | {f_temp / GB:.2f} | "
+    for hidden, (tokens, vocab, dtype), name in itertools.product(hiddens, configs, LOSSES):
+        (u_temp, u_total), (f_temp, f_total) = (memory(loss, tokens, vocab, dtype, hidden) for loss in LOSSES[name])
+        lines.append(f"| {hidden} | {tokens} | {vocab} | {dtype} | {name} | {u_temp / GB:.2f} | {f_temp / GB:.2f} | "
                      f"{f_temp / u_temp:.3f} | {u_total / GB:.2f} | {f_total / GB:.2f} |")
     if time_configs:
         lines += ["", f"seconds per step, median of {repeats} (one warm-up each, fused and unfused taking turns):", "",
@@ -238,10 +238,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="engine-step configurations whose memory to analyse, BATCHxTIME:VOCAB (none: skip)")
     parser.add_argument("--engine-time", type=_engine_config, nargs="*", default=[(8, 512, 32_000), (8, 512, 128_256)],
                         help="engine-step configurations to time, BATCHxTIME:VOCAB (none: skip)")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[HIDDEN],
+                        help=f"hidden sizes of the memory rows (default {HIDDEN}; times use {HIDDEN})")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--markdown", type=pathlib.Path, help="also write the tables here")
     args = parser.parse_args(argv)
-    text = "\n".join([report(args.time, args.repeats, args.memory),
+    text = "\n".join([report(args.time, args.repeats, args.memory, tuple(args.hidden)),
                       *engine_report(args.engine, args.engine_time, args.repeats)])
     print(text)
     if args.markdown:

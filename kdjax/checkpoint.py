@@ -155,6 +155,6 @@ def saved_identity(directory: str | pathlib.Path) -> dict[str, Any] | None:
 
 def _check_finite(tree: dict[str, Any], step: int) -> None:
     for leaf in jax.tree.leaves((tree["params"], tree.get("model_state"))):
-        local = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf  # replicated: any shard is whole
-        if not np.all(np.isfinite(np.asarray(local))):
+        shards = [shard.data for shard in leaf.addressable_shards] if isinstance(leaf, jax.Array) else [leaf]
+        if not all(np.all(np.isfinite(np.asarray(shard))) for shard in shards):
             raise ValueError(f"non-finite parameters or model state at step {step}")

@@ -70,6 +70,8 @@ class Network:
       logits: model output -> logits `[batch, classes]` (`[batch, time, vocab]` for a language model).
       input_dtype: what `init` and the shape probes feed: float32 images, or int32 token ids.
       head: where the output head is (`OutputHead`), or None: the losses then take the logits.
+      annotations: `() -> tree like params` of the dimensions each parameter's Flax partitioning annotation
+        names (`nn.with_partitioning`), which fully sharded training splits first (`kdjax.parallel.fsdp_spec`).
     """
 
     name: str
@@ -80,6 +82,7 @@ class Network:
     logits: Callable[[Any], jax.Array]
     input_dtype: Any = jnp.float32
     head: OutputHead | None = None
+    annotations: Callable[[], Params] | None = None
 
     def __post_init__(self) -> None:
         check_inference_keeps_state(self)
@@ -230,11 +233,19 @@ def linen_network(module: nn.Module, *, input_shape: Sequence[int], roles: Mappi
       input_dtype: float32 for images, an integer type for token ids (`nn.Embed` takes no floats).
       head: where the output head is (`OutputHead`), for the fused losses.
     """
-    def init(key: jax.Array) -> tuple[Params, State]:
+    def boxed_init(key: jax.Array) -> dict[str, Any]:
         kwargs = {train_argument: False} if train_argument else {}
-        variables = dict(module.init(key, jnp.zeros((1, *input_shape), input_dtype), **kwargs))
+        return dict(module.init(key, jnp.zeros((1, *input_shape), input_dtype), **kwargs))
+
+    def init(key: jax.Array) -> tuple[Params, State]:
+        variables = nn.meta.unbox(boxed_init(key))  # `nn.with_partitioning` boxes: see `annotated_dimensions`
         state = {name: value for name, value in variables.items() if name not in NOT_STATE_COLLECTIONS}
         return variables.get("params", {}), state
+
+    def annotations() -> Params:
+        boxed = jax.eval_shape(boxed_init, jax.random.key(0)).get("params", {})
+        return jax.tree.map(lambda leaf: tuple(i for i, name in enumerate(getattr(leaf, "names", ())) if name),
+                            boxed, is_leaf=lambda leaf: isinstance(leaf, nn.Partitioned))
 
     def apply(params, state, images, train, key, paths):
         kwargs = {train_argument: train} if train_argument else {}
@@ -248,7 +259,7 @@ def linen_network(module: nn.Module, *, input_shape: Sequence[int], roles: Mappi
         return output, captured, {name: new_state.get(name, value) for name, value in state.items()}
 
     return Network(name or type(module).__name__, tuple(input_shape), _with_head_role(roles, head), init, apply,
-                   logits or (lambda output: output), input_dtype, head)
+                   logits or (lambda output: output), input_dtype, head, annotations)
 
 
 # NNX state the engine carries: every variable but the trained params, the RNG streams (rebuilt from the

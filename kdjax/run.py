@@ -27,7 +27,7 @@ from kdjax.engine import (Member, MemberResult, evaluate_members, model_variable
 from kdjax.fields import SettingError
 from kdjax.identity import Checkpoints, fingerprint, run_identity
 from kdjax.network import Network
-from kdjax.parallel import batch_mesh
+from kdjax.parallel import batch_mesh, check_batch_size, check_layout
 from kdjax.recipes import RECIPE_WARMUP
 from kdjax.released import export_teacher, load_teacher
 from kdjax.report import write_run
@@ -62,6 +62,7 @@ def train_and_evaluate(config: ExperimentConfig, data: Dataset | None = None, *,
       ConfigError: settings that cannot work with this data or these networks, before any training.
       DataNotFoundError, TrainingDivergedError, ProgramMemoryError, CheckpointMismatchError: as their names say.
     """
+    check_devices(config)
     config, data = prepare_data(config, data if data is not None else load(config), log)
     check_networks(config, data)  # traces the networks: after the backends' set-up
     config = with_recipe_warmup(config, len(data.train))
@@ -119,6 +120,16 @@ def _network(name: str, num_classes: int, input_shape: tuple[int, ...]) -> Netwo
         return zoo.network(name, num_classes=num_classes, input_shape=input_shape)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def check_devices(config: ExperimentConfig) -> None:
+    """Raise ConfigError if the devices cannot hold `config`'s layout (the batch's split, fsdp on one device)."""
+    try:
+        mesh = batch_mesh(config.training.devices or None)
+        check_batch_size(config.training.batch_size, mesh)
+        check_layout(config.training.parameter_sharding, mesh)
+    except ValueError as error:
+        raise ConfigError(str(error).replace("parameter sharding", "--parameter-sharding")) from None
 
 
 def check_networks(config: ExperimentConfig, data: Dataset) -> None:

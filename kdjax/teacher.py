@@ -17,10 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from jax.sharding import Mesh
 
 from kdjax.data import TUTORIAL_NORMALIZATION, Normalization, ResidentLoader, Split
 from kdjax.losses.fused import LinearHead
 from kdjax.network import HEAD_READ, HIDDEN_ROLE, Network, head_weights
+from kdjax.parallel import parameter_shardings, place, replicate
 from kdjax.tasks import NEXT_TOKEN
 
 Batch = Mapping[str, jax.Array]
@@ -55,6 +57,14 @@ class Teacher:
     def variables(self) -> tuple[Any, Any]:
         return self.params, self.state
 
+    def on(self, mesh: Mesh, parameter_sharding: str = "replicated") -> Teacher:
+        """This teacher on `mesh`: its parameters replicated or fully sharded (`kdjax.parallel`), its state
+        replicated."""
+        annotations = self.network.annotations() if self.network.annotations else None
+        params = place(self.params, parameter_shardings(self.params, mesh, parameter_sharding,
+                                                        annotations=annotations))
+        return self.replace(params=params, state=replicate(self.state, mesh))
+
 
 @struct.dataclass
 class CachedTeacher:
@@ -68,6 +78,10 @@ class CachedTeacher:
         if missing:
             raise ValueError(f"the teacher cache holds {sorted(self.table)}, not {missing}: cache what the method reads")
         return {role: self.table[role][batch["index"]] for role in reads}
+
+    def on(self, mesh: Mesh, parameter_sharding: str = "replicated") -> CachedTeacher:
+        """This cache replicated on `mesh` (every device gathers its rows)."""
+        return replicate(self, mesh)
 
 
 def cache_outputs(teacher: Teacher, split: Split, reads: Iterable[str], *, batch_size: int = 500,

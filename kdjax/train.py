@@ -32,6 +32,7 @@ from kdjax.losses.fused import fused_objective
 from kdjax.methods import Context, Method
 from kdjax.network import HEAD_READ, Network
 from kdjax.optimizers import OPTIMIZERS, SCHEDULES
+from kdjax.parallel import PARAMETER_SHARDING
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -71,6 +72,9 @@ class Settings:
                                    "4-pixel padded image; --augment alone means flip")
     devices: int = setting(0, "train data-parallel on the first N devices, the batch split between them (0: all "
                               "devices)", identity="never")
+    parameter_sharding: str = setting("replicated", "replicated (every device holds the whole model) or fsdp (fully "
+                                                    "sharded data parallel: each parameter, its optimiser state and "
+                                                    "the teacher's split over the devices)", identity="never")
     member_batching: str = setting("auto", "how members share a program: unroll (one after another), vmap, or auto "
                                            "(unroll on CPU)", identity="never")
     members_per_program: int = setting(0, "at most N members per compiled program (0: as many as fit in memory)",
@@ -106,6 +110,8 @@ class Settings:
             (self.augment in AUGMENTATIONS, "augment",
              f"must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}"),
             (self.devices >= 0, "devices", f"must be >= 0 (0: all devices), got {self.devices}"),
+            (self.parameter_sharding in PARAMETER_SHARDING, "parameter_sharding",
+             f"must be one of {', '.join(PARAMETER_SHARDING)}, got {self.parameter_sharding!r}"),
             (self.member_batching in MEMBER_BATCHING, "member_batching",
              f"must be one of {', '.join(MEMBER_BATCHING)}, got {self.member_batching!r}"),
             (self.members_per_program >= 0, "members_per_program", f"must be >= 0, got {self.members_per_program}"),
@@ -163,10 +169,11 @@ class Objective:
                    f"is trained with {self.method.name}, which has no per-position form")
             return f"{self.method.name}: full logits ({self.student.name} {why})"
         if not self.method.needs_teacher:
-            return f"{self.method.name}: fused head (the student's logits one chunk of tokens at a time)"
-        teacher = ("its head too" if self.teacher_head else
-                   "the teacher's full logits: it declares no output head")
-        return f"{self.method.name}: fused head (the student's logits one chunk at a time; {teacher})"
+            return f"{self.method.name}: fused head (logits one chunk of tokens at a time, never [tokens, vocab])"
+        if self.teacher_head:
+            return f"{self.method.name}: fused head (the student's and the teacher's logits one chunk at a time)"
+        return (f"{self.method.name}: fused head for the student; the teacher's full logits (it declares no output "
+                "head)")
 
 
 def build_objective(method: Method, student: Network, teacher: Network | None = None) -> Objective:

@@ -83,3 +83,22 @@ def computed_once(tmp_path_factory: pytest.TempPathFactory, name: str, compute):
         if not path.is_file():
             path.write_text(json.dumps(compute()))
         return json.loads(path.read_text())
+
+
+def four_device_worker(tmp_path_factory: pytest.TempPathFactory, worker: str) -> dict:
+    """The JSON object `tests/<worker>` prints last, run once per test run in a fresh process with 4 simulated CPU
+    devices (a process's device count is fixed when JAX starts)."""
+    import json
+    import subprocess
+
+    def run() -> dict:
+        env = dict(os.environ)
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+        env["JAX_PLATFORMS"] = "cpu"
+        tests = pathlib.Path(__file__).parent
+        done = subprocess.run([sys.executable, str(tests / worker), str(tmp_path_factory.mktemp(worker[:-3]))],
+                              check=False, env=env, capture_output=True, text=True, cwd=tests.parent, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    return computed_once(tmp_path_factory, worker[:-3], run)

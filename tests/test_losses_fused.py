@@ -16,6 +16,7 @@ from conftest import REFERENCE_DIR
 from fused_cases import CASES, inputs
 
 from kdjax import losses
+from kdjax.losses import fused as fused_module
 from kdjax.losses.fused import default_chunk_size
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -145,6 +146,28 @@ def test_bf16_inputs_give_float32_values_and_bf16_gradients_within_bf16_resoluti
     for got, want in zip(grads, expected_grads):
         scale = np.max(np.abs(want))
         np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=0.01 * scale)
+
+
+def test_a_bf16_head_taken_in_vocabulary_blocks_gives_the_same_values_and_gradients(monkeypatch):
+    """On CPU a bf16 head is multiplied a block of columns at a time (no float32 copy of the whole head): with
+    blocks of 16 columns (two blocks and a remainder of 9 at vocabulary 41) the value and gradients equal the
+    whole-head computation, to float32 rounding."""
+    d32 = _data(4)
+    floats = ("student_hidden", "student_head", "teacher_hidden", "teacher_head")
+    d16 = {**d32, **{key: jnp.asarray(d32[key], jnp.bfloat16) for key in floats}}
+    fused16, _ = _pairs(d16)["kd_with_ce"]
+
+    def run():
+        return jax.jit(jax.value_and_grad(lambda h, w: fused16(h, w, 5), argnums=(0, 1)))(d16["student_hidden"],
+                                                                                           d16["student_head"])
+
+    whole = run()
+    monkeypatch.setattr(fused_module, "CHUNK_ELEMENTS", 16 * D_T)  # the teacher's head: 16 columns; the student's: 24
+    assert fused_module._vocab_block(d16["teacher_head"]) == 16
+    blocked = run()
+    np.testing.assert_allclose(blocked[0], whole[0], rtol=RTOL)
+    for got, want in zip(blocked[1], whole[1]):
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=1e-2, atol=1e-3)
 
 
 def test_no_tokens_by_vocabulary_array_in_the_fused_program():

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-from conftest import computed_once
+from conftest import four_device_worker
 
 from kdjax.parallel import batch_mesh, check_batch_size
 
@@ -33,18 +29,7 @@ def test_asking_for_more_devices_than_exist_is_an_error():
 
 @pytest.fixture(scope="session")
 def four_device_runs(tmp_path_factory) -> dict:
-    return computed_once(tmp_path_factory, "parallel-four-device-runs", lambda: _four_device_runs(tmp_path_factory))
-
-
-def _four_device_runs(tmp_path_factory) -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    tmp = tmp_path_factory.mktemp("parallel")
-    done = subprocess.run([sys.executable, str(WORKER), str(tmp)], check=False, env=env, capture_output=True,
-                          text=True, cwd=Path(__file__).parents[1], timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return four_device_worker(tmp_path_factory, "parallel_worker.py")
 
 
 @pytest.mark.slow

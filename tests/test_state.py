@@ -4,17 +4,12 @@ checkpointed, checked for NaN, refused where it cannot work, and the same on 1 a
 from __future__ import annotations
 
 import itertools
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import computed_once
+from conftest import four_device_worker
 from engine_helpers import BatchNormCNN, batchnorm_network, tiny_data, train_batchnorm
 from flax import linen as nn
 from flax import nnx
@@ -159,18 +154,7 @@ def test_resuming_restores_the_statistics_bitwise(tmp_path):
 
 @pytest.fixture(scope="session")
 def four_device_runs(tmp_path_factory) -> dict:
-    return computed_once(tmp_path_factory, "state-four-device-runs", lambda: _four_device_runs(tmp_path_factory))
-
-
-def _four_device_runs(tmp_path_factory) -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    done = subprocess.run([sys.executable, str(Path(__file__).with_name("state_worker.py")),
-                           str(tmp_path_factory.mktemp("state"))], check=False, env=env, capture_output=True,
-                          text=True, cwd=Path(__file__).parents[1], timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return four_device_worker(tmp_path_factory, "state_worker.py")
 
 
 @pytest.mark.slow

@@ -28,11 +28,11 @@ from kdjax.engine import memory
 from kdjax.engine.evaluate import evaluate_members
 from kdjax.engine.members import (Member, MemberResult, ProgramResult, chunks, data_groups, program_name, programs,
                                   reads_teacher, stack_hyperparameters)
-from kdjax.engine.step import ProgramSpec, first_nonfinite, init_states, jitted_step, unrolls
+from kdjax.engine.step import ProgramSpec, first_nonfinite, init_states, jitted_step, state_shardings, unrolls
 from kdjax.methods import Method
 from kdjax.network import Network
 from kdjax.optimizers import make_optimizer
-from kdjax.parallel import batch_mesh, check_batch_size, replicate
+from kdjax.parallel import batch_mesh, check_batch_size, check_layout, place, replicate
 from kdjax.progress import EpochProgress
 from kdjax.tasks import NEXT_TOKEN
 from kdjax.teacher import CachedTeacher, Teacher, TeacherLike, cache_off_reason, cache_outputs
@@ -99,6 +99,7 @@ def train_program(
         raise ValueError(f"{program_name(members)} needs a teacher")
     mesh = batch_mesh(settings.devices or None)
     check_batch_size(settings.batch_size, mesh)
+    check_layout(settings.parameter_sharding, mesh)
     n, batch_size = len(train_split), settings.batch_size
     settings.check_data(sequence=train_split.task is NEXT_TOKEN, examples=n)
     unroll = unrolls(settings, mesh)
@@ -130,7 +131,7 @@ def train_program(
         teacher_arg = teacher_source() if needs_teacher else None
         spec = ProgramSpec(objective, batch_size, n, settings.augment, unroll, mesh,
                            settings.labelled, settings.normalization, per_member if mixed else (),
-                           data_groups(members) if unroll else ())
+                           data_groups(members) if unroll else (), settings.parameter_sharding)
         states, dropout_keys, trained = _run_epochs(
             spec, members, states, dropout_keys, data_keys, teacher_arg, train_split, test_split, settings,
             checkpoints, position, history, running, partial_seconds, log, desc)
@@ -151,7 +152,9 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
     mesh, count, n = spec.mesh, len(members), spec.num_examples
     batches = num_batches(n, spec.batch_size)
     step = jitted_step(spec)
-    states, dropout_keys, data_keys, teacher_arg = replicate((states, dropout_keys, data_keys, teacher_arg), mesh)
+    states = place(states, state_shardings(states, spec))
+    teacher_arg = None if teacher_arg is None else teacher_arg.on(mesh, spec.parameter_sharding)
+    dropout_keys, data_keys = replicate((dropout_keys, data_keys), mesh)
     hyperparameters = replicate(stack_hyperparameters(members), mesh)
     data = replicate(train_split.arrays(), mesh)
     task, positions = train_split.task, int(np.prod(train_split.labels.shape[1:]))  # tokens per example, or 1

@@ -18,11 +18,11 @@ from jax.sharding import Mesh
 from kdjax.data import Split
 from kdjax.data.pipeline import num_batches
 from kdjax.engine.members import Member
-from kdjax.engine.step import ProgramSpec, init_states, program_step, unrolls
+from kdjax.engine.step import ProgramSpec, init_states, program_step, state_shardings, unrolls
 from kdjax.methods import Method
 from kdjax.optimizers import make_optimizer
-from kdjax.parallel import batch_mesh
-from kdjax.teacher import TeacherLike
+from kdjax.parallel import batch_mesh, parameter_shardings
+from kdjax.teacher import Teacher, TeacherLike
 from kdjax.train import Objective, Settings, TrainState
 
 
@@ -99,19 +99,33 @@ def program_analysis(objective: Objective, train_split: Split, settings: Setting
     """XLA's memory analysis (`temp_size_in_bytes`, ...) of `objective`'s program step for `members` members,
     compiled from shapes alone (nothing is allocated); None where the backend gives none."""
     spec = ProgramSpec(objective, settings.batch_size, len(train_split), settings.augment,
-                       unrolls(settings, mesh), mesh, settings.labelled, settings.normalization)
+                       unrolls(settings, mesh), mesh, settings.labelled, settings.normalization,
+                       parameter_sharding=settings.parameter_sharding)
     step = jax.jit(functools.partial(program_step, spec=spec))
     # Shapes only: a restored teacher's arrays live on one device, which a program over a wider mesh cannot take
-    # as they are (the step itself gets them replicated onto its mesh).
-    teacher_arg = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), teacher_arg)
+    # as they are (the step itself gets them replicated onto its mesh, or split with fsdp).
+    states = state_shapes(objective, train_split, settings, members)
+    fsdp = settings.parameter_sharding == "fsdp"
+    if fsdp:
+        states = _with_shardings(states, state_shardings(states, spec))
+    if fsdp and isinstance(teacher_arg, Teacher):
+        annotations = teacher_arg.network.annotations() if teacher_arg.network.annotations else None
+        teacher_arg = teacher_arg.replace(params=_with_shardings(teacher_arg.params, parameter_shardings(
+            teacher_arg.params, mesh, "fsdp", annotations=annotations)))
+    teacher_arg = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=getattr(
+        leaf, "sharding", None) if fsdp else None), teacher_arg)
     data = {name: jax.ShapeDtypeStruct(array.shape, array.dtype) for name, array in train_split.arrays().items()}
     order_length = num_batches(len(train_split), settings.batch_size) * settings.batch_size
     keys = jax.eval_shape(lambda: jnp.stack([jax.random.key(i) for i in range(members)]))
     hp = {name: jax.ShapeDtypeStruct((members,), jnp.float32) for name in objective.method.hyperparameters}
     orders = jax.ShapeDtypeStruct((members, order_length), jnp.int32)
-    lowered = step.lower(state_shapes(objective, train_split, settings, members), orders, np.int32(0), np.int32(0),
-                         data, teacher_arg, keys, keys, hp)
+    lowered = step.lower(states, orders, np.int32(0), np.int32(0), data, teacher_arg, keys, keys, hp)
     return lowered.compile().memory_analysis()
+
+
+def _with_shardings(tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                        tree, shardings)
 
 
 def state_shapes(objective: Objective, train_split: Split, settings: Settings, members: int) -> TrainState:

@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from kdjax.data.normalization import TUTORIAL_NORMALIZATION, Normalization
 from kdjax.data.pipeline import Batch, augment_batch, gather_batch
-from kdjax.parallel import batch_sharding
+from kdjax.parallel import batch_sharding, parameter_shardings
 from kdjax.teacher import TeacherLike
 from kdjax.train import Objective, Settings, TrainState, create_train_state, init_keys, train_step
 
@@ -71,6 +71,7 @@ class ProgramSpec:
     # the first member with member i's seed, whose batch and teacher forward member i shares (empty: none shared).
     objectives: tuple[Objective, ...] = ()
     data_groups: tuple[int, ...] = ()
+    parameter_sharding: str = "replicated"  # or "fsdp": states split over the mesh (`kdjax.parallel`)
 
 
 def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index: jax.Array,
@@ -114,7 +115,8 @@ def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index:
             batch, outputs = prepare(order, data_key, objective.teacher_reads or None)
             return train_step(state, batch, dropout_key, outputs, hp, objective=spec.objective)
 
-        return jax.vmap(one_member)(states, orders, data_keys, dropout_keys, hyperparameters)
+        new_states, metrics = jax.vmap(one_member)(states, orders, data_keys, dropout_keys, hyperparameters)
+        return keep_layout(new_states, spec), metrics
 
     count = orders.shape[0]
     objectives = spec.objectives or (spec.objective,) * count
@@ -131,7 +133,31 @@ def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index:
         own = {name: hp[name] for name in method.hyperparameters}  # others' names hold NaN for this member
         return train_step(state, batch, dropout_key, outputs, own, objective=objectives[i])
 
-    return map_members(member_step, True, indexed=True)(states, orders, data_keys, dropout_keys, hyperparameters)
+    new_states, metrics = map_members(member_step, True, indexed=True)(states, orders, data_keys, dropout_keys,
+                                                                        hyperparameters)
+    return keep_layout(new_states, spec), metrics
+
+
+def state_shardings(states: TrainState, spec: ProgramSpec) -> TrainState:
+    """Where each leaf of stacked `states` (arrays or shapes) lives on `spec.mesh`: replicated, or split as
+    `kdjax.parallel.fsdp_spec` says, a parameter's optimiser slots as the parameter itself."""
+    annotations = {}
+    if spec.parameter_sharding == "fsdp" and spec.objective.student.annotations is not None:
+        found = jax.tree_util.tree_flatten_with_path({"model": spec.objective.student.annotations()},
+                                                     is_leaf=lambda leaf: isinstance(leaf, tuple))[0]
+        annotations = {jax.tree_util.keystr(path): dims for path, dims in found if dims}
+    paths, treedef = jax.tree_util.tree_flatten_with_path(states)
+    preferred = [next((dims for suffix, dims in annotations.items() if jax.tree_util.keystr(path).endswith(suffix)),
+                      ()) for path, _ in paths]
+    return parameter_shardings(jax.tree.unflatten(treedef, [leaf for _, leaf in paths]), spec.mesh,
+                               spec.parameter_sharding, leading=1, annotations=jax.tree.unflatten(treedef, preferred))
+
+
+def keep_layout(states: TrainState, spec: ProgramSpec) -> TrainState:
+    """`states` constrained to `state_shardings`: a step hands back its states laid out as it took them."""
+    if spec.parameter_sharding == "replicated":
+        return states
+    return jax.lax.with_sharding_constraint(states, state_shardings(states, spec))
 
 
 @functools.lru_cache(maxsize=32)

@@ -71,9 +71,68 @@ def default_chunk_size(tokens: int, vocab: int) -> int:
     return max(1, min(chunk, tokens))
 
 
+def _vocab_block(head: jax.Array) -> int | None:
+    """Head columns per matmul for a low-precision head on CPU (None: the whole head at once).
+
+    XLA:CPU has no bf16 matmul: it converts both operands to float32, and a whole head's
+    conversion is loop-invariant, so it is hoisted out of the chunk loop and held as a float32
+    copy of the head for the whole step (1 GB at 2,048 x 128,256). Slicing the head by a
+    loop index inside the chunk keeps each conversion to one block of at most
+    `CHUNK_ELEMENTS` elements. Accelerators multiply bf16 directly and take the head whole.
+    """
+    if head.dtype == jnp.float32 or jax.default_backend() != "cpu":
+        return None
+    block = max(1, CHUNK_ELEMENTS // head.shape[0])
+    return block if block < head.shape[1] else None
+
+
 def _logits(hidden: jax.Array, head: jax.Array, bias: jax.Array | None = None) -> jax.Array:
-    logits = jnp.dot(hidden, head, preferred_element_type=jnp.float32)
+    """`hidden @ head (+ bias)` in float32, `[n, d] @ [d, vocab] -> [n, vocab]`."""
+    block = _vocab_block(head)
+    if block is None:
+        logits = jnp.dot(hidden, head, preferred_element_type=jnp.float32)
+    else:
+        count = head.shape[1] // block
+
+        def piece(index):
+            columns = _block(head, index, block)
+            return jnp.dot(hidden, columns, preferred_element_type=jnp.float32)
+
+        pieces = jax.lax.map(piece, jnp.arange(count))  # [count, n, block]
+        logits = jnp.moveaxis(pieces, 0, 1).reshape(hidden.shape[0], count * block)
+        if count * block < head.shape[1]:
+            rest = jnp.dot(hidden, jax.lax.optimization_barrier(head[:, count * block:]),
+                           preferred_element_type=jnp.float32)
+            logits = jnp.concatenate([logits, rest], axis=1)
     return logits if bias is None else logits + bias.astype(jnp.float32)
+
+
+def _times_head_transposed(d_logits: jax.Array, head: jax.Array) -> jax.Array:
+    """`d_logits @ head.T` in float32, `[n, vocab] @ [vocab, d] -> [n, d]`, by blocks as `_logits`."""
+    block = _vocab_block(head)
+    if block is None:
+        return jnp.dot(d_logits, head.T, preferred_element_type=jnp.float32)
+    count = head.shape[1] // block
+
+    def add_block(total, index):
+        columns = _block(head, index, block)
+        rows = jax.lax.dynamic_slice_in_dim(d_logits, index * block, block, axis=1)
+        return total + jnp.dot(rows, columns.T, preferred_element_type=jnp.float32), None
+
+    total, _ = jax.lax.scan(add_block, jnp.zeros((d_logits.shape[0], head.shape[0]), jnp.float32),
+                            jnp.arange(count))
+    if count * block < head.shape[1]:
+        rest = jax.lax.optimization_barrier(head[:, count * block:])
+        total += jnp.dot(d_logits[:, count * block:], rest.T, preferred_element_type=jnp.float32)
+    return total
+
+
+def _block(head: jax.Array, index: jax.Array, block: int) -> jax.Array:
+    """Columns `[index * block, (index + 1) * block)` of `head`, sliced as raw bits: on a plain slice XLA moves the
+    float32 conversion ahead of the slice, onto the whole head, and out of the loop."""
+    bits = jax.lax.bitcast_convert_type(head, jnp.uint16 if head.dtype.itemsize == 2 else jnp.uint32)
+    columns = jax.lax.dynamic_slice_in_dim(bits, index * block, block, axis=1)
+    return jax.lax.bitcast_convert_type(columns, head.dtype)
 
 
 def _chunked(array: jax.Array, chunk: int) -> jax.Array:
@@ -109,7 +168,7 @@ def _scan(chunk_loss: ChunkLoss, chunk: int, hidden: jax.Array, head: jax.Array,
         if d_bias is not None:
             d_bias = d_bias + jnp.sum(d_logits, axis=0)
         d_logits = d_logits.astype(head.dtype)
-        d_hidden = jnp.dot(d_logits, head.T, preferred_element_type=jnp.float32).astype(hidden.dtype)
+        d_hidden = _times_head_transposed(d_logits, head).astype(hidden.dtype)
         d_head = d_head + jnp.dot(h.T, d_logits, preferred_element_type=jnp.float32)
         return (total + value, jax.tree.map(jnp.add, metrics, chunk_metrics), d_head, d_bias), d_hidden
 

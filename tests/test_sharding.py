@@ -1,0 +1,62 @@
+"""Parameters fully sharded over the mesh (fsdp): token data, a teacher restored from its checkpoint and four members
+train on 4 simulated CPU devices as on one, each device holding a quarter of the student and teacher parameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import four_device_worker
+from jax.sharding import PartitionSpec as P
+
+from kdjax.parallel import batch_mesh, check_layout, fsdp_spec
+
+WORKER = Path(__file__).with_name("sharding_worker.py")
+
+
+@pytest.fixture(scope="session")
+def sharded_runs(tmp_path_factory) -> dict:
+    return four_device_worker(tmp_path_factory, "sharding_worker.py")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", ["4", "4-fsdp"])
+def test_sharded_and_replicated_training_on_four_devices_equal_one_device(sharded_runs, run):
+    """Two epochs (22 steps) of CE, KD, GKD and a second KD member with a restored teacher: every parameter within
+    rtol 1e-5, atol 1e-6 of the one-device run (the runs differ only in summation order: 2.5e-7 at most here)."""
+    assert sharded_runs["device_count"] == 4
+    one = np.asarray(sharded_runs["params_1"])
+    np.testing.assert_allclose(np.asarray(sharded_runs[f"params_{run}"]), one, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sharded_runs[f"losses_{run}"], sharded_runs["losses_1"], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_each_device_holds_a_quarter_of_the_parameters(sharded_runs):
+    """As placed (the students' params and Adam state, the teacher's params) and as XLA's analysis of the compiled
+    step counts its arguments: the model's bytes per device are 1/4 of the whole, up to the leaves too small to
+    split."""
+    for name in ("student", "teacher"):
+        share = sharded_runs[f"{name}_bytes_per_device"] / sharded_runs[f"{name}_bytes"]
+        assert 0.25 <= share < 0.26, (name, share)
+    assert sharded_runs["split_leaves"] == sharded_runs["leaves"]
+    other = sharded_runs["analysed_replicated"] - sharded_runs["analysed_model_bytes"]  # data, keys, orders
+    share = (sharded_runs["analysed_fsdp"] - other) / sharded_runs["analysed_model_bytes"]
+    assert 0.25 <= share < 0.26, share
+
+
+def test_fsdp_splits_the_annotated_or_largest_dimension_that_divides():
+    assert fsdp_spec((128, 64), 4) == P("batch")
+    assert fsdp_spec((64, 128), 4) == P(None, "batch")
+    assert fsdp_spec((3, 64, 128), 4, leading=1) == P(None, None, "batch")  # a stacked members axis is never split
+    assert fsdp_spec((64, 128), 4, preferred=(0,)) == P("batch")  # a Flax annotation's dimension first
+    assert fsdp_spec((6, 10), 4) == P() and fsdp_spec((), 4) == P() and fsdp_spec((128,), 1) == P()
+
+
+def test_fsdp_on_one_device_is_refused_in_one_line():
+    with pytest.raises(ValueError, match=r"^parameter sharding fsdp splits the parameters over the devices, but the "
+                                         r"mesh has one: train on more \(--devices N, N > 1\)[^\n]*$"):
+        check_layout("fsdp", batch_mesh(1))
+    with pytest.raises(ValueError, match="must be one of replicated, fsdp, got 'tensor'"):
+        check_layout("tensor", batch_mesh(1))
+    check_layout("replicated", batch_mesh(1))
