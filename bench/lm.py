@@ -28,8 +28,10 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
+import os
 import pathlib
 import statistics
+import sys
 import time
 
 import jax
@@ -107,6 +109,7 @@ def report(time_configs: list[tuple[int, int, str]], repeats: int,
 
 
 ENGINE_METHODS = ("ce", "kd", "gkd")
+LAYOUTS = {"1 device": (1, "replicated"), "4 fsdp": (4, "fsdp")}  # name -> (devices, parameter sharding)
 STUDENT_WIDTH, TEACHER_WIDTH = 64, 128
 
 
@@ -125,7 +128,7 @@ def _embed_dense(vocab: int, width: int, fused: bool):
                          name=f"embed{width}-dense", head=OutputHead("Embed_0", "Dense_0") if fused else None)
 
 
-def _engine_setup(batch: int, time_: int, vocab: int, fused: bool):
+def _engine_setup(batch: int, time_: int, vocab: int, fused: bool, layout: str):
     import dataclasses
 
     from kdjax.data import from_tokens
@@ -137,73 +140,95 @@ def _engine_setup(batch: int, time_: int, vocab: int, fused: bool):
     data = from_tokens(tokens, time=time_, vocab_size=vocab, test_fraction=2 / windows)
     student, teacher = (dataclasses.replace(_embed_dense(vocab, width, fused), input_shape=(time_,))
                         for width in (STUDENT_WIDTH, TEACHER_WIDTH))
-    teacher_shapes = jax.eval_shape(teacher.init, jax.random.key(0))
-    return data, student, Teacher(teacher, *teacher_shapes), Settings(batch_size=batch, epochs=1)
+    devices, sharding = LAYOUTS[layout]
+    settings = Settings(batch_size=batch, epochs=1, devices=devices, parameter_sharding=sharding)
+    return data, student, Teacher(teacher, *jax.eval_shape(teacher.init, jax.random.key(0))), settings
 
 
-def engine_memory(batch: int, time_: int, vocab: int, method: str, fused: bool) -> tuple[int, int]:
-    """(temporary, total) bytes of one member's engine program step."""
-    from kdjax.engine.memory import program_analysis
-    from kdjax.parallel import batch_mesh
+def _engine_objective(method: str, student, teacher):
     from kdjax.train import build_objective
 
-    data, student, teacher, settings = _engine_setup(batch, time_, vocab, fused)
     method = methods.get(method)
-    objective = build_objective(method, student, teacher.network if method.needs_teacher else None)
-    analysis = program_analysis(objective, data.train, settings, teacher if method.needs_teacher else None,
-                                batch_mesh(1))
+    return build_objective(method, student, teacher.network if method.needs_teacher else None)
+
+
+def engine_memory(batch: int, time_: int, vocab: int, method: str, fused: bool, layout: str) -> tuple[int, int]:
+    """(temporary, total) bytes per device of one member's engine program step."""
+    from kdjax.engine.memory import program_analysis
+    from kdjax.parallel import batch_mesh
+
+    data, student, teacher, settings = _engine_setup(batch, time_, vocab, fused, layout)
+    objective = _engine_objective(method, student, teacher)
+    analysis = program_analysis(objective, data.train, settings, teacher if objective.method.needs_teacher else None,
+                                batch_mesh(settings.devices))
     temp = analysis.temp_size_in_bytes
     return temp, temp + analysis.argument_size_in_bytes + analysis.output_size_in_bytes
 
 
-def engine_tokens_per_second(batch: int, time_: int, vocab: int, method: str, fused: bool, repeats: int) -> float:
-    """Median tokens/s of `Distiller.step` (the engine's train step), jitted, the state donated."""
-    import optax
+def engine_tokens_per_second(batch: int, time_: int, vocab: int, method: str, fused: bool, layout: str,
+                             repeats: int) -> float:
+    """Median tokens/s of the engine's program step for one member, its inputs placed as a run places them."""
+    from kdjax.engine.members import stack_hyperparameters
+    from kdjax.engine import Member
+    from kdjax.engine.step import ProgramSpec, init_states, jitted_step, state_shardings
+    from kdjax.parallel import batch_mesh, place, replicate
 
-    from kdjax.distill import Distiller
+    data, student, teacher, settings = _engine_setup(batch, time_, vocab, fused, layout)
+    objective = _engine_objective(method, student, teacher)
+    mesh = batch_mesh(settings.devices)
+    spec = ProgramSpec(objective, batch, len(data.train), "none", True, mesh,
+                       parameter_sharding=settings.parameter_sharding)
+    states = init_states(objective, [0], 1e-3)
+    states = place(states, state_shardings(states, spec))
+    live = teacher.replace(params=teacher.network.init(jax.random.key(1))[0], state={})
+    live = live.on(mesh, settings.parameter_sharding) if objective.method.needs_teacher else None
+    keys = replicate(jnp.stack([jax.random.key(0)]), mesh)
+    hp = replicate(stack_hyperparameters([Member.of(method, 0)]), mesh)
+    arrays = replicate(data.train.arrays(), mesh)
+    orders = replicate(jnp.arange(len(data.train), dtype=jnp.int32)[None, : 2 * batch], mesh)
+    step = jitted_step(spec)
 
-    data, student, teacher, _ = _engine_setup(batch, time_, vocab, fused)
-    distiller = Distiller(student, teacher.network, method, optax.adam(1e-3))
-    state = distiller.init(jax.random.key(0), teacher.network.init(jax.random.key(1)))
-    step = jax.jit(distiller.step, donate_argnums=0)
-    split = data.train
-    batch_arrays = {"inputs": jnp.asarray(split.inputs[:batch]), "label": jnp.asarray(split.labels[:batch])}
-    state, metrics = step(state, batch_arrays)
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        state, metrics = step(state, batch_arrays)
+    def run(states, index):
+        states, metrics = step(states, orders, jnp.int32(0), jnp.int32(index % 2), arrays, live, keys, keys, hp)
         jax.block_until_ready(metrics)
+        return states
+
+    states = run(states, 0)
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        states = run(states, i + 1)
         times.append(time.perf_counter() - start)
     return batch * time_ / statistics.median(times)
 
 
 def engine_report(memory_configs: list[tuple[int, int, int]], time_configs: list[tuple[int, int, int]],
-                  repeats: int) -> list[str]:
+                  repeats: int, layouts: tuple[str, ...]) -> list[str]:
     from kdjax.engine.memory import device_capacity_bytes
 
-    lines = ["", f"engine step, one member (student Embed+Dense d {STUDENT_WIDTH}, teacher d {TEACHER_WIDTH}; "
-                 "XLA's memory analysis of the program step):", "",
-             "| batch × time | vocab | method | logits temp GB | fused temp GB | fused / logits | logits total GB "
-             "| fused total GB |", "|---|---:|---|---:|---:|---:|---:|---:|"]
-    for (batch, time_, vocab), method in itertools.product(memory_configs, ENGINE_METHODS):
-        (u_temp, u_total), (f_temp, f_total) = (engine_memory(batch, time_, vocab, method, fused)
+    lines = ["", f"engine step, one member (student Embed+Dense d {STUDENT_WIDTH}, teacher d {TEACHER_WIDTH}); XLA's "
+                 "memory analysis of the program step, per device:", "",
+             "| layout | batch × time | vocab | method | logits temp GB | fused temp GB | fused / logits | logits total "
+             "GB | fused total GB |", "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for layout, (batch, time_, vocab), method in itertools.product(layouts, memory_configs, ENGINE_METHODS):
+        (u_temp, u_total), (f_temp, f_total) = (engine_memory(batch, time_, vocab, method, fused, layout)
                                                 for fused in (False, True))
-        lines.append(f"| {batch} × {time_} | {vocab} | {method} | {u_temp / GB:.2f} | {f_temp / GB:.3f} | "
+        lines.append(f"| {layout} | {batch} × {time_} | {vocab} | {method} | {u_temp / GB:.2f} | {f_temp / GB:.3f} | "
                      f"{f_temp / u_temp:.3f} | {u_total / GB:.2f} | {f_total / GB:.3f} |")
     if time_configs:
         capacity = device_capacity_bytes()
         lines += ["", f"engine step tokens/s, median of {repeats} after one warm-up (—: the logits path's step does not "
                       f"fit in the {capacity / GB:.0f} GB available):", "",
-                  "| batch × time | vocab | method | logits tokens/s | fused tokens/s | fused / logits |",
-                  "|---|---:|---|---:|---:|---:|"]
-        for (batch, time_, vocab), method in itertools.product(time_configs, ENGINE_METHODS):
-            fits = engine_memory(batch, time_, vocab, method, False)[1] < 0.8 * capacity
-            unfused = engine_tokens_per_second(batch, time_, vocab, method, False, repeats) if fits else None
-            fused = engine_tokens_per_second(batch, time_, vocab, method, True, repeats)
+                  "| layout | batch × time | vocab | method | logits tokens/s | fused tokens/s | fused / logits |",
+                  "|---|---|---:|---|---:|---:|---:|"]
+        for layout, (batch, time_, vocab), method in itertools.product(layouts, time_configs, ENGINE_METHODS):
+            devices = LAYOUTS[layout][0]
+            fits = engine_memory(batch, time_, vocab, method, False, layout)[1] * devices < 0.8 * capacity
+            unfused = (engine_tokens_per_second(batch, time_, vocab, method, False, layout, repeats)
+                       if fits else None)
+            fused = engine_tokens_per_second(batch, time_, vocab, method, True, layout, repeats)
             ratio = f"{fused / unfused:.2f}" if unfused else "—"
-            lines.append(f"| {batch} × {time_} | {vocab} | {method} | "
+            lines.append(f"| {layout} | {batch} × {time_} | {vocab} | {method} | "
                          f"{f'{unfused:,.0f}' if unfused else '—'} | {fused:,.0f} | {ratio} |")
     return lines
 
@@ -240,11 +265,18 @@ def main(argv: list[str] | None = None) -> None:
                         help="engine-step configurations to time, BATCHxTIME:VOCAB (none: skip)")
     parser.add_argument("--hidden", type=int, nargs="+", default=[HIDDEN],
                         help=f"hidden sizes of the memory rows (default {HIDDEN}; times use {HIDDEN})")
+    parser.add_argument("--layouts", nargs="+", choices=tuple(LAYOUTS), default=["1 device"],
+                        help="engine rows on one device, and/or on 4 with parameters sharded (fsdp; on a CPU host "
+                             "the command reruns itself with 4 simulated devices)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--markdown", type=pathlib.Path, help="also write the tables here")
     args = parser.parse_args(argv)
+    devices = max(LAYOUTS[layout][0] for layout in args.layouts)
+    if devices > jax.device_count() and jax.default_backend() == "cpu" and argv is None:
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+        os.execve(sys.executable, [sys.executable, "-m", "bench.lm", *sys.argv[1:]], {**os.environ, "XLA_FLAGS": flags})
     text = "\n".join([report(args.time, args.repeats, args.memory, tuple(args.hidden)),
-                      *engine_report(args.engine, args.engine_time, args.repeats)])
+                      *engine_report(args.engine, args.engine_time, args.repeats, tuple(args.layouts))])
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")

@@ -1,7 +1,7 @@
 """Run in a fresh process with `--xla_force_host_platform_device_count=4`: token data, a restored teacher, several
 members, on 1 device and on 4 with parameters replicated and fully sharded (fsdp).
 
-Prints one JSON object: each run's final params (flattened), the teacher's and students' per-device parameter bytes
+Prints one JSON object: each run's final params (flattened; "resumed": one epoch replicated, the second sharded), the teacher's and students' per-device parameter bytes
 as placed and as the compiled program step's memory analysis counts them, and the shardings the step hands back.
 """
 
@@ -52,8 +52,8 @@ def restored_teacher(tmp: pathlib.Path, tokens) -> Teacher:
                                                                   restored.model_state["model"])))
 
 
-def train(tmp: pathlib.Path, tokens, teacher: Teacher, name: str, devices: int, sharding: str):
-    settings = Settings(epochs=2, batch_size=16, learning_rate=3e-3, save_every_steps=0, devices=devices,
+def train(tmp: pathlib.Path, tokens, teacher: Teacher, name: str, devices: int, sharding: str, epochs: int = 2):
+    settings = Settings(epochs=epochs, batch_size=16, learning_rate=3e-3, save_every_steps=0, devices=devices,
                         parameter_sharding=sharding, members_per_program=len(MEMBERS))
     programs = train_members(MEMBERS, network("causal_conv_32x2"), tokens.train, tokens.test, settings,
                              lambda chunk: RunCheckpoints(tmp / name / chunk[0].name, {"test": name}),
@@ -90,6 +90,8 @@ def main() -> None:
             out["split_leaves"] = sum(len(leaf.sharding.device_set) == 4 and not leaf.sharding.is_fully_replicated
                                       for leaf in jax.tree.leaves(states.params))
             out["leaves"] = len(jax.tree.leaves(states.params))
+    train(tmp, tokens, teacher, "resumed", 4, "replicated", epochs=1)  # one epoch replicated ...
+    out["params_resumed"] = flat(train(tmp, tokens, teacher, "resumed", 4, "fsdp"))  # ... the second sharded
     placed = teacher.on(batch_mesh(4), "fsdp")
     out["teacher_bytes"] = nbytes(teacher.params)
     out["teacher_bytes_per_device"] = per_device_bytes(placed.params)

@@ -21,14 +21,16 @@ def sharded_runs(tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("run", ["4", "4-fsdp"])
+@pytest.mark.parametrize("run", ["4", "4-fsdp", "resumed"])
 def test_sharded_and_replicated_training_on_four_devices_equal_one_device(sharded_runs, run):
     """Two epochs (22 steps) of CE, KD, GKD and a second KD member with a restored teacher: every parameter within
-    rtol 1e-5, atol 1e-6 of the one-device run (the runs differ only in summation order: 2.5e-7 at most here)."""
+    rtol 1e-5, atol 1e-6 of the one-device run (the runs differ only in summation order: 2.5e-7 at most here).
+    "resumed" trains its first epoch replicated and resumes the second from that checkpoint sharded."""
     assert sharded_runs["device_count"] == 4
     one = np.asarray(sharded_runs["params_1"])
     np.testing.assert_allclose(np.asarray(sharded_runs[f"params_{run}"]), one, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(sharded_runs[f"losses_{run}"], sharded_runs["losses_1"], rtol=1e-5)
+    if run != "resumed":
+        np.testing.assert_allclose(sharded_runs[f"losses_{run}"], sharded_runs["losses_1"], rtol=1e-5)
 
 
 @pytest.mark.slow
