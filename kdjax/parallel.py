@@ -126,7 +126,7 @@ def parameter_shardings(tree: Any, mesh: Mesh, sharding: str, *, leading: int = 
     """
     if sharding not in PARAMETER_SHARDING:
         raise ValueError(f"parameter sharding must be one of {', '.join(PARAMETER_SHARDING)}, got {sharding!r}")
-    devices = mesh.devices.size
+    devices = mesh.size
     leaves, treedef = jax.tree.flatten(tree)
     preferred = [()] * len(leaves) if annotations is None else treedef.flatten_up_to(annotations)
     specs = [fsdp_spec(leaf.shape, devices, leading=leading, preferred=dims)

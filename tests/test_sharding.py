@@ -62,3 +62,33 @@ def test_fsdp_on_one_device_is_refused_in_one_line():
     with pytest.raises(ValueError, match="must be one of replicated, fsdp, got 'tensor'"):
         check_layout("tensor", batch_mesh(1))
     check_layout("replicated", batch_mesh(1))
+
+
+def test_a_flax_partitioning_annotation_chooses_the_split_dimension():
+    """`nn.with_partitioning` names the kernel's input dimension: fsdp splits it, though the output one is larger;
+    the unannotated bias takes its largest (only) dimension; a stacked members axis is never split."""
+    import jax
+    from flax import linen as nn
+    from jax.sharding import AbstractMesh
+
+    from kdjax import methods
+    from kdjax.engine.step import ProgramSpec, init_states, state_shardings
+    from kdjax.network import linen_network
+    from kdjax.train import build_objective
+
+    class Annotated(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            init = nn.with_partitioning(nn.initializers.lecun_normal(), ("embed", None))
+            return nn.Dense(64, kernel_init=init)(x)
+
+    network = linen_network(Annotated(), input_shape=(8,), train_argument=None)
+    assert network.annotations() == {"Dense_0": {"bias": (), "kernel": (0,)}}
+    objective = build_objective(methods.CE, network)
+    states = jax.eval_shape(lambda: init_states(objective, [0, 1, 2], 1e-3))
+    mesh = AbstractMesh((4,), ("batch",))
+    shardings = state_shardings(states, ProgramSpec(objective, 4, 8, "none", True, mesh, parameter_sharding="fsdp"))
+    assert shardings.params["model"]["Dense_0"]["kernel"].spec == P(None, "batch")  # [members, 8, 64]: the 8
+    assert shardings.params["model"]["Dense_0"]["bias"].spec == P(None, "batch")
+    assert shardings.opt_state[0].mu["model"]["Dense_0"]["kernel"].spec == P(None, "batch")
+    assert shardings.step.spec == P()

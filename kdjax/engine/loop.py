@@ -258,7 +258,7 @@ def train_members(
     objectives = {method: build_objective(method, student, teacher.network if teacher and method.needs_teacher
                                           else None) for method in dict.fromkeys(m.method for m in members)}
     reads = tuple(dict.fromkeys(r for o in objectives.values() for r in o.teacher_reads))
-    if any(o.student.head is not None for o in objectives.values()):
+    if train_split.task is NEXT_TOKEN or any(o.student.head is not None for o in objectives.values()):
         for objective in objectives.values():
             log(f"{desc} step, {objective.describe_path()}")
     if any(o.method.needs_teacher for o in objectives.values()) and teacher is None:
