@@ -25,7 +25,7 @@ from kdjax.teacher import Teacher
 from kdjax.train import build_objective
 
 TIME, VOCAB = 16, 64
-MEMBERS = [Member.of("ce", 0), Member.of("kd", 0), Member.of("gkd", 0), Member.of("kd", 1, temperature=2.0)]
+MEMBERS = [Member.of("ce", 0), Member.of("kd", 0), Member.of("gkd", 1)]
 
 
 def data():

@@ -4,6 +4,7 @@ values of the logits path and without a `[tokens, vocab]` array in the step."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -136,8 +137,10 @@ def test_labelled_rows_mask_the_ce_term_alone_on_the_fused_path():
         teacher_outputs = Teacher(teacher_net, *teacher_net.init(jax.random.key(1))).outputs(
             batch, objective.teacher_reads)
         params = {"model": net.init(jax.random.key(0))[0]}
-        outputs[net.head is not None] = jax.value_and_grad(objective_loss, has_aux=True)(
-            params, {"model": {}}, batch, jax.random.key(0), teacher_outputs, hp, objective=objective)
+        loss_and_grads = jax.jit(jax.value_and_grad(functools.partial(objective_loss, objective=objective),
+                                                    has_aux=True))
+        outputs[net.head is not None] = loss_and_grads(params, {"model": {}}, batch, jax.random.key(0),
+                                                       teacher_outputs, hp)
     (fused_loss, (fused_metrics, _)), fused_grads = outputs[True]
     (plain_loss, (plain_metrics, _)), plain_grads = outputs[False]
     np.testing.assert_allclose(fused_loss, plain_loss, rtol=RTOL)
@@ -159,14 +162,16 @@ def test_a_padded_head_never_predicts_its_padding():
     grads = {}
     for net in (fused, cut):
         objective = build_objective(methods.get("ce"), net)
-        (loss, _), grads[net.head is not None] = jax.value_and_grad(objective_loss, has_aux=True)(
-            {"model": params}, {"model": {}}, batch, jax.random.key(0), None, {}, objective=objective)
+        loss_and_grads = jax.jit(jax.value_and_grad(functools.partial(objective_loss, objective=objective),
+                                                    has_aux=True))
+        (loss, _), grads[net.head is not None] = loss_and_grads({"model": params}, {"model": {}}, batch,
+                                                                jax.random.key(0), None, {})
         grads[(net.head is not None, "loss")] = loss
     np.testing.assert_allclose(grads[(True, "loss")], grads[(False, "loss")], rtol=RTOL)
     table = grads[True]["model"]["Embed_0"]["embedding"]
     assert np.all(np.asarray(table[VOCAB:]) == 0.0)
     np.testing.assert_allclose(table, grads[False]["model"]["Embed_0"]["embedding"], rtol=RTOL, atol=1e-7)
-    sums = [eval_step(params, {}, batch, network=net) for net in (fused, cut)]
+    sums = [jax.jit(functools.partial(eval_step, network=net))(params, {}, batch) for net in (fused, cut)]
     assert int(sums[0]["correct"]) == int(sums[1]["correct"])
     np.testing.assert_allclose(sums[0]["loss_sum"], sums[1]["loss_sum"], rtol=RTOL)
 
