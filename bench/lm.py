@@ -113,8 +113,9 @@ LAYOUTS = {"1 device": (1, "replicated"), "4 fsdp": (4, "fsdp")}  # name -> (dev
 STUDENT_WIDTH, TEACHER_WIDTH = 64, 128
 
 
-def _embed_dense(vocab: int, width: int, fused: bool):
-    """Token ids -> Embed(vocab, width) -> Dense(vocab): the smallest language model with a 128k head."""
+def embed_dense(vocab: int, width: int, time_: int, fused: bool):
+    """Token ids `[batch, time_]` -> Embed(vocab, width) -> Dense(vocab): the smallest language model with a 128k
+    head; `fused`: it declares that head (`OutputHead`)."""
     from flax import linen as nn
 
     from kdjax.network import OutputHead, linen_network
@@ -124,13 +125,11 @@ def _embed_dense(vocab: int, width: int, fused: bool):
         def __call__(self, tokens):
             return nn.Dense(vocab)(nn.Embed(vocab, width)(tokens))
 
-    return linen_network(EmbedDense(), input_shape=(0,), train_argument=None, input_dtype=jnp.int32,
+    return linen_network(EmbedDense(), input_shape=(time_,), train_argument=None, input_dtype=jnp.int32,
                          name=f"embed{width}-dense", head=OutputHead("Embed_0", "Dense_0") if fused else None)
 
 
 def _engine_setup(batch: int, time_: int, vocab: int, fused: bool, layout: str):
-    import dataclasses
-
     from kdjax.data import from_tokens
     from kdjax.teacher import Teacher
     from kdjax.train import Settings
@@ -138,8 +137,7 @@ def _engine_setup(batch: int, time_: int, vocab: int, fused: bool, layout: str):
     windows = 2 * batch + 2  # two training batches, and test windows
     tokens = np.random.default_rng(0).integers(0, vocab, windows * (time_ + 1)).astype(np.int32)
     data = from_tokens(tokens, time=time_, vocab_size=vocab, test_fraction=2 / windows)
-    student, teacher = (dataclasses.replace(_embed_dense(vocab, width, fused), input_shape=(time_,))
-                        for width in (STUDENT_WIDTH, TEACHER_WIDTH))
+    student, teacher = (embed_dense(vocab, width, time_, fused) for width in (STUDENT_WIDTH, TEACHER_WIDTH))
     devices, sharding = LAYOUTS[layout]
     settings = Settings(batch_size=batch, epochs=1, devices=devices, parameter_sharding=sharding)
     return data, student, Teacher(teacher, *jax.eval_shape(teacher.init, jax.random.key(0))), settings
@@ -152,6 +150,7 @@ def _engine_objective(method: str, student, teacher):
     return build_objective(method, student, teacher.network if method.needs_teacher else None)
 
 
+@functools.lru_cache(maxsize=None)  # the time rows ask again whether the logits path fits
 def engine_memory(batch: int, time_: int, vocab: int, method: str, fused: bool, layout: str) -> tuple[int, int]:
     """(temporary, total) bytes per device of one member's engine program step."""
     from kdjax.engine.memory import program_analysis

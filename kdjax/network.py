@@ -117,8 +117,15 @@ class Network:
             raise ValueError(f"{self.name} declares no output head: give the network head=OutputHead(...)")
         _, outs, new_state = self.forward(params, state, inputs, train=train, key=key,
                                           roles=(*roles, HIDDEN_ROLE))
-        hidden = outs.pop(HIDDEN_ROLE)
-        return LinearHead(hidden, *head_weights(params, self.head.params)), outs, new_state
+        return self.linear_head(params, outs.pop(HIDDEN_ROLE)), outs, new_state
+
+    def linear_head(self, params: Params, hidden: jax.Array) -> LinearHead:
+        """`hidden` (the output of `head.hidden`) with the head's weights out of `params`."""
+        return LinearHead(hidden, *head_weights(params, self.head.params))
+
+    def partition_dimensions(self) -> Params | None:
+        """A tree like the params of the dimensions each one's Flax partitioning annotation names, or None."""
+        return None if self.annotations is None else self.annotations()
 
     def output_shapes(self, roles: Sequence[str], batch: int = 2) -> dict[str, tuple[int, ...]]:
         """Shapes of `forward`'s logits (under `"logits"`) and `roles` for a batch of `batch`, abstractly."""
@@ -238,7 +245,7 @@ def linen_network(module: nn.Module, *, input_shape: Sequence[int], roles: Mappi
         return dict(module.init(key, jnp.zeros((1, *input_shape), input_dtype), **kwargs))
 
     def init(key: jax.Array) -> tuple[Params, State]:
-        variables = nn.meta.unbox(boxed_init(key))  # `nn.with_partitioning` boxes: see `annotated_dimensions`
+        variables = nn.meta.unbox(boxed_init(key))  # `nn.with_partitioning` boxes: see `annotations`
         state = {name: value for name, value in variables.items() if name not in NOT_STATE_COLLECTIONS}
         return variables.get("params", {}), state
 

@@ -5,8 +5,8 @@ The mesh has one axis, `"batch"`, over the devices. Batches are split along thei
 axis (`NamedSharding(mesh, P("batch"))`). Parameters, optimiser state and the teacher's
 parameters are either replicated (`P()`) or, with `fsdp`, fully sharded over that same axis
 (ZeRO-3 / PyTorch FSDP): each array is split along one dimension that divides evenly over the
-devices, the one its Flax partitioning annotation names (`nn.with_partitioning`,
-`nnx.with_partitioning`: the first annotated dimension that divides) or else its largest, so
+devices, the one its Flax partitioning annotation names (linen's `nn.with_partitioning`: the
+first annotated dimension that divides) or else its largest, so
 each device holds about 1/n of the model. The teacher-output cache is replicated. Given inputs
 placed that way, `jax.jit` partitions a step by itself: each device runs its rows of the
 global batch, XLA gathers sharded weights where a layer needs them and adds the reductions
@@ -122,7 +122,8 @@ def parameter_shardings(tree: Any, mesh: Mesh, sharding: str, *, leading: int = 
                         annotations: Any = None) -> Any:
     """A `NamedSharding` per array leaf of `tree` (arrays or shapes): all replicated, or `fsdp_spec`'s split.
 
-    `annotations`: a tree like `tree` of the dimensions Flax partitioning names (`annotated_dimensions`), or None.
+    `annotations`: a tree like `tree` of the dimensions Flax partitioning names
+    (`kdjax.network.Network.partition_dimensions`), or None.
     """
     if sharding not in PARAMETER_SHARDING:
         raise ValueError(f"parameter sharding must be one of {', '.join(PARAMETER_SHARDING)}, got {sharding!r}")

@@ -20,8 +20,7 @@ from flax import struct
 from jax.sharding import Mesh
 
 from kdjax.data import TUTORIAL_NORMALIZATION, Normalization, ResidentLoader, Split
-from kdjax.losses.fused import LinearHead
-from kdjax.network import HEAD_READ, HIDDEN_ROLE, Network, head_weights
+from kdjax.network import HEAD_READ, HIDDEN_ROLE, Network
 from kdjax.parallel import parameter_shardings, place, replicate
 from kdjax.tasks import NEXT_TOKEN
 
@@ -42,27 +41,26 @@ class Teacher:
         `"head"` (`kdjax.network.HEAD_READ`) gives the network's `LinearHead` (hidden states and head weights)."""
         reads = tuple(reads)
         roles = tuple(role for role in reads if role not in ("logits", HEAD_READ))
-        if HEAD_READ in reads and "logits" not in reads:
-            head, found, _ = self.network.head_forward(self.params, self.state, batch["inputs"], train=False,
-                                                       roles=roles)
-            return {role: head if role == HEAD_READ else found[role] for role in reads}
         if HEAD_READ in reads:
             roles += (HIDDEN_ROLE,)
+        # Logits nothing reads (only the head was asked for) are left out of a jitted program.
         logits, found, _ = self.network.forward(self.params, self.state, batch["inputs"], train=False, roles=roles)
         if HEAD_READ in reads:
-            found[HEAD_READ] = LinearHead(found.pop(HIDDEN_ROLE), *head_weights(self.params, self.network.head.params))
+            found[HEAD_READ] = self.network.linear_head(self.params, found.pop(HIDDEN_ROLE))
         return {role: logits if role == "logits" else found[role] for role in reads}
 
     @property
     def variables(self) -> tuple[Any, Any]:
         return self.params, self.state
 
+    def parameter_shardings(self, mesh: Mesh, parameter_sharding: str = "replicated") -> Any:
+        """Where each of the parameters lives on `mesh`: replicated or fully sharded (`kdjax.parallel`)."""
+        annotations = self.network.partition_dimensions() if parameter_sharding == "fsdp" else None
+        return parameter_shardings(self.params, mesh, parameter_sharding, annotations=annotations)
+
     def on(self, mesh: Mesh, parameter_sharding: str = "replicated") -> Teacher:
-        """This teacher on `mesh`: its parameters replicated or fully sharded (`kdjax.parallel`), its state
-        replicated."""
-        annotations = self.network.annotations() if self.network.annotations else None
-        params = place(self.params, parameter_shardings(self.params, mesh, parameter_sharding,
-                                                        annotations=annotations))
+        """This teacher on `mesh`: its parameters as `parameter_shardings` says, its state replicated."""
+        params = place(self.params, self.parameter_shardings(mesh, parameter_sharding))
         return self.replace(params=params, state=replicate(self.state, mesh))
 
 

@@ -19,9 +19,7 @@ from kdjax.checkpoint import RunCheckpoints
 from kdjax.data import from_tokens
 from kdjax.distill import Distiller
 from kdjax.engine import Member, Settings, train_members
-from kdjax.engine.memory import program_analysis
 from kdjax.network import OutputHead, linen_network, nnx_network
-from kdjax.parallel import batch_mesh
 from kdjax.teacher import Teacher
 from kdjax.train import build_objective, eval_step, objective_loss
 
@@ -186,36 +184,17 @@ def test_evaluation_through_the_head_equals_the_logits():
     np.testing.assert_allclose(got["loss_sum"], want["loss_sum"], rtol=RTOL)
 
 
-def _tiny_lm(vocab: int, width: int, time: int, head: bool):
-    class EmbedDense(nn.Module):
-        @nn.compact
-        def __call__(self, tokens):
-            return nn.Dense(vocab)(nn.Embed(vocab, width)(tokens))
-
-    return linen_network(EmbedDense(), input_shape=(time,), train_argument=None, input_dtype=jnp.int32,
-                         head=OutputHead("Embed_0", "Dense_0") if head else None)
-
-
-def _step_temporaries(method: str, batch: int, time: int, vocab: int, head: bool) -> int:
-    tokens = np.random.default_rng(0).integers(0, vocab, (2 * batch + 2) * (time + 1)).astype(np.int32)
-    data = from_tokens(tokens, time=time, vocab_size=vocab, test_fraction=2 / (2 * batch + 2))
-    student, teacher = _tiny_lm(vocab, 64, time, head), _tiny_lm(vocab, 128, time, head)
-    m = methods.get(method)
-    objective = build_objective(m, student, teacher if m.needs_teacher else None)
-    teacher_arg = Teacher(teacher, *jax.eval_shape(teacher.init, jax.random.key(0))) if m.needs_teacher else None
-    analysis = program_analysis(objective, data.train, Settings(batch_size=batch), teacher_arg, batch_mesh(1))
-    return analysis.temp_size_in_bytes
-
-
 @pytest.mark.parametrize("method", ["ce", "kd", "gkd"])
 def test_the_fused_program_step_needs_a_tenth_of_the_logits_paths_memory(method):
     """XLA's memory analysis of the engine's program step (what the memory planner reads; compiled, never run), at
     8 x 512 tokens and a 128,256 vocabulary: the fused step's temporaries are under 1/10 of the logits path's and
     do not grow with the tokens (one chunk's working set)."""
+    from bench.lm import engine_memory  # the benchmark's engine rows: Embed+Dense, student d 64, teacher d 128
+
     vocab = 128_256
-    fused, logits = (_step_temporaries(method, 8, 512, vocab, head) for head in (True, False))
+    fused, logits = (engine_memory(8, 512, vocab, method, head, "1 device")[0] for head in (True, False))
     assert fused < logits / 10, (fused, logits)
-    assert _step_temporaries(method, 4, 512, vocab, True) > 0.9 * fused
+    assert engine_memory(4, 512, vocab, method, True, "1 device")[0] > 0.9 * fused
 
 
 def test_the_engine_logs_its_path_and_trains_the_same_members(tmp_path):

@@ -21,7 +21,7 @@ from kdjax.engine.members import Member
 from kdjax.engine.step import ProgramSpec, init_states, program_step, state_shardings, unrolls
 from kdjax.methods import Method
 from kdjax.optimizers import make_optimizer
-from kdjax.parallel import batch_mesh, parameter_shardings
+from kdjax.parallel import batch_mesh
 from kdjax.teacher import Teacher, TeacherLike
 from kdjax.train import Objective, Settings, TrainState
 
@@ -105,15 +105,13 @@ def program_analysis(objective: Objective, train_split: Split, settings: Setting
     # Shapes only: a restored teacher's arrays live on one device, which a program over a wider mesh cannot take
     # as they are (the step itself gets them replicated onto its mesh, or split with fsdp).
     states = state_shapes(objective, train_split, settings, members)
-    fsdp = settings.parameter_sharding == "fsdp"
-    if fsdp:
+    shapes = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), teacher_arg)
+    if settings.parameter_sharding == "fsdp":
         states = _with_shardings(states, state_shardings(states, spec))
-    if fsdp and isinstance(teacher_arg, Teacher):
-        annotations = teacher_arg.network.annotations() if teacher_arg.network.annotations else None
-        teacher_arg = teacher_arg.replace(params=_with_shardings(teacher_arg.params, parameter_shardings(
-            teacher_arg.params, mesh, "fsdp", annotations=annotations)))
-    teacher_arg = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=getattr(
-        leaf, "sharding", None) if fsdp else None), teacher_arg)
+        if isinstance(teacher_arg, Teacher):
+            shapes = shapes.replace(params=_with_shardings(shapes.params, teacher_arg.parameter_shardings(
+                mesh, "fsdp")))
+    teacher_arg = shapes
     data = {name: jax.ShapeDtypeStruct(array.shape, array.dtype) for name, array in train_split.arrays().items()}
     order_length = num_batches(len(train_split), settings.batch_size) * settings.batch_size
     keys = jax.eval_shape(lambda: jnp.stack([jax.random.key(i) for i in range(members)]))
@@ -143,9 +141,8 @@ def member_bytes(objective: Objective, train_split: Split, settings: Settings, t
             return None
         return analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
 
-    shapes = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), teacher_arg)
-    data = {name: jax.ShapeDtypeStruct(array.shape, array.dtype) for name, array in train_split.arrays().items()}
-    return measure(compiled_bytes, (data, shapes), nbytes(state_shapes(objective, train_split, settings, 1)))
+    return measure(compiled_bytes, (train_split.arrays(), teacher_arg),
+                   nbytes(state_shapes(objective, train_split, settings, 1)))
 
 
 def plan_program_size(objectives: Mapping[Method, Objective], members: Sequence[Member], train_split: Split,

@@ -142,8 +142,9 @@ def state_shardings(states: TrainState, spec: ProgramSpec) -> TrainState:
     """Where each leaf of stacked `states` (arrays or shapes) lives on `spec.mesh`: replicated, or split as
     `kdjax.parallel.fsdp_spec` says, a parameter's optimiser slots as the parameter itself."""
     annotations = {}
-    if spec.parameter_sharding == "fsdp" and spec.objective.student.annotations is not None:
-        found = jax.tree_util.tree_flatten_with_path({"model": spec.objective.student.annotations()},
+    dimensions = spec.objective.student.partition_dimensions() if spec.parameter_sharding == "fsdp" else None
+    if dimensions is not None:
+        found = jax.tree_util.tree_flatten_with_path({"model": dimensions},
                                                      is_leaf=lambda leaf: isinstance(leaf, tuple))[0]
         annotations = {jax.tree_util.keystr(path): dims for path, dims in found if dims}
     paths, treedef = jax.tree_util.tree_flatten_with_path(states)

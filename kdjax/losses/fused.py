@@ -101,8 +101,7 @@ def _logits(hidden: jax.Array, head: jax.Array, bias: jax.Array | None = None) -
         pieces = jax.lax.map(piece, jnp.arange(count))  # [count, n, block]
         logits = jnp.moveaxis(pieces, 0, 1).reshape(hidden.shape[0], count * block)
         if count * block < head.shape[1]:
-            rest = jnp.dot(hidden, jax.lax.optimization_barrier(head[:, count * block:]),
-                           preferred_element_type=jnp.float32)
+            rest = jnp.dot(hidden, head[:, count * block:], preferred_element_type=jnp.float32)
             logits = jnp.concatenate([logits, rest], axis=1)
     return logits if bias is None else logits + bias.astype(jnp.float32)
 
@@ -122,8 +121,7 @@ def _times_head_transposed(d_logits: jax.Array, head: jax.Array) -> jax.Array:
     total, _ = jax.lax.scan(add_block, jnp.zeros((d_logits.shape[0], head.shape[0]), jnp.float32),
                             jnp.arange(count))
     if count * block < head.shape[1]:
-        rest = jax.lax.optimization_barrier(head[:, count * block:])
-        total += jnp.dot(d_logits[:, count * block:], rest.T, preferred_element_type=jnp.float32)
+        total += jnp.dot(d_logits[:, count * block:], head[:, count * block:].T, preferred_element_type=jnp.float32)
     return total
 
 
@@ -507,12 +505,13 @@ def fused_objective(student: LinearHead, labels: ArrayLike, *, teacher: LinearHe
     hidden, kernel = _hidden_and_head(name, "student", student.hidden, student.kernel)
     bias = _bias(name, student.bias, kernel)
     positions = hidden.shape[:-1]
-    masks = {key: _mask(name, value, positions) for key, value in
-             (("ce_where", ce_where), ("aux_where", aux_where), ("counted", counted))}
+    def mask_or(where, default):
+        where = _mask(name, where, positions)
+        return default if where is None else where
+
     everything = jnp.ones(positions, bool)
-    ce_mask = everything if masks["ce_where"] is None else masks["ce_where"]
-    aux_mask = everything if masks["aux_where"] is None else masks["aux_where"]
-    counted_mask = aux_mask if masks["counted"] is None else masks["counted"]
+    ce_mask, aux_mask = mask_or(ce_where, everything), mask_or(aux_where, everything)
+    counted_mask = mask_or(counted, aux_mask)
     ce_weights = _weights(name, ce_mask, positions, reduction)
     aux_weights = _weights(name, aux_mask, positions, reduction) if divergence is not None else None
     per_token = {"included": (ce_mask | aux_mask).reshape(-1) if divergence is not None else ce_mask.reshape(-1),
