@@ -2,7 +2,8 @@
 
 A BatchNorm teacher, trained here (fresh) or restored from its checkpoint by a second call
 (restored: its arrays come back on one device), teaches BatchNorm students: teacher cache on
-and off x 1 and 4 devices x 1 and 2 members. Prints one JSON object: per combination, the
+and off x 1 and 4 devices x 1 and 2 members, and 2 members on 4 devices with parameters and
+BatchNorm statistics fully sharded (fsdp). Prints one JSON object: per combination, the
 students' final params and BatchNorm statistics, flattened.
 """
 
@@ -39,6 +40,11 @@ def main() -> None:
         programs = train_batchnorm(tmp, members, name=name, teacher=teachers[kind], cached=cached, devices=devices,
                                    members_per_program=count)
         out["runs"][name] = [flat(programs[0].states, i) for i in range(count)]
+    for kind, cached in itertools.product(teachers, (True, False)):
+        name = f"{kind}-{'cache' if cached else 'live'}-4fsdp-2"
+        programs = train_batchnorm(tmp, [Member.of("kd", 0), Member.of("kd", 1)], name=name, teacher=teachers[kind],
+                                   cached=cached, devices=4, members_per_program=2, parameter_sharding="fsdp")
+        out["runs"][name] = [flat(programs[0].states, i) for i in range(2)]
     print(json.dumps(out))
 
 

@@ -162,11 +162,12 @@ def four_device_runs(tmp_path_factory) -> dict:
 def test_batchnorm_members_train_alike_on_one_and_four_devices(four_device_runs, teacher, cache):
     """Every combination trains (a restored teacher once crashed multi-device programs). BatchNorm under a sharded
     batch normalises by the global batch's statistics, so 4 devices match 1 up to float summation order: rtol 1e-4,
-    atol 1e-5 after one epoch (the tolerance the stateless engine tests use)."""
+    atol 1e-5 after one epoch (the tolerance the stateless engine tests use); so do 4 devices with the parameters,
+    Adam state and BatchNorm statistics fully sharded (fsdp)."""
     runs = four_device_runs["runs"]
     assert four_device_runs["device_count"] == 4
     reference = np.asarray(runs[f"{teacher}-{cache}-1-1"][0])
-    for devices, count in itertools.product((1, 4), (1, 2)):
+    for devices, count in [*itertools.product((1, 4), (1, 2)), ("4fsdp", 2)]:
         members = runs[f"{teacher}-{cache}-{devices}-{count}"]
         np.testing.assert_allclose(members[0], reference, rtol=1e-4, atol=1e-5, err_msg=f"{devices} x {count}")
         if count == 2:
