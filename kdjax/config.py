@@ -16,6 +16,7 @@ from typing import Any
 
 from kdjax import methods
 from kdjax.data import DATASETS
+from kdjax.data.text import TEXT_DATASETS
 from kdjax.data.normalization import CHOICES as NORMALIZE_CHOICES
 from kdjax.data.normalization import HELP as NORMALIZE_HELP
 from kdjax.fields import SettingError, declared, require, setting
@@ -53,7 +54,8 @@ class DataSpec:
     dataset: str = setting("cifar10", "cifar10, cifar100 (fine labels; from --data-dir or tensorflow-datasets), "
                            "npz:PATH (x_train, y_train, x_test, y_test: uint8 or float [n, h, w(, c)] images, integer "
                            "labels), or next-token data: text (Python's help text), text:PATH (a UTF-8 file, one "
-                           "token per character) or tokens:PATH (an .npy of token ids), cut into --window tokens",
+                           "token per character), bytes or bytes:PATH (the same, one token per UTF-8 byte: "
+                           "vocabulary 256) or tokens:PATH (an .npy of token ids), cut into --window tokens",
                            identity="changed")
     window: int = setting(128, "tokens per example of next-token data (inputs; the labels are the same window "
                                "shifted by one)", identity="changed")
@@ -80,8 +82,8 @@ class DataSpec:
     def __post_init__(self):
         require([
             (self.dataset in DATASETS or self.dataset.startswith("npz:") or self.sequence, "dataset",
-             f": unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}, npz:PATH, text, text:PATH or "
-             "tokens:PATH"),
+             f": unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}, npz:PATH, text, text:PATH, bytes, "
+             "bytes:PATH or tokens:PATH"),
             (self.window >= 1, "window", f"must be >= 1, got {self.window}"),
             (self.num_classes is None or self.num_classes >= 1, "num_classes", f"must be >= 1, got {self.num_classes}"),
             (self.normalize in NORMALIZE_CHOICES, "normalize",
@@ -96,7 +98,7 @@ class DataSpec:
     @property
     def sequence(self) -> bool:
         """Whether `dataset` is next-token data (text or a token array)."""
-        return self.dataset == "text" or self.dataset.startswith(("text:", "tokens:"))
+        return self.dataset in TEXT_DATASETS or self.dataset.startswith((*(f"{p}:" for p in TEXT_DATASETS), "tokens:"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -167,15 +167,17 @@ DATASETS = ("cifar10", "cifar100")
 def load_dataset(dataset: str, data_dir: str | os.PathLike | None = None, *, source: Source = "auto",
                  strict: bool = True, window: int = 128, num_classes: int | None = None) -> Dataset:
     """`dataset` (`cifar10`, `cifar100` or `npz:PATH`), from `data_dir` / tensorflow-datasets where that applies;
-    next-token data (`text`, `text:PATH`, `tokens:PATH` of an `.npy` of ids) in windows of `window` tokens.
+    next-token data (`text`, `text:PATH` by character, `bytes`, `bytes:PATH` by UTF-8 byte, `tokens:PATH` of an `.npy`
+    of ids) in windows of `window` tokens.
 
     `num_classes` states the class count (the vocabulary size of token data); by default it is the data set's
     own (CIFAR's, a text's alphabet) or the largest label (token id) + 1.
     """
     if dataset.startswith("npz:"):
         return load_npz(dataset[4:], num_classes=num_classes)
-    if dataset == "text" or dataset.startswith("text:"):
-        return text.load_text(dataset[5:] or None, time=window, vocab_size=num_classes)
+    for prefix, kind in text.TEXT_DATASETS.items():
+        if dataset == prefix or dataset.startswith(f"{prefix}:"):
+            return text.load_text(dataset[len(prefix) + 1:] or None, time=window, vocab_size=num_classes, tokens=kind)
     if dataset.startswith("tokens:"):
         return text.load_tokens(dataset[7:], time=window, vocab_size=num_classes)
     if dataset not in LAYOUTS:

@@ -61,10 +61,23 @@ def python_text() -> str:
     return "\n".join(topics.topics[name] for name in sorted(topics.topics))
 
 
+TOKENIZATIONS = ("chars", "bytes")
+BYTE_VOCABULARY = 256
+TEXT_DATASETS = {"text": "chars", "bytes": "bytes"}  # `--dataset` spelling -> tokenisation (`NAME` or `NAME:PATH`)
+
+
 def load_text(path: str | os.PathLike | None = None, *, time: int = 128, stride: int | None = None,
-              test_fraction: float = 0.1, vocab_size: int | None = None) -> Dataset:
-    """A character-level data set: the UTF-8 text at `path` (default: Python's help text), one token per
-    distinct character, numbered in sorted order (`vocab_size`, if given, may exceed the alphabet)."""
+              test_fraction: float = 0.1, vocab_size: int | None = None, tokens: str = "chars") -> Dataset:
+    """A data set of the UTF-8 text at `path` (default: Python's help text), tokenised as
+
+    - `"chars"`: one token per distinct character, numbered in sorted order (vocabulary: the alphabet);
+    - `"bytes"`: its UTF-8 bytes, token = byte value (vocabulary 256, the same for every text, as byte-level
+      models such as ByT5 use).
+
+    `vocab_size`, if given, may exceed the alphabet (or 256).
+    """
+    if tokens not in TOKENIZATIONS:
+        raise ValueError(f"unknown tokenisation {tokens!r}; choose from {', '.join(TOKENIZATIONS)}")
     if path is None:
         text, name = python_text(), PYTHON_TEXT
     else:
@@ -78,9 +91,13 @@ def load_text(path: str | os.PathLike | None = None, *, time: int = 128, stride:
         name = f"text {path}"
         if not text:
             raise ValueError(f"{path} is empty: a text data set needs text to cut into windows")
-    alphabet = sorted(set(text))
-    ids = np.searchsorted(np.array(alphabet), np.array(list(text))).astype(np.int32)
-    return from_tokens(ids, time=time, vocab_size=vocab_size or len(alphabet), stride=stride,
+    if tokens == "bytes":
+        ids, alphabet_size = np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32), BYTE_VOCABULARY
+        name += " (UTF-8 bytes)"
+    else:
+        alphabet = sorted(set(text))
+        ids, alphabet_size = np.searchsorted(np.array(alphabet), np.array(list(text))).astype(np.int32), len(alphabet)
+    return from_tokens(ids, time=time, vocab_size=vocab_size or alphabet_size, stride=stride,
                        test_fraction=test_fraction, name=name)
 
 

@@ -10,8 +10,10 @@ the network's state), parameters named after the PyTorch definition's `state_dic
 `feature_map` (the last stage's output), `pooled` (the penultimate vector), `stageK` and,
 where the references take them, `preactK` (before the last ReLU). They take 32x32 RGB images.
 
-The language models (`kdjax.zoo.language`, `causal_conv_*`) take token ids `[batch, time]`
-and give next-token logits `[batch, time, vocab]`; `num_classes` is the vocabulary size.
+The language models take token ids `[batch, time]` and give next-token logits `[batch, time, vocab]`;
+`num_classes` is the vocabulary size: `causal_conv_*` (`kdjax.zoo.language`) and the transformers
+`gpt2_DxL` / `llama_DxL` (`kdjax.zoo.transformer`: width D, L blocks; roles `block{i}`, `attention{i}`).
+`transformer_network` makes one of any size (`kdjax.hf` reads Hugging Face checkpoints into it).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from flax import linen as nn
 from kdjax.zoo.tutorial import IMAGE_SHAPE
 from kdjax.network import Network, linen_network
 from kdjax.zoo.tutorial import tutorial_student, tutorial_teacher
-from kdjax.zoo import language, mobilenetv2, resnet, shufflenet, vgg, wrn
+from kdjax.zoo import language, mobilenetv2, resnet, shufflenet, transformer, vgg, wrn
 
 TUTORIAL = {"deepnn": tutorial_teacher, "lightnn": tutorial_student}
 # name -> (module constructor taking num_classes, roles)
@@ -35,7 +37,9 @@ ZOO: dict[str, tuple[Callable[..., nn.Module], Mapping[str, str]]] = {
     **{name: (make, mobilenetv2.ROLES) for name, make in mobilenetv2.NETWORKS.items()},
     **{name: (make, shufflenet.ROLES) for name, make in shufflenet.NETWORKS.items()},
     **{name: (make, {}) for name, make in language.NETWORKS.items()},
+    **{name: (make, {}) for name, make in transformer.NETWORKS.items()},  # roles: `transformer.roles(config)`
 }
+LANGUAGE_MODELS = (*language.NETWORKS, *transformer.NETWORKS)
 
 
 def names() -> list[str]:
@@ -62,17 +66,29 @@ def network(name: str, *, num_classes: int = 10, input_shape: tuple[int, ...] = 
         return TUTORIAL[name](num_classes=num_classes)
     if name not in ZOO:
         raise ValueError(f"unknown network {name!r}; known: {', '.join(names())}")
-    is_language_model = name in language.NETWORKS
+    is_language_model = name in LANGUAGE_MODELS
     if is_language_model != (len(input_shape) == 1):
         wanted = "token windows [time]" if is_language_model else "images [height, width, channels]"
         raise ValueError(f"{name} takes {wanted}, but the data's examples have shape {input_shape}; pick a "
-                         f"{'zoo image network' if is_language_model else 'language model (causal_conv_*)'}")
-    if is_language_model:
-        lm = module(name, num_classes=num_classes)
+                         f"{'zoo image network' if is_language_model else 'language model (gpt2_*, llama_*)'}")
+    lm = module(name, num_classes=num_classes) if is_language_model else None
+    if isinstance(lm, transformer.Transformer):
+        return transformer_network(lm.config, time=input_shape[0], name=name)
+    if lm is not None:
         return linen_network(lm, input_shape=input_shape, roles={}, train_argument=None, name=name,
                              input_dtype=jnp.int32, head=language.output_head(lm))
     return linen_network(module(name, num_classes=num_classes), input_shape=input_shape, roles=ZOO[name][1],
                          name=name)
 
 
-__all__ = ["module", "names", "network"]
+def transformer_network(config: transformer.TransformerConfig, *, time: int, name: str | None = None) -> Network:
+    """A `Network` of `transformer.Transformer(config)` for windows of `time` tokens, with its roles and head."""
+    if time > config.max_positions:
+        raise ValueError(f"{name or config.layout} takes at most {config.max_positions} positions; use --window "
+                         f"{config.max_positions} or less")
+    return linen_network(transformer.Transformer(config), input_shape=(time,), roles=transformer.roles(config),
+                         train_argument=None, name=name or f"{config.layout}_{config.hidden_size}x{config.layers}",
+                         input_dtype=jnp.int32, head=transformer.output_head(config))
+
+
+__all__ = ["module", "names", "network", "transformer_network"]
