@@ -124,9 +124,14 @@ class ExperimentConfig:
     teacher_weights: str | None = setting(None, "the students learn from this trained --teacher instead of training "
                                                 "one: its PyTorch state_dict (a .pth/.pt as RepDistiller and "
                                                 "mdistiller release them, read with torch; or an .npz of the same "
-                                                "keys and arrays, which needs no torch)")
-    export_weights: str | None = setting(None, "write the trained teacher's weights to this .npz in PyTorch "
-                                               "state_dict names (first seed), which --teacher-weights reads",
+                                                "keys and arrays, which needs no torch), or a Hugging Face "
+                                                "checkpoint folder (config.json + model.safetensors of a GPT-2 or "
+                                                "Llama-layout model), whose config.json then sets the teacher and the "
+                                                "vocabulary in place of --teacher")
+    export_weights: str | None = setting(None, "write trained weights here: the teacher command's teacher (first "
+                                               "seed) as an .npz in PyTorch state_dict names, or a Hugging Face "
+                                               "folder for a transformer (both what --teacher-weights reads); a "
+                                               "students' command's students, one per member in this folder",
                                          identity="never")
     methods: tuple[str, ...] = setting((), "comma-separated methods to train, CE among them for the comparison "
                                            "(default: every registered one)")
@@ -215,7 +220,7 @@ class ExperimentConfig:
             raise ConfigError(f"--methods: unknown method(s) {', '.join(unknown)}; "
                               f"choose from {', '.join(methods.METHODS)}")
         check_experiment(self.name)
-        from kdjax import zoo
+        from kdjax import hf, zoo
 
         for name, network in (("teacher", self.teacher), ("student", self.student)):
             if network not in zoo.names():
@@ -230,11 +235,18 @@ class ExperimentConfig:
                  f"must be >= 1, got {self.teacher_epochs}"),
                 (self.teacher_augment in (None, *AUGMENTATIONS), "teacher_augment",
                  f"must be one of {', '.join(AUGMENTATIONS)}, got {self.teacher_augment!r}"),
-                (self.export_weights is None or pathlib.Path(self.export_weights).suffix == ".npz", "export_weights",
+                (self.export_weights is None or self.name != "teacher" or zoo.is_transformer(self.teacher)
+                 or pathlib.Path(self.export_weights).suffix == ".npz", "export_weights",
                  f"{self.export_weights}: the weights are written as an .npz; name the file FILE.npz"),
-                (weights is None or weights.is_file(), "teacher_weights", f"{self.teacher_weights} is not a file"),
-                (weights is None or weights.suffix in (".pth", ".pt", ".npz"), "teacher_weights",
+                (self.export_weights is None or not pathlib.Path(self.export_weights).expanduser().is_file(),
+                 "export_weights", f"{self.export_weights} is a file; the weights go to a folder of that name"),
+                (weights is None or weights.is_file() or hf.is_checkpoint_folder(weights), "teacher_weights",
+                 f"{self.teacher_weights} is neither a file nor a Hugging Face folder with {hf.CONFIG_FILE}"),
+                (weights is None or weights.is_dir() or weights.suffix in (".pth", ".pt", ".npz"), "teacher_weights",
                  f"{self.teacher_weights}: expected a PyTorch .pth/.pt or an .npz of its state_dict"),
+                (weights is None or weights.is_file() or self.data.sequence, "teacher_weights",
+                 f"{self.teacher_weights} holds a language model; it teaches on next-token data "
+                 "(--dataset tokens:FILE.npy, text:PATH or bytes:PATH)"),
                 (len(set(self.seeds)) == len(self.seeds), "seeds", f"has a repeated seed: {self.seeds}"),
                 (not (self.data.labelled_size and readers_of_labels), "labelled_size",
                  f": {', '.join(readers_of_labels)} reads every example's label, which unlabelled examples lack; "

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax import methods, zoo
+from kdjax import hf, methods, zoo
 from kdjax.checkpoint import RunCheckpoints
 from kdjax.config import ConfigError, ExperimentConfig, as_config_error
 from kdjax.data import TUTORIAL_NORMALIZATION, Dataset, NormalizationError, Split, load_dataset
@@ -29,7 +29,7 @@ from kdjax.identity import Checkpoints, fingerprint, run_identity
 from kdjax.network import Network
 from kdjax.parallel import batch_mesh, check_batch_size, check_layout
 from kdjax.recipes import RECIPE_WARMUP
-from kdjax.released import export_teacher, load_teacher
+from kdjax.released import export_students, export_teacher, load_teacher
 from kdjax.report import write_run
 from kdjax.tables import teacher_warnings
 from kdjax.tasks import CLASSIFICATION, NEXT_TOKEN
@@ -75,12 +75,12 @@ def train_and_evaluate(config: ExperimentConfig, data: Dataset | None = None, *,
         teacher_results, states = train_teacher(config, taught, teacher_checkpoints, log, config.seeds)
         students = []
         if config.export_weights and jax.process_index() == 0:
-            export_teacher(config, states, teacher_results[0], log)
+            export_teacher(config, states, teacher_results[0], data.num_classes, log)
         for warning in teacher_warnings(teacher_results, [], score, data.num_classes):
             log(f"warning: {warning}")
     elif config.needs_teacher:
         if config.teacher_weights:
-            teacher_results, states = load_teacher(config, data, log, network(config.teacher, data))
+            teacher_results, states = load_teacher(config, data, log, teacher_network(config, data))
         else:
             teacher_results, states = train_teacher(config, taught, teacher_checkpoints, log)
         for warning in teacher_warnings(teacher_results, [], score, data.num_classes):
@@ -106,7 +106,7 @@ def train_and_evaluate(config: ExperimentConfig, data: Dataset | None = None, *,
 def load(config: ExperimentConfig) -> Dataset:
     """The data set `config` names, from its data dir or tensorflow-datasets."""
     return load_dataset(config.data.dataset, config.data.data_dir, source=config.data.data_source,  # type: ignore[arg-type]
-                        window=config.data.window, num_classes=config.data.num_classes)
+                        window=config.data.window, num_classes=config.data.num_classes or released_vocabulary(config))
 
 
 def network(name: str, data: Dataset) -> Network:
@@ -122,6 +122,32 @@ def _network(name: str, num_classes: int, input_shape: tuple[int, ...]) -> Netwo
         raise ConfigError(str(error)) from None
 
 
+def teacher_network(config: ExperimentConfig, data: Dataset) -> Network:
+    """The teacher: the Hugging Face folder `--teacher-weights` names (its config.json), else `--teacher`."""
+    if config.teacher_weights and hf.is_checkpoint_folder(config.teacher_weights):
+        return _released_network(str(pathlib.Path(config.teacher_weights).expanduser()), data.input_shape)
+    return network(config.teacher, data)
+
+
+@functools.cache
+def _released_network(folder: str, input_shape: tuple[int, ...]) -> Network:
+    try:
+        transformer = hf.read_config(folder)
+        return zoo.transformer_network(transformer, time=input_shape[0], name=f"{transformer.layout} ({folder})")
+    except ValueError as error:
+        raise ConfigError(f"--teacher-weights {folder}: {error}") from None
+
+
+def released_vocabulary(config: ExperimentConfig) -> int | None:
+    """The vocabulary of the Hugging Face teacher `--teacher-weights` names, which the token data must use."""
+    if config.needs_teacher and config.teacher_weights and hf.is_checkpoint_folder(config.teacher_weights):
+        try:
+            return hf.read_config(config.teacher_weights).vocab_size
+        except ValueError as error:
+            raise ConfigError(f"--teacher-weights {config.teacher_weights}: {error}") from None
+    return None
+
+
 def check_devices(config: ExperimentConfig) -> None:
     """Raise ConfigError if the devices cannot hold `config`'s layout (the batch's split, fsdp on one device)."""
     try:
@@ -135,7 +161,7 @@ def check_devices(config: ExperimentConfig) -> None:
 def check_networks(config: ExperimentConfig, data: Dataset) -> None:
     """Raise ConfigError, before any training, if a network cannot take `data` or a student method cannot run
     between the two networks (a role one of them lacks, an adapter the shapes rule out)."""
-    teacher = network(config.teacher, data) if config.name == "teacher" or config.needs_teacher else None
+    teacher = teacher_network(config, data) if config.name == "teacher" or config.needs_teacher else None
     if config.name == "teacher":
         return
     student = network(config.student, data)
@@ -153,6 +179,10 @@ def prepare_data(config: ExperimentConfig, full: Dataset, log: Callable[[str], N
     training images, or the subset's where asked)."""
     if config.data.num_classes is not None and config.data.num_classes != full.num_classes:
         raise ConfigError(f"--num-classes {config.data.num_classes}: the data set has {full.num_classes} classes")
+    vocabulary = released_vocabulary(config)
+    if vocabulary is not None and full.num_classes != vocabulary:
+        raise ConfigError(f"--teacher-weights {config.teacher_weights} predicts {vocabulary:,} tokens, but the data "
+                          f"have {full.num_classes:,}: tokenise the data with the teacher's tokenizer")
     for flag, size, available in (("--train-size", config.data.train_size, len(full.train)),
                                   ("--test-size", config.data.test_size, len(full.test))):
         if size is not None and size > available:
@@ -245,7 +275,7 @@ def train_students(config: ExperimentConfig, data: Dataset, checkpoints: Checkpo
     """
     members = config.members()
     student = network(config.student, data)
-    teacher = None if teacher_variables is None else Teacher(network(config.teacher, data), *teacher_variables)
+    teacher = None if teacher_variables is None else Teacher(teacher_network(config, data), *teacher_variables)
     teacher_id = fingerprint(teacher_variables) if teacher_variables is not None else None
 
     def checkpoints_for(chunk: Sequence[Member]) -> RunCheckpoints:
@@ -253,6 +283,8 @@ def train_students(config: ExperimentConfig, data: Dataset, checkpoints: Checkpo
 
     programs = train_members(members, student, data.train, data.test, config.settings(), checkpoints_for,
                              teacher=teacher, cache=config.cache, log=log, desc="student")
+    if config.export_weights and jax.process_index() == 0:
+        export_students(config, config.student, data.num_classes, programs, log)
     if validation is None:
         return [result for program in programs for result in program.results]
     results = []
@@ -280,7 +312,7 @@ def with_view_accuracy(config: ExperimentConfig, data: Dataset, teacher: Sequenc
     A teacher that never saw such views can be far worse on them than on clean images, and
     it is on those views that it teaches.
     """
-    accuracy = accuracies(config, network(config.teacher, data), states, data.test, config.training.augment)
+    accuracy = accuracies(config, teacher_network(config, data), states, data.test, config.training.augment)
     log(f"teacher: {accuracy[0]:.2f}% on one {config.training.augment} view of each test image "
         f"({teacher[0].test_accuracy:.2f}% on the images themselves)")
     return [dataclasses.replace(r, view_accuracy=float(a)) for r, a in zip(teacher, accuracy)]

@@ -337,4 +337,5 @@ def test_a_trained_teacher_exports_the_weights_teacher_weights_reads(tmp_path, f
     assert run("kd", [*flags, "--student", "resnet8", "--teacher-weights", str(exported), "--normalize",
                       "imagenet"]) == 0
     assert f"teacher: resnet8 from {exported}, test accuracy {accuracy:.2f}%" in capsys.readouterr().out
-    assert run("kd", [*flags, "--export-weights", str(tmp_path / "x.npz")]) == 2  # a teacher's flag only
+    assert run("kd", [*flags, "--export-weights", str(exported)]) == 1  # students go to a folder
+    assert "is a file; the weights go to a folder" in capsys.readouterr().err

@@ -140,3 +140,37 @@ def test_live_transformers_loads_the_export_and_kdjax_loads_transformers(tmp_pat
     _, reloaded = hf.load_pretrained(tmp_path / "transformers")
     jax.tree.map(np.testing.assert_array_equal, reloaded, hf.from_transformers(model)[1])
     jax.tree.map(np.testing.assert_array_equal, reloaded, params)
+
+
+def test_a_transformers_folder_teaches_a_student_that_goes_back_out_as_one(tmp_path, capsys):
+    """The README's command: a GPT-2 folder distilled into a Llama-layout student on .npy tokens, exported as
+    folders; each one holds the weights the run evaluated (its test loss, recomputed from the folder)."""
+    from kdjax.experiments.common import run
+
+    config, state_dict = reference("gpt2")
+    hf.save_pretrained(tmp_path / "teacher", config, hf.params_from_state_dict(config, state_dict))
+    tokens = np.random.default_rng(0).integers(0, 90, 1200)  # the teacher's vocabulary is 96
+    np.save(tmp_path / "tokens.npy", tokens)
+    common = ["--dataset", f"tokens:{tmp_path / 'tokens.npy'}", "--teacher-weights", str(tmp_path / "teacher"),
+              "--window", "16", "--checkpoint-dir", str(tmp_path / "ck"), "--output-dir", str(tmp_path / "runs")]
+    assert run("lm", [*common, "--student", "llama_64x2", "--methods", "ce,kd", "--seeds", "0", "--epochs", "1",
+                      "--batch-size", "16", "--export-weights", str(tmp_path / "students")]) == 0
+    out = capsys.readouterr().out
+    assert "96 tokens in the vocabulary" in out and f"teacher: gpt2 ({tmp_path / 'teacher'})" in out
+    (run_dir,) = (tmp_path / "runs").glob("lm-*")
+    rows = {r["method"]: r for r in map(json.loads, (run_dir / "members.jsonl").read_text().splitlines())
+            if r["role"] == "student"}
+    test = tokens[int(round(len(tokens) * 0.9)):]
+    inputs = np.stack([test[i:i + 16] for i in range(0, len(test) - 16, 16)])
+    labels = np.stack([test[i + 1:i + 17] for i in range(0, len(test) - 16, 16)])
+    for method in ("ce", "kd"):
+        student_config, params = hf.load_pretrained(tmp_path / "students" / f"{method}-seed0")
+        assert (student_config.layout, student_config.vocab_size) == ("llama", 96)
+        logits = Transformer(student_config).apply({"params": params}, jnp.asarray(inputs))
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(labels)).mean()
+        np.testing.assert_allclose(loss, rows[method]["test_loss"], rtol=1e-5)
+
+    np.save(tmp_path / "tokens.npy", np.append(tokens, 96))
+    assert run("lm", [*common, "--methods", "ce,kd", "--seeds", "0"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "token ids must lie in [0, 96), found 96" in err and "\n" not in err

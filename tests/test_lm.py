@@ -12,7 +12,7 @@ import pytest
 
 from kdjax import zoo
 from kdjax.checkpoint import RunCheckpoints
-from kdjax.data import Split, from_tokens, gather_batch, load_text, windows
+from kdjax.data import Split, from_tokens, gather_batch, load_dataset, load_text, windows
 from kdjax.data.text import load_tokens
 from kdjax.experiments.common import run
 from kdjax.teacher import Teacher
@@ -51,6 +51,17 @@ def test_python_text_is_character_level_with_its_alphabet():
     assert data.task is NEXT_TOKEN and data.name == "python-docs"
     assert 90 <= data.num_classes <= 200 and data.train.labels.max() < data.num_classes
     assert len(data.train) * 33 > 300_000  # ~465k characters, 90 % of them for training
+
+
+def test_byte_level_text_is_its_utf8_bytes_with_a_vocabulary_of_256(tmp_path):
+    text = "naïve café, ½ → ∞ " * 40  # one to three bytes per character
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    data = load_dataset(f"bytes:{tmp_path / 't.txt'}", window=8)
+    raw = np.frombuffer(text.encode("utf-8"), np.uint8)
+    assert data.num_classes == 256 and data.name.endswith("(UTF-8 bytes)") and len(raw) > len(text)
+    np.testing.assert_array_equal(data.train.inputs[:2].ravel(), raw[:16])
+    np.testing.assert_array_equal(data.train.labels[0], raw[1:9])
+    assert load_dataset(f"text:{tmp_path / 't.txt'}", window=8).num_classes == len(set(text))
 
 
 @pytest.mark.parametrize("make, message", [

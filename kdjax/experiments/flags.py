@@ -55,7 +55,6 @@ def _grid_axis(text: str) -> tuple[str, tuple[float, ...]]:
 
 
 PARSERS = {"seeds": _integers("integers"), "milestones": _integers("epochs"), "methods": _names}
-TEACHER_ONLY = {"export_weights"}
 STUDENT_ONLY = {"student", "baseline", "teacher_epochs", "teacher_seed", "teacher_augment", "cache", "validation_size",
                 "teacher_weights"}
 
@@ -71,7 +70,7 @@ def add_flags(parser: argparse.ArgumentParser, experiment: str) -> None:
     defaults this experiment runs with."""
     defaults = command_defaults(experiment)
     flat, plain = defaults.flat(), ExperimentConfig().flat()
-    skip = STUDENT_ONLY if experiment == "teacher" else TEACHER_ONLY
+    skip = STUDENT_ONLY if experiment == "teacher" else set()
     if experiment not in ("methods", "lm"):
         skip = skip | {"methods"}
     for field in flag_fields():

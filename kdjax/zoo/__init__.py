@@ -81,6 +81,11 @@ def network(name: str, *, num_classes: int = 10, input_shape: tuple[int, ...] = 
                          name=name)
 
 
+def is_transformer(name: str) -> bool:
+    """Whether zoo network `name` is a transformer (whose weights go in and out as Hugging Face folders)."""
+    return name in transformer.NETWORKS
+
+
 def transformer_network(config: transformer.TransformerConfig, *, time: int, name: str | None = None) -> Network:
     """A `Network` of `transformer.Transformer(config)` for windows of `time` tokens, with its roles and head."""
     if time > config.max_positions:
@@ -91,4 +96,4 @@ def transformer_network(config: transformer.TransformerConfig, *, time: int, nam
                          input_dtype=jnp.int32, head=transformer.output_head(config))
 
 
-__all__ = ["module", "names", "network", "transformer_network"]
+__all__ = ["is_transformer", "module", "names", "network", "transformer_network"]
