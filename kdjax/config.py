@@ -128,6 +128,9 @@ class ExperimentConfig:
                                                 "checkpoint folder (config.json + model.safetensors of a GPT-2 or "
                                                 "Llama-layout model), whose config.json then sets the teacher and the "
                                                 "vocabulary in place of --teacher")
+    teacher_topk: str | None = setting(None, "the students of top-k methods (topk-kd) learn from this offline "
+                                             "teacher: a folder of its top-k logits per token, written by python "
+                                             "-m kdjax.offline for the same data; no teacher runs in the step")
     export_weights: str | None = setting(None, "write trained weights here: the teacher command's teacher (first "
                                                "seed) as an .npz in PyTorch state_dict names, or a Hugging Face "
                                                "folder for a transformer (both what --teacher-weights reads); a "
@@ -227,6 +230,8 @@ class ExperimentConfig:
                 raise ConfigError(f"{flag(name)}: unknown network {network!r}; choose from {', '.join(zoo.names())}")
         weights = pathlib.Path(self.teacher_weights).expanduser() if self.teacher_weights else None
         readers_of_labels = [m.name for m in self.chosen_methods if m.uses_labels]
+        network_readers = [m.name for m in self.chosen_methods if m.needs_teacher_network]
+        topk_readers = [m.name for m in self.chosen_methods if m.needs_teacher and not m.needs_teacher_network]
         try:
             require([
                 (len(set(self.methods)) == len(self.methods), "methods",
@@ -248,6 +253,14 @@ class ExperimentConfig:
                  f"{self.teacher_weights} holds a language model; it teaches on next-token data "
                  "(--dataset tokens:FILE.npy, text:PATH or bytes:PATH)"),
                 (len(set(self.seeds)) == len(self.seeds), "seeds", f"has a repeated seed: {self.seeds}"),
+                (not (self.teacher_topk and network_readers), "teacher_topk",
+                 f": {', '.join(network_readers)} run(s) the teacher network, which an offline top-k teacher is not; "
+                 "train them in a command of their own"),
+                (not (self.teacher_topk and self.teacher_weights), "teacher_topk",
+                 " replaces the teacher: leave --teacher-weights out"),
+                (bool(self.teacher_topk) or not topk_readers, "teacher_topk",
+                 f": {', '.join(topk_readers)} read(s) an offline teacher's stored top-k; give --teacher-topk DIR "
+                 "(python -m kdjax.offline writes one)"),
                 (not (self.data.labelled_size and readers_of_labels), "labelled_size",
                  f": {', '.join(readers_of_labels)} reads every example's label, which unlabelled examples lack; "
                  "leave it out of partly labelled runs"),
@@ -256,6 +269,13 @@ class ExperimentConfig:
         except SettingError as error:
             raise as_config_error(error) from None
         self.members()
+        if self.teacher_topk:
+            from kdjax import offline
+
+            try:
+                offline.read_manifest(self.teacher_topk)
+            except offline.OfflineTeacherError as error:
+                raise ConfigError(f"--teacher-topk {self.teacher_topk}: {error}") from None
         if self.data.data_dir is not None:
             path = pathlib.Path(self.data.data_dir).expanduser()
             if not path.exists():

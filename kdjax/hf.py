@@ -16,8 +16,6 @@ import json
 import os
 import pathlib
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kdjax.atomic import whole_folder
 from kdjax.zoo.transformer import Transformer, TransformerConfig
 
 CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = "config.json", "model.safetensors", "model.safetensors.index.json"
@@ -222,17 +221,9 @@ def save_pretrained(directory: str | os.PathLike, config: TransformerConfig, par
     or not at all: it is written beside and then renamed (an existing one is replaced)."""
     from safetensors.numpy import save_file
 
-    directory = pathlib.Path(directory).expanduser()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    partial = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with whole_folder(pathlib.Path(directory).expanduser()) as partial:
         (partial / CONFIG_FILE).write_text(json.dumps(config_to_hf(config), indent=2) + "\n")
         save_file(state_dict_from_params(config, params), partial / WEIGHTS_FILE, metadata={"format": "pt"})
-        if directory.exists():
-            shutil.rmtree(directory)
-        partial.rename(directory)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
 
 
 def is_checkpoint_folder(path: str | os.PathLike) -> bool:

@@ -21,6 +21,7 @@ from flax import linen as nn
 from kdjax import losses
 from kdjax.losses import flatten_channel_major
 from kdjax.losses.logits import generalized_jsd_per_position, kd_per_position
+from kdjax.losses.topk import topk_kd_per_position
 
 Outputs = Mapping[str, jax.Array]  # "logits" (`[batch, classes]` or `[batch, time, vocab]`) and each role read
 Hyperparameters = Mapping[str, jax.Array]
@@ -43,6 +44,7 @@ PerPosition = Callable[[jax.Array, jax.Array, Hyperparameters], jax.Array]
 AdapterFactory = Callable[[tuple[int, ...], tuple[int, ...]], nn.Module]
 
 DISTILLATION_WEIGHTS = {"ce_weight": 0.75, "aux_weight": 0.25}  # the tutorial's weighting
+TOPK_READ = "topk"  # an offline teacher's stored top-k logits (`kdjax.losses.topk.TopKLogits`), no network run
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # identity: a member holds its method, and members are hashed
@@ -63,7 +65,7 @@ class Method:
         training on partly labelled data.
       title: the name reports give the student ("CE + DIST"); "CE + <name>" when left empty.
       per_position: `loss` per position from float32 logits (its where-masked mean is `loss`), for a
-        method that reads only the logits. With it, a network that declares its output head trains
+        method that reads only the logits (or only an offline teacher's `TopKLogits`, which it then receives). With it, a network that declares its output head trains
         through the fused losses (`kdjax.losses.fused`), never holding `[tokens, vocab]` logits.
     """
 
@@ -85,18 +87,24 @@ class Method:
             object.__setattr__(self, "hyperparameters", {**DISTILLATION_WEIGHTS, **self.hyperparameters})
         if (self.adapter is None) != (self.adapted is None):
             raise ValueError(f"method {self.name!r}: give both adapter and adapted, or neither")
-        if self.per_position is not None and self.reads != ("logits",):
-            raise ValueError(f"method {self.name!r}: per_position is for a loss of the logits alone, but it reads "
-                             f"{self.reads}")
+        if self.per_position is not None and self.reads not in (("logits",), (TOPK_READ,)):
+            raise ValueError(f"method {self.name!r}: per_position is for a loss of the logits (or the stored top-k) "
+                             f"alone, but it reads {self.reads}")
 
     @property
     def needs_teacher(self) -> bool:
         return self.loss is not None
 
     @property
+    def needs_teacher_network(self) -> bool:
+        """Whether the teacher must be a network: every method with a loss but those that read only stored top-k
+        logits (`TOPK_READ`), which an offline teacher serves."""
+        return self.needs_teacher and self.reads != (TOPK_READ,)
+
+    @property
     def roles(self) -> tuple[str, ...]:
-        """The roles read from the networks' intermediates (everything but the logits)."""
-        return tuple(role for role in self.reads if role != "logits")
+        """The roles read from the networks' intermediates (everything but the logits and stored top-k)."""
+        return tuple(role for role in self.reads if role not in ("logits", TOPK_READ))
 
     def resolve(self, overrides: Mapping[str, float] | None = None) -> dict[str, float]:
         """Defaults with `overrides` applied; unknown names and invalid values are errors."""
@@ -289,6 +297,19 @@ SP = register(Method(
     "sp", "similarity-preserving KD (Tung & Mori 2019) on the last feature maps",
     reads=("feature_map",), loss=_sp, title="CE + SP",
     hyperparameters={"ce_weight": 1.0, "aux_weight": 3000.0}))
+
+
+def _topk_kd(student: Outputs, teacher: Outputs, hp: Hyperparameters, context: Context) -> jax.Array:
+    values, indices = teacher[TOPK_READ].first(hp["top_k"])
+    return losses.topk_kd_loss(student["logits"], values, indices, temperature=hp["temperature"], where=context.where)
+
+
+TOPK_KD = register(Method(
+    "topk-kd", "KD from an offline teacher's stored top-k logits, renormalised over its k (MaxText's offline "
+    "distillation); top_k <= 0 uses every stored entry, a smaller k the first k",
+    reads=(TOPK_READ,), loss=_topk_kd, title="CE + top-k KD",
+    per_position=lambda s, t, hp: topk_kd_per_position(s, *t.first(hp["top_k"]), hp["temperature"]),
+    hyperparameters={"temperature": 2.0, "top_k": 0.0}))
 
 
 def _gkd(student: Outputs, teacher: Outputs, hp: Hyperparameters, context: Context) -> jax.Array:

@@ -16,10 +16,11 @@ RECIPES: dict[str, dict[str, Any]] = {
                  # to 1/12 of training (its 20 of 240 epochs) once the data's size is known (RECIPE_WARMUP).
                  "method_defaults": (("kd", (("aux_weight", 0.9), ("ce_weight", 0.1), ("temperature", 4.0))),)},
     # char-lm: next-token distillation on Python's help text, character-level (vocabulary 103), windows of 128;
-    # Adam 3e-3, batch 32; KD at T = 1 weighted as GKD (CE 0.5 + 0.5), so that the two divergences compare.
+    # Adam 3e-3, batch 32; KD (and top-k KD) at T = 1 weighted as GKD (CE 0.5 + 0.5), so that the divergences compare.
     "char-lm": {"dataset": "text", "teacher": "causal_conv_128x5", "student": "causal_conv_32x2",
                 "optimizer": "adam", "learning_rate": 3e-3, "batch_size": 32, "epochs": 10, "augment": "none",
-                "method_defaults": (("kd", (("aux_weight", 0.5), ("ce_weight", 0.5), ("temperature", 1.0))),)},
+                "method_defaults": tuple((method, (("aux_weight", 0.5), ("ce_weight", 0.5), ("temperature", 1.0)))
+                                         for method in ("kd", "topk-kd"))},
 }
 RECIPE_WARMUP = {"cifar-kd": ("dkd", "warmup_steps", 20 / 240)}  # recipe -> (method, hyperparameter, of training)
 SMALL_LEARNING_RATE_STUDENTS = ("mobilenetv2", "shufflenetv1", "shufflenetv2")  # cifar-kd trains them at 0.01

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax import hf, methods, zoo
+from kdjax import hf, methods, offline, zoo
 from kdjax.checkpoint import RunCheckpoints
 from kdjax.config import ConfigError, ExperimentConfig, as_config_error
 from kdjax.data import TUTORIAL_NORMALIZATION, Dataset, NormalizationError, Split, load_dataset
@@ -25,7 +25,7 @@ from kdjax.data.normalization import choose as choose_normalization
 from kdjax.engine import (Member, MemberResult, evaluate_members, model_variables, program_name, reads_teacher,
                           train_members, unrolls)
 from kdjax.fields import SettingError
-from kdjax.identity import Checkpoints, fingerprint, run_identity
+from kdjax.identity import FINGERPRINT_CHARS, Checkpoints, fingerprint, run_identity
 from kdjax.network import Network
 from kdjax.parallel import batch_mesh, check_batch_size, check_layout
 from kdjax.recipes import RECIPE_WARMUP
@@ -33,7 +33,7 @@ from kdjax.released import export_students, export_teacher, load_teacher
 from kdjax.report import write_run
 from kdjax.tables import teacher_warnings
 from kdjax.tasks import CLASSIFICATION, NEXT_TOKEN
-from kdjax.teacher import Teacher
+from kdjax.teacher import CachedTeacher, Teacher, TeacherLike
 from kdjax.train import build_objective
 
 
@@ -78,6 +78,10 @@ def train_and_evaluate(config: ExperimentConfig, data: Dataset | None = None, *,
             export_teacher(config, states, teacher_results[0], data.num_classes, log)
         for warning in teacher_warnings(teacher_results, [], score, data.num_classes):
             log(f"warning: {warning}")
+    elif config.teacher_topk:
+        teacher_results = []
+        students = train_students(config, learners, student_checkpoints, offline_teacher(config, learners, log), log,
+                                  validation)
     elif config.needs_teacher:
         if config.teacher_weights:
             teacher_results, states = load_teacher(config, data, log, teacher_network(config, data))
@@ -87,7 +91,9 @@ def train_and_evaluate(config: ExperimentConfig, data: Dataset | None = None, *,
             log(f"warning: {warning}")
         if config.training.augment != "none":
             teacher_results = with_view_accuracy(config, data, teacher_results, states, log)
-        students = train_students(config, learners, student_checkpoints, model_variables(states), log, validation)
+        variables = model_variables(states)
+        teacher = Teacher(teacher_network(config, data), *variables), fingerprint(variables)
+        students = train_students(config, learners, student_checkpoints, teacher, log, validation)
         for warning in teacher_warnings(teacher_results, students, score, None):
             log(f"warning: {warning}")
     else:
@@ -139,12 +145,15 @@ def _released_network(folder: str, input_shape: tuple[int, ...]) -> Network:
 
 
 def released_vocabulary(config: ExperimentConfig) -> int | None:
-    """The vocabulary of the Hugging Face teacher `--teacher-weights` names, which the token data must use."""
-    if config.needs_teacher and config.teacher_weights and hf.is_checkpoint_folder(config.teacher_weights):
-        try:
+    """The vocabulary of the teacher that `--teacher-weights` (a Hugging Face folder) or `--teacher-topk` names,
+    which the token data must use."""
+    try:
+        if config.teacher_topk:
+            return int(offline.read_manifest(config.teacher_topk)["vocab_size"])
+        if config.needs_teacher and config.teacher_weights and hf.is_checkpoint_folder(config.teacher_weights):
             return hf.read_config(config.teacher_weights).vocab_size
-        except ValueError as error:
-            raise ConfigError(f"--teacher-weights {config.teacher_weights}: {error}") from None
+    except ValueError as error:
+        raise ConfigError(f"--teacher-{'topk' if config.teacher_topk else 'weights'}: {error}") from None
     return None
 
 
@@ -181,8 +190,10 @@ def prepare_data(config: ExperimentConfig, full: Dataset, log: Callable[[str], N
         raise ConfigError(f"--num-classes {config.data.num_classes}: the data set has {full.num_classes} classes")
     vocabulary = released_vocabulary(config)
     if vocabulary is not None and full.num_classes != vocabulary:
-        raise ConfigError(f"--teacher-weights {config.teacher_weights} predicts {vocabulary:,} tokens, but the data "
-                          f"have {full.num_classes:,}: tokenise the data with the teacher's tokenizer")
+        flag = f"--teacher-topk {config.teacher_topk}" if config.teacher_topk else \
+            f"--teacher-weights {config.teacher_weights}"
+        raise ConfigError(f"{flag} predicts {vocabulary:,} tokens, but the data have {full.num_classes:,}: tokenise "
+                          "the data with the teacher's tokenizer")
     for flag, size, available in (("--train-size", config.data.train_size, len(full.train)),
                                   ("--test-size", config.data.test_size, len(full.test))):
         if size is not None and size > available:
@@ -254,6 +265,18 @@ def train_teacher(config: ExperimentConfig, data: Dataset, checkpoints: Checkpoi
     return results, states
 
 
+def offline_teacher(config: ExperimentConfig, data: Dataset, log: Callable[[str], None]
+                    ) -> tuple[CachedTeacher, str]:
+    """The `--teacher-topk` teacher for `data`'s training split, and its fingerprint (the split's and its files')."""
+    try:
+        teacher, manifest = offline.read(config.teacher_topk, data.train)
+    except offline.OfflineTeacherError as error:
+        raise ConfigError(f"--teacher-topk {config.teacher_topk}: {error}") from None
+    log(f"teacher: offline top-{manifest['k']} ({manifest['dtype']}) of {manifest['teacher'] or 'a teacher'}, "
+        f"{manifest['bytes_per_token']:.1f} bytes per token, from {config.teacher_topk}")
+    return teacher, manifest["sha256"][:FINGERPRINT_CHARS]  # the stored values' own hash
+
+
 def teacher_data(config: ExperimentConfig, data: Dataset) -> Dataset:
     """What the teacher learns from: the labelled images alone under `--labelled-size`."""
     return data.subset(config.data.labelled_size) if config.data.labelled_size else data
@@ -267,16 +290,17 @@ def student_data(config: ExperimentConfig, data: Dataset) -> tuple[Dataset, Spli
     return dataclasses.replace(data, train=data.train.rows(slice(0, keep))), data.train.rows(slice(keep, None))
 
 
-def train_students(config: ExperimentConfig, data: Dataset, checkpoints: Checkpoints, teacher_variables: Any,
-                   log: Callable[[str], None], validation: Split | None = None) -> list[MemberResult]:
+def train_students(config: ExperimentConfig, data: Dataset, checkpoints: Checkpoints,
+                   teacher: tuple[TeacherLike, str] | None, log: Callable[[str], None],
+                   validation: Split | None = None) -> list[MemberResult]:
     """The students of `config`, trained or restored; with `validation`, each result carries its accuracy there.
 
-    `teacher_variables` is the trained teacher's `(params, state)`, or None for students without one.
+    `teacher` is (the teacher, the fingerprint its students' checkpoints are keyed by), or None for students
+    without one.
     """
     members = config.members()
     student = network(config.student, data)
-    teacher = None if teacher_variables is None else Teacher(teacher_network(config, data), *teacher_variables)
-    teacher_id = fingerprint(teacher_variables) if teacher_variables is not None else None
+    teacher, teacher_id = teacher or (None, None)
 
     def checkpoints_for(chunk: Sequence[Member]) -> RunCheckpoints:
         return checkpoints.for_members(program_name(chunk), student, teacher_id if reads_teacher(chunk) else None)(chunk)

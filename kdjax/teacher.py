@@ -66,7 +66,8 @@ class Teacher:
 
 @struct.dataclass
 class CachedTeacher:
-    """A teacher's outputs for every example of one split, `{role: [examples, ...]}`, in split order."""
+    """A teacher's outputs for every example of one split, `{role: [examples, ...]}` (or a pytree of such arrays,
+    as an offline teacher's `TopKLogits`), in split order."""
 
     table: dict[str, jax.Array]
 
@@ -75,7 +76,7 @@ class CachedTeacher:
         missing = [role for role in reads if role not in self.table]
         if missing:
             raise ValueError(f"the teacher cache holds {sorted(self.table)}, not {missing}: cache what the method reads")
-        return {role: self.table[role][batch["index"]] for role in reads}
+        return {role: jax.tree.map(lambda table: table[batch["index"]], self.table[role]) for role in reads}
 
     def on(self, mesh: Mesh, parameter_sharding: str = "replicated") -> CachedTeacher:
         """This cache replicated on `mesh` (every device gathers its rows)."""

@@ -29,7 +29,7 @@ from kdjax import losses
 from kdjax.data.normalization import TUTORIAL_NORMALIZATION, Normalization
 from kdjax.fields import require, setting
 from kdjax.losses.fused import fused_objective
-from kdjax.methods import Context, Method
+from kdjax.methods import TOPK_READ, Context, Method
 from kdjax.network import HEAD_READ, Network
 from kdjax.optimizers import OPTIMIZERS, SCHEDULES
 from kdjax.parallel import PARAMETER_SHARDING
@@ -170,6 +170,8 @@ class Objective:
             return f"{self.method.name}: full logits ({self.student.name} {why})"
         if not self.method.needs_teacher:
             return f"{self.method.name}: fused head (logits one chunk of tokens at a time, never [tokens, vocab])"
+        if not self.method.needs_teacher_network:
+            return f"{self.method.name}: fused head (the student's logits one chunk at a time; the stored top-k teacher)"
         if self.teacher_head:
             return f"{self.method.name}: fused head (the student's and the teacher's logits one chunk at a time)"
         return (f"{self.method.name}: fused head for the student; the teacher's full logits (it declares no output "
@@ -178,7 +180,7 @@ class Objective:
 
 def build_objective(method: Method, student: Network, teacher: Network | None = None) -> Objective:
     """Check that `student` and `teacher` have the roles `method` reads, and build its adapter."""
-    if method.needs_teacher and teacher is None:
+    if method.needs_teacher_network and teacher is None:
         raise ValueError(f"method {method.name!r} needs a teacher network")
     if teacher is not None and method.roles:
         teacher.output_shapes(method.roles)  # raises, naming the missing role
@@ -300,7 +302,7 @@ def _fused_loss(params: Any, model_state: Any, batch: Batch, dropout_key: jax.Ar
     if method.loss is not None:
         if teacher is None:
             raise ValueError(f"method {method.name!r} needs the teacher's outputs")
-        teacher_side = teacher[HEAD_READ] if HEAD_READ in teacher else teacher["logits"]
+        teacher_side = next(teacher[read] for read in (HEAD_READ, TOPK_READ, "logits") if read in teacher)
         divergence = method.per_position
     ce_where = where if labelled is None else labelled if where is None else jnp.logical_and(where, labelled)
     loss, sums = fused_objective(head, batch["label"], teacher=teacher_side, divergence=divergence,

@@ -170,6 +170,17 @@ def test_a_transformers_folder_teaches_a_student_that_goes_back_out_as_one(tmp_p
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(labels)).mean()
         np.testing.assert_allclose(loss, rows[method]["test_loss"], rtol=1e-5)
 
+    # The same teacher offline: its top 8 stored once, a top-k student trained from the files alone.
+    from kdjax import offline
+
+    assert offline.main(["--teacher-weights", str(tmp_path / "teacher"), "--dataset", f"tokens:{tmp_path / 'tokens.npy'}",
+                         "--window", "16", "--k", "8", "--out", str(tmp_path / "top8")]) == 0
+    assert run("lm", [*common[:2], *common[4:], "--teacher-topk", str(tmp_path / "top8"), "--student", "llama_64x2",
+                      "--methods", "topk-kd", "--seeds", "0", "--epochs", "1", "--batch-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "offline teacher: top-8 of 1,072 tokens" in out and "teacher: offline top-8 (bfloat16) of gpt2" in out
+    assert "topk-kd: fused head (the student's logits one chunk at a time; the stored top-k teacher)" in out
+
     np.save(tmp_path / "tokens.npy", np.append(tokens, 96))
     assert run("lm", [*common, "--methods", "ce,kd", "--seeds", "0"]) != 0
     err = capsys.readouterr().err.strip()

@@ -29,7 +29,7 @@ from kdjax.engine.evaluate import evaluate_members
 from kdjax.engine.members import (Member, MemberResult, ProgramResult, chunks, data_groups, program_name, programs,
                                   reads_teacher, stack_hyperparameters)
 from kdjax.engine.step import ProgramSpec, first_nonfinite, init_states, jitted_step, state_shardings, unrolls
-from kdjax.methods import Method
+from kdjax.methods import TOPK_READ, Method
 from kdjax.network import Network
 from kdjax.optimizers import make_optimizer
 from kdjax.parallel import batch_mesh, check_batch_size, check_layout, place, replicate
@@ -243,20 +243,22 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
 
 def train_members(
     members: Sequence[Member], student: Network, train_split: Split, test_split: Split, settings: Settings,
-    checkpoints_for: Callable[[Sequence[Member]], RunCheckpoints], *, teacher: Teacher | None = None,
+    checkpoints_for: Callable[[Sequence[Member]], RunCheckpoints], *, teacher: TeacherLike | None = None,
     cache: bool = True, log: Callable[[str], None] = print, desc: str = "train",
 ) -> list[ProgramResult]:
     """Train every member: one program per method, split into programs that fit the device's memory.
 
     `checkpoints_for(members)` gives each program its checkpoints; `settings.members_per_program`
-    caps a program's size by hand. `teacher` serves the members whose methods read one: its
+    caps a program's size by hand. `teacher` serves the members whose methods read one (an offline
+    teacher, a `CachedTeacher` of stored outputs, is served as it is); a network's
     outputs are computed once over `train_split` where a cache cannot change the results
     (`kdjax.teacher.cache_off_reason`; never with `cache=False`); otherwise it runs inside every
     step, and unrolled members of the methods that read it share one program, so that members
     with one seed pay for one teacher forward per step between them.
     """
-    objectives = {method: build_objective(method, student, teacher.network if teacher and method.needs_teacher
-                                          else None) for method in dict.fromkeys(m.method for m in members)}
+    network = teacher.network if isinstance(teacher, Teacher) else None
+    objectives = {method: build_objective(method, student, network if method.needs_teacher_network else None)
+                  for method in dict.fromkeys(m.method for m in members)}
     reads = tuple(dict.fromkeys(r for o in objectives.values() for r in o.teacher_reads))
     if train_split.task is NEXT_TOKEN or any(o.student.head is not None for o in objectives.values()):
         for objective in objectives.values():
@@ -265,7 +267,16 @@ def train_members(
         raise ValueError(f"{', '.join(m.name for m in objectives if m.needs_teacher)} need(s) a teacher")
     mesh = batch_mesh(settings.devices or None)
     source, share = None, False
-    if teacher is not None and reads:
+    if isinstance(teacher, CachedTeacher) and reads:  # a table already (an offline teacher): served as it is
+        missing = [read for read in reads if read not in teacher.table]
+        if missing:
+            raise ValueError(f"the teacher given holds {sorted(teacher.table)}, but the methods read {missing}: "
+                             "methods that run a teacher need a network")
+        source = functools.cache(lambda: teacher)
+    elif teacher is not None and reads:
+        if TOPK_READ in reads:
+            raise ValueError("top-k methods read an offline teacher's stored logits: give one (--teacher-topk DIR, "
+                             "written by python -m kdjax.offline)")
         reason = cache_off_reason(teacher, train_split, reads, augment=settings.augment, wanted=cache,
                                   capacity_bytes=memory.device_capacity_bytes(mesh.devices.flat[0]))
         if reason:

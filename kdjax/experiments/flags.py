@@ -56,7 +56,7 @@ def _grid_axis(text: str) -> tuple[str, tuple[float, ...]]:
 
 PARSERS = {"seeds": _integers("integers"), "milestones": _integers("epochs"), "methods": _names}
 STUDENT_ONLY = {"student", "baseline", "teacher_epochs", "teacher_seed", "teacher_augment", "cache", "validation_size",
-                "teacher_weights"}
+                "teacher_weights", "teacher_topk"}
 
 
 def command_defaults(experiment: str) -> ExperimentConfig:

@@ -40,7 +40,7 @@ from jax.typing import ArrayLike
 from kdjax.losses._common import _floating, _mask, _positive
 from kdjax.losses.logits import (check_beta, cross_entropy_per_position, generalized_jsd_per_position,
                                  kd_per_position)
-from kdjax.losses.topk import check_topk, topk_kd_per_position
+from kdjax.losses.topk import TopKLogits, check_topk, topk_kd_per_position
 
 FusedReduction = Literal["mean", "sum"]
 # Chunk logits of at most this many elements (64 MiB in float32): 128 tokens at a 128k
@@ -472,7 +472,8 @@ def fused_topk_kd_loss(student_hidden: ArrayLike, student_head: ArrayLike, teach
 PerPositionDivergence = Callable[[jax.Array, jax.Array, Any], jax.Array]
 
 
-def fused_objective(student: LinearHead, labels: ArrayLike, *, teacher: LinearHead | ArrayLike | None = None,
+def fused_objective(student: LinearHead, labels: ArrayLike, *,
+                    teacher: LinearHead | TopKLogits | ArrayLike | None = None,
                     divergence: PerPositionDivergence | None = None, hyperparameters: Any,
                     ce_where: ArrayLike | None = None, aux_where: ArrayLike | None = None,
                     counted: ArrayLike | None = None, vocab_size: int | None = None,
@@ -487,10 +488,10 @@ def fused_objective(student: LinearHead, labels: ArrayLike, *, teacher: LinearHe
     Args:
       student: the student's `LinearHead`, hidden `[..., d_s]`.
       labels: `[...]` integers, the next tokens (or classes).
-      teacher: the teacher's `LinearHead` (hidden `[..., d_t]`), or its logits `[..., vocab]`, or None
-        without a divergence; no gradient reaches it.
-      divergence: `(student logits, teacher logits, hyperparameters) -> [n]` per position, as
-        `kdjax.losses.logits.kd_per_position`.
+      teacher: the teacher's `LinearHead` (hidden `[..., d_t]`), its logits `[..., vocab]`, its top-k
+        (`TopKLogits`, `[..., k]`), or None without a divergence; no gradient reaches it.
+      divergence: `(student logits, teacher logits (or its `TopKLogits`), hyperparameters) -> [n]` per
+        position, as `kdjax.losses.logits.kd_per_position`.
       hyperparameters: a mapping holding `ce_weight` and `aux_weight` (scalars) and whatever `divergence` reads.
       ce_where, aux_where: boolean `[...]`, the positions each term averages over (None: all).
       counted: boolean `[...]`, the positions whose top-1 hits count (default `aux_where`).
@@ -523,7 +524,13 @@ def fused_objective(student: LinearHead, labels: ArrayLike, *, teacher: LinearHe
     if divergence is not None:
         if teacher is None:
             raise ValueError(f"{name}: a divergence needs the teacher's head or logits")
-        if isinstance(teacher, LinearHead):
+        if isinstance(teacher, TopKLogits):
+            k = teacher.values.shape[-1]
+            check_topk(name, jax.ShapeDtypeStruct(positions + (kernel.shape[1],), jnp.float32), teacher.values,
+                       teacher.indices)
+            per_token["teacher_topk_values"] = jax.lax.stop_gradient(teacher.values.reshape(-1, k))
+            per_token["teacher_topk_indices"] = teacher.indices.reshape(-1, k)
+        elif isinstance(teacher, LinearHead):
             _, _, t_hidden, t_kernel = _teacher_pair(name, hidden, kernel, teacher.hidden, teacher.kernel)
             per_token["teacher_hidden"] = jax.lax.stop_gradient(t_hidden.reshape(-1, t_hidden.shape[-1]))
             shared["teacher_head"] = jax.lax.stop_gradient(t_kernel)
@@ -537,7 +544,13 @@ def fused_objective(student: LinearHead, labels: ArrayLike, *, teacher: LinearHe
             per_token["teacher_logits"] = jax.lax.stop_gradient(logits.reshape(-1, logits.shape[-1]))
 
         def chunk_divergence(student_logits, shared, inputs, vocab_size):
-            return divergence(student_logits, _teacher_logits(shared, inputs, vocab_size), shared["hp"])
+            if "teacher_topk_values" in inputs:  # excluded tokens read index 0 with value 0: finite, weighted out
+                included = inputs["included"][:, None]
+                values = jnp.where(included, inputs["teacher_topk_values"].astype(jnp.float32), 0.0)
+                teacher_side = TopKLogits(values, jnp.where(included, inputs["teacher_topk_indices"], 0))
+            else:
+                teacher_side = _teacher_logits(shared, inputs, vocab_size)
+            return divergence(student_logits, teacher_side, shared["hp"])
     else:
         chunk_divergence = None
     chunk_loss = _objective(chunk_divergence, vocab_size=_vocab_size(name, vocab_size, kernel))

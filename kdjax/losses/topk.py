@@ -11,6 +11,8 @@ its own normaliser.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +20,20 @@ from jax.typing import ArrayLike
 
 from kdjax.losses._common import Reduction, _float32, _floating, _kl_from_logs, _mask, _positive, _reduce, _zero_outside
 from kdjax.losses.logits import check_beta, generalized_jsd_from_logs
+
+
+class TopKLogits(NamedTuple):
+    """A teacher's `k` largest logits `[..., k]` (in descending order) and their vocabulary indices `[..., k]`:
+    what an offline top-k teacher stores per token (`kdjax.offline`)."""
+
+    values: jax.Array
+    indices: jax.Array
+
+    def first(self, k: jax.Array | int) -> TopKLogits:
+        """The `k` largest only (`k <= 0`: all), as `-inf` beyond them: the teacher renormalised over its top `k`
+        (`k` may be traced; the stored entries are in descending order)."""
+        keep = (k <= 0) | (jnp.arange(self.values.shape[-1]) < k)
+        return TopKLogits(jnp.where(keep, self.values.astype(jnp.float32), -jnp.inf), self.indices)
 
 
 def check_topk(name: str, student: jax.Array, values: jax.Array, indices: jax.Array) -> None:
