@@ -25,7 +25,8 @@ from kdjax.train import AUGMENTATIONS, Settings
 
 TUTORIAL_STUDENTS = ("ce", "kd", "cosine", "hint")
 # Experiments that train several methods' students from one teacher: name -> the methods, CE first.
-GROUPS = {"all": TUTORIAL_STUDENTS, "methods": ("ce", *(name for name in methods.METHODS if name != "ce")),
+GROUPS = {"all": TUTORIAL_STUDENTS,
+          "methods": ("ce", *(m.name for m in methods.any_data() if m.name != "ce")),
           "lm": ("ce", "kd", "gkd")}
 DEFAULT_RECIPES = {"lm": "char-lm"}  # experiment -> the recipe it runs unless --recipe names another
 # Experiment name -> method trained; `teacher` trains DeepNN, the others LightNN.

@@ -22,6 +22,7 @@ from kdjax import losses
 from kdjax.losses import flatten_channel_major
 from kdjax.losses.logits import generalized_jsd_per_position, kd_per_position
 from kdjax.losses.topk import topk_kd_per_position
+from kdjax.on_policy import Sampling
 
 Outputs = Mapping[str, jax.Array]  # "logits" (`[batch, classes]` or `[batch, time, vocab]`) and each role read
 Hyperparameters = Mapping[str, jax.Array]
@@ -67,6 +68,8 @@ class Method:
       per_position: `loss` per position from float32 logits (its where-masked mean is `loss`), for a
         method that reads only the logits (or only an offline teacher's `TopKLogits`, which it then receives). With it, a network that declares its output head trains
         through the fused losses (`kdjax.losses.fused`), never holding `[tokens, vocab]` logits.
+      sampling: the method is on-policy (`kdjax.on_policy`): with probability `lmbda` (a hyperparameter it must
+        have, with `sample_temperature`) a batch's continuations are drawn from the student in the step.
     """
 
     name: str
@@ -79,6 +82,7 @@ class Method:
     uses_labels: bool = False  # the auxiliary term reads `Context.labels` (so every row needs its label)
     title: str = ""
     per_position: PerPosition | None = None
+    sampling: Sampling | None = None
 
     def __post_init__(self) -> None:
         if not self.title:
@@ -87,6 +91,9 @@ class Method:
             object.__setattr__(self, "hyperparameters", {**DISTILLATION_WEIGHTS, **self.hyperparameters})
         if (self.adapter is None) != (self.adapted is None):
             raise ValueError(f"method {self.name!r}: give both adapter and adapted, or neither")
+        if self.sampling is not None and not {"lmbda", "sample_temperature"} <= set(self.hyperparameters):
+            raise ValueError(f"method {self.name!r}: an on-policy method needs the hyperparameters lmbda and "
+                             "sample_temperature")
         if self.per_position is not None and self.reads not in (("logits",), (TOPK_READ,)):
             raise ValueError(f"method {self.name!r}: per_position is for a loss of the logits (or the stored top-k) "
                              f"alone, but it reads {self.reads}")
@@ -137,6 +144,12 @@ METHODS: dict[str, Method] = {}
 def default_title(name: str) -> str:
     """The title of a method given none ("CE + name"; CE's own is "CE")."""
     return "CE" if name == "ce" else f"CE + {name}"
+
+
+def any_data() -> list[Method]:
+    """The registered methods that run on any data from a network teacher: all but the on-policy ones (token
+    windows only) and those of stored top-k logits (an offline teacher). What `methods` compares."""
+    return [m for m in METHODS.values() if m.sampling is None and (m.needs_teacher_network or not m.needs_teacher)]
 
 
 def register(method: Method) -> Method:
@@ -324,3 +337,10 @@ GKD = register(Method(
     per_position=lambda s, t, hp: generalized_jsd_per_position(s, t, hp["beta"], hp["temperature"]),
     # beta 0.5: TRL's default; T = 1 (TRL samples at 0.9 but computes the loss at the temperature it is given).
     hyperparameters={"ce_weight": 0.5, "aux_weight": 0.5, "beta": 0.5, "temperature": 1.0}))
+GKD_ON_POLICY = register(dataclasses.replace(
+    GKD, name="gkd-on-policy", title="CE + on-policy GKD", sampling=Sampling(),
+    summary="GKD on the student's own continuations with probability lmbda (TRL's GKDTrainer): the second half of "
+            "each window sampled at sample_temperature, scored by the teacher under the generalised JSD; lmbda = 0 "
+            "is gkd",
+    # lmbda 0.5 and sampling at 0.9: TRL's GKDConfig defaults.
+    hyperparameters={**GKD.hyperparameters, "lmbda": 0.5, "sample_temperature": 0.9}))

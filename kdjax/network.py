@@ -72,6 +72,9 @@ class Network:
       head: where the output head is (`OutputHead`), or None: the losses then take the logits.
       annotations: `() -> tree like params` of the dimensions each parameter's Flax partitioning annotation
         names (`nn.with_partitioning`), which fully sharded training splits first (`kdjax.parallel.fsdp_spec`).
+      sample: `(params, tokens [batch, length], prompt_length, key, temperature) -> tokens`, a language model's
+        own sampler (with its key-value cache, `kdjax.sampling`), or None: on-policy methods then recompute
+        the window for every token.
     """
 
     name: str
@@ -83,6 +86,7 @@ class Network:
     input_dtype: Any = jnp.float32
     head: OutputHead | None = None
     annotations: Callable[[], Params] | None = None
+    sample: Callable[..., jax.Array] | None = None
 
     def __post_init__(self) -> None:
         check_inference_keeps_state(self)

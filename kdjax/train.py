@@ -182,6 +182,10 @@ def build_objective(method: Method, student: Network, teacher: Network | None = 
     """Check that `student` and `teacher` have the roles `method` reads, and build its adapter."""
     if method.needs_teacher_network and teacher is None:
         raise ValueError(f"method {method.name!r} needs a teacher network")
+    if method.sampling is not None and (len(student.input_shape) != 1 or
+                                        not jnp.issubdtype(student.input_dtype, jnp.integer)):
+        raise ValueError(f"method {method.name!r} samples continuations of token windows: it distils language models, "
+                         f"and {student.name} takes {student.input_shape} {jnp.dtype(student.input_dtype).name} inputs")
     if teacher is not None and method.roles:
         teacher.output_shapes(method.roles)  # raises, naming the missing role
     adapter = None

@@ -226,7 +226,10 @@ def _steps(directory) -> list[int]:
 def test_methods_runs_every_registered_method():
     from kdjax.config import ExperimentConfig
 
-    assert ExperimentConfig(name="methods").student_methods == ("ce", *(m for m in methods.METHODS if m != "ce"))
+    assert ExperimentConfig(name="methods").student_methods == ("ce", *(m.name for m in methods.any_data()
+                                                                        if m.name != "ce"))
+    assert {"kd", "gkd", "dkd"} < set(ExperimentConfig(name="methods").student_methods)
+    assert not {"topk-kd", "gkd-on-policy"} & set(ExperimentConfig(name="methods").student_methods)
     assert ExperimentConfig(name="methods", methods=("ce", "at")).student_methods == ("ce", "at")
 
 

@@ -143,8 +143,9 @@ def test_float32_forward_matches(name):
 @pytest.mark.parametrize("teacher_name, student_name, compiled", [("resnet32x4", "resnet8x4", True),
                                                                    ("wrn_40_2", "wrn_16_2", False)])
 def test_every_method_trains_between_zoo_pairs(teacher_name, student_name, compiled):
-    """Two steps of every registered method, from the teacher's inference-mode outputs, on 8 images; the second
-    pair's steps are traced for their shapes only (`jax.eval_shape`), which is where a pair's roles can clash."""
+    """Two steps of every registered method for any data (`methods.any_data`), from the teacher's inference-mode
+    outputs, on 8 images; the second pair's steps are traced for their shapes only (`jax.eval_shape`), which is
+    where a pair's roles can clash."""
     from kdjax import methods
     from kdjax.teacher import Teacher
     from kdjax.train import build_objective, create_train_state, train_step
@@ -152,12 +153,12 @@ def test_every_method_trains_between_zoo_pairs(teacher_name, student_name, compi
     teacher, student = zoo.network(teacher_name), zoo.network(student_name)
     images = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
     batch = {"inputs": images, "label": jax.random.randint(jax.random.key(1), (8,), 0, 10)}
-    reads = tuple(dict.fromkeys(role for method in methods.METHODS.values() for role in method.reads))
+    reads = tuple(dict.fromkeys(role for method in methods.any_data() for role in method.reads))
     teach = lambda v: Teacher(teacher, *v).outputs({"inputs": images}, reads)  # noqa: E731
     if not compiled:
         outputs = jax.eval_shape(teach, jax.eval_shape(teacher.init, jax.random.key(2)))
-        for name, method in methods.METHODS.items():
-            objective = build_objective(method, student, teacher)
+        for method in methods.any_data():
+            name, objective = method.name, build_objective(method, student, teacher)
             state = jax.eval_shape(lambda: create_train_state(objective, jax.random.key(3)))
             step = functools.partial(train_step, objective=objective)
             new_state, metrics = jax.eval_shape(step, state, batch, jax.random.key(0),
@@ -166,8 +167,8 @@ def test_every_method_trains_between_zoo_pairs(teacher_name, student_name, compi
         return
     outputs = jax.jit(teach)(teacher.init(jax.random.key(2)))
     initial = create_train_state(build_objective(methods.get("ce"), student), jax.random.key(3)).model_state
-    for name, method in methods.METHODS.items():
-        objective = build_objective(method, student, teacher)
+    for method in methods.any_data():
+        name, objective = method.name, build_objective(method, student, teacher)
         state = create_train_state(objective, jax.random.key(3))
         step = jax.jit(functools.partial(train_step, objective=objective))
         for index in range(2):

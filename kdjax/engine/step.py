@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 
 from kdjax.data.normalization import TUTORIAL_NORMALIZATION, Normalization
 from kdjax.data.pipeline import Batch, augment_batch, gather_batch
+from kdjax.on_policy import on_policy_batch, sampling_key
 from kdjax.parallel import batch_sharding, parameter_shardings
 from kdjax.teacher import TeacherLike
 from kdjax.train import Objective, Settings, TrainState, create_train_state, init_keys, train_step
@@ -108,11 +109,21 @@ def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index:
             batch = jax.lax.with_sharding_constraint(batch, batch_sharding(spec.mesh))
         return batch, None if reads is None else teacher.outputs(batch, reads)
 
+    def on_policy(objective, state, batch, outputs, data_key, hp):
+        """An on-policy member's own batch (its continuations, maybe) and the teacher's outputs for it."""
+        method = objective.method
+        if method.sampling is None:
+            return batch, outputs
+        batch = on_policy_batch(objective.student, method.sampling, state.params["model"], state.model_state["model"],
+                                batch, sampling_key(data_key, epoch, index), hp)
+        return batch, teacher.outputs(batch, objective.teacher_reads)
+
     if not spec.unroll:
         objective = spec.objective
+        shared_reads = None if objective.method.sampling else objective.teacher_reads or None
 
         def one_member(state, order, data_key, dropout_key, hp):
-            batch, outputs = prepare(order, data_key, objective.teacher_reads or None)
+            batch, outputs = on_policy(objective, state, *prepare(order, data_key, shared_reads), data_key, hp)
             return train_step(state, batch, dropout_key, outputs, hp, objective=spec.objective)
 
         new_states, metrics = jax.vmap(one_member)(states, orders, data_keys, dropout_keys, hyperparameters)
@@ -125,12 +136,12 @@ def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index:
 
     def member_step(i, state, order, data_key, dropout_key, hp):
         method = objectives[i].method
-        if groups[i] not in prepared:
-            sharing = [objectives[j] for j in range(count) if groups[j] == groups[i]]
+        if groups[i] not in prepared:  # on-policy members read the teacher on their own batches
+            sharing = [objectives[j] for j in range(count) if groups[j] == groups[i] and not objectives[j].method.sampling]
             reads = tuple(dict.fromkeys(r for o in sharing for r in o.teacher_reads))
             prepared[groups[i]] = prepare(order, data_key, reads or None)
-        batch, outputs = prepared[groups[i]]
         own = {name: hp[name] for name in method.hyperparameters}  # others' names hold NaN for this member
+        batch, outputs = on_policy(objectives[i], state, *prepared[groups[i]], data_key, own)
         return train_step(state, batch, dropout_key, outputs, own, objective=objectives[i])
 
     new_states, metrics = map_members(member_step, True, indexed=True)(states, orders, data_keys, dropout_keys,

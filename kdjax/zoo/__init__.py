@@ -18,6 +18,8 @@ The language models take token ids `[batch, time]` and give next-token logits `[
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 
 import jax.numpy as jnp
@@ -25,6 +27,7 @@ from flax import linen as nn
 
 from kdjax.zoo.tutorial import IMAGE_SHAPE
 from kdjax.network import Network, linen_network
+from kdjax.sampling import sample_with_cache
 from kdjax.zoo.tutorial import tutorial_student, tutorial_teacher
 from kdjax.zoo import language, mobilenetv2, resnet, shufflenet, transformer, vgg, wrn
 
@@ -91,9 +94,10 @@ def transformer_network(config: transformer.TransformerConfig, *, time: int, nam
     if time > config.max_positions:
         raise ValueError(f"{name or config.layout} takes at most {config.max_positions} positions; use --window "
                          f"{config.max_positions} or less")
-    return linen_network(transformer.Transformer(config), input_shape=(time,), roles=transformer.roles(config),
-                         train_argument=None, name=name or f"{config.layout}_{config.hidden_size}x{config.layers}",
-                         input_dtype=jnp.int32, head=transformer.output_head(config))
+    network = linen_network(transformer.Transformer(config), input_shape=(time,), roles=transformer.roles(config),
+                            train_argument=None, name=name or f"{config.layout}_{config.hidden_size}x{config.layers}",
+                            input_dtype=jnp.int32, head=transformer.output_head(config))
+    return dataclasses.replace(network, sample=functools.partial(sample_with_cache, config))
 
 
 __all__ = ["is_transformer", "module", "names", "network", "transformer_network"]

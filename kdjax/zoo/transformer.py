@@ -108,22 +108,21 @@ class TransformerConfig:
 
 
 class AttentionWeights(nn.Module):
-    """Softmax over the keys of causally masked scores `[batch, heads, time, time]`: a module of its own, so
-    that the maps are a role (`attention{i}`)."""
+    """Softmax over the keys of causally masked scores `[batch, heads, queries, keys]` (query i at position
+    `offset + i`, key j at position j): a module of its own, so that the maps are a role (`attention{i}`)."""
 
     @nn.compact
-    def __call__(self, scores: jax.Array) -> jax.Array:
-        time = scores.shape[-1]
-        causal = jnp.tril(jnp.ones((time, time), bool))
+    def __call__(self, scores: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
+        queries, keys = scores.shape[-2:]
+        causal = jnp.arange(keys)[None, :] <= offset + jnp.arange(queries)[:, None]
         return jax.nn.softmax(jnp.where(causal, scores, jnp.finfo(scores.dtype).min), axis=-1)
 
 
-def rotary_tables(config: TransformerConfig, time: int) -> tuple[np.ndarray, np.ndarray]:
-    """RoPE's (cos, sin) `[time, head_dim]` in float32, as `transformers` computes them (also in float32 for a
-    float64 model), with Llama 3's frequency scaling where the config has it."""
+def rotary_frequencies(config: TransformerConfig) -> np.ndarray:
+    """RoPE's inverse frequencies `[head_dim / 2]` in float32, as `transformers` computes them, with Llama 3's
+    scaling where the config has it."""
     dim = config.head_dim_
-    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
-    inv_freq = inv_freq.astype(np.float32)
+    inv_freq = (1.0 / (config.rope_theta ** (np.arange(0, dim, 2).astype(np.float32) / dim))).astype(np.float32)
     if config.rope_scaling is not None:
         factor, low, high, original = config.rope_scaling
         wavelength = 2 * math.pi / inv_freq
@@ -132,9 +131,15 @@ def rotary_tables(config: TransformerConfig, time: int) -> tuple[np.ndarray, np.
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = ~(wavelength < original / high) & ~(wavelength > original / low)
         inv_freq = np.where(medium, smoothed, scaled).astype(np.float32)
-    angles = np.arange(time, dtype=np.float32)[:, None] * inv_freq[None, :]
-    angles = np.concatenate([angles, angles], axis=-1)
-    return np.cos(angles), np.sin(angles)
+    return inv_freq
+
+
+def rotary_tables(config: TransformerConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """RoPE's (cos, sin) `[time, head_dim]` at `positions` `[time]`, in float32 (as `transformers` has them,
+    also for a float64 model)."""
+    angles = positions.astype(jnp.float32)[:, None] * rotary_frequencies(config)[None, :]
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
 
 
 def _rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
@@ -144,10 +149,14 @@ def _rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 class Attention(nn.Module):
+    """Causal self-attention; with `decode`, through a key-value cache (the `cache` collection, sized by the
+    input `init` sees): each call appends its tokens at the cache's position and attends to all before."""
+
     config: TransformerConfig
+    decode: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
         c = self.config
         batch, time, _ = x.shape
         heads, kv_heads, dim = c.heads, c.kv_heads_, c.head_dim_
@@ -159,15 +168,28 @@ class Attention(nn.Module):
             q, k, v = projection("q_proj", heads), projection("k_proj", kv_heads), projection("v_proj", kv_heads)
         q, k, v = (a.reshape(batch, time, -1, dim) for a in (q, k, v))
         if c.layout == "llama":
-            cos, sin = (jnp.asarray(table, x.dtype) for table in rotary_tables(c, time))
+            cos, sin = (table.astype(x.dtype) for table in rotary_tables(c, offset + jnp.arange(time)))
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        if self.decode:
+            k, v = self._cached(k, v, offset)
         k, v = (jnp.repeat(a, heads // kv_heads, axis=2) for a in (k, v))
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.asarray(dim, x.dtype))
-        weights = AttentionWeights(name="weights")(scores)
+        weights = AttentionWeights(name="weights")(scores, offset)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, time, heads * dim)
         if c.layout == "gpt2":
             return nn.Dense(c.hidden_size, kernel_init=_INIT, name="c_proj")(out)
         return nn.Dense(c.hidden_size, use_bias=c.attention_bias, kernel_init=_INIT, name="o_proj")(out)
+
+    def _cached(self, k: jax.Array, v: jax.Array, offset: jax.Array | int) -> tuple[jax.Array, jax.Array]:
+        """The cache's keys and values `[batch, cache length, kv heads, dim]` with `k`, `v` written at `offset`."""
+        initialized = self.has_variable("cache", "key")
+        keys = self.variable("cache", "key", jnp.zeros, k.shape, k.dtype)
+        values = self.variable("cache", "value", jnp.zeros, v.shape, v.dtype)
+        if not initialized:  # `init` sizes the cache by its input
+            return k, v
+        keys.value = jax.lax.dynamic_update_slice_in_dim(keys.value, k, offset, axis=1)
+        values.value = jax.lax.dynamic_update_slice_in_dim(values.value, v, offset, axis=1)
+        return keys.value, values.value
 
 
 class MLP(nn.Module):
@@ -189,32 +211,43 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     config: TransformerConfig
+    decode: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
         c = self.config
         if c.layout == "gpt2":
-            x = x + Attention(c, name="attn")(nn.LayerNorm(c.norm_eps, name="ln_1")(x))
+            x = x + Attention(c, self.decode, name="attn")(nn.LayerNorm(c.norm_eps, name="ln_1")(x), offset)
             return x + MLP(c, name="mlp")(nn.LayerNorm(c.norm_eps, name="ln_2")(x))
-        x = x + Attention(c, name="self_attn")(nn.RMSNorm(c.norm_eps, name="input_layernorm")(x))
+        x = x + Attention(c, self.decode, name="self_attn")(nn.RMSNorm(c.norm_eps, name="input_layernorm")(x), offset)
         return x + MLP(c, name="mlp")(nn.RMSNorm(c.norm_eps, name="post_attention_layernorm")(x))
 
 
 class Transformer(nn.Module):
-    """A decoder-only transformer (`TransformerConfig`): token ids `[batch, time]` -> logits `[batch, time, vocab]`."""
+    """A decoder-only transformer (`TransformerConfig`): token ids `[batch, time]` -> logits `[batch, time, vocab]`.
+
+    With `decode`, each call continues the sequence held in its key-value cache (`kdjax.sampling`).
+    """
 
     config: TransformerConfig
+    decode: bool = False
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
         c, names = self.config, self.config.names
+        offset: jax.Array | int = 0
+        if self.decode:
+            initialized = self.has_variable("cache", "position")
+            position = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
+            if initialized:
+                offset, position.value = position.value, position.value + tokens.shape[-1]
         embed = nn.Embed(c.vocab_size, c.hidden_size, embedding_init=_INIT, name=names["embed"])
         x = embed(tokens)
         if c.layout == "gpt2":
             x = x + nn.Embed(c.max_positions, c.hidden_size, embedding_init=_INIT, name="wpe")(
-                jnp.arange(tokens.shape[-1]))
+                offset + jnp.arange(tokens.shape[-1]))
         for index in range(c.layers):
-            x = Block(c, name=f"{names['block']}_{index}")(x)
+            x = Block(c, self.decode, name=f"{names['block']}_{index}")(x, offset)
         norm = nn.LayerNorm if c.layout == "gpt2" else nn.RMSNorm
         x = norm(c.norm_eps, name=names["norm"])(x)
         if c.tied:
