@@ -22,8 +22,9 @@ import optax
 from flax import struct
 
 from kdjax import methods
-from kdjax.methods import Method
+from kdjax.methods import TOPK_READ, Method
 from kdjax.network import Network
+from kdjax.on_policy import on_policy_batch, sampling_key
 from kdjax.teacher import Teacher
 from kdjax.train import Batch, Metrics, Objective, TrainState, build_objective, create_train_state, train_step
 from kdjax.train import init_keys, weighted_loss
@@ -75,13 +76,14 @@ class Distiller:
                                 f"kdjax.zoo.network), got {type(value).__name__}")
         self.student, self.teacher, self.optimizer = student, teacher, optimizer
         self.hyperparameters = method.resolve(hyperparameters)
-        self.objective: Objective = build_objective(method, student, teacher if method.needs_teacher else None)
+        self.objective: Objective = build_objective(method, student,
+                                                    teacher if method.needs_teacher_network else None)
 
     def init(self, key: jax.Array, teacher_variables: tuple[Any, Any] | None = None) -> DistillState:
         """The student's initial state from `key` beside the teacher's `(params, state)` (`{}` for a stateless
         teacher). `key(seed)` gives the engine's member of that seed: the same weights and dropout keys."""
         teacher = None
-        if self.objective.method.needs_teacher:
+        if self.objective.method.needs_teacher_network:
             if teacher_variables is None:
                 raise ValueError(f"{self.objective.method.name} needs the teacher's (params, state)")
             teacher = Teacher(self.teacher, *teacher_variables)
@@ -91,13 +93,25 @@ class Distiller:
         return DistillState(student, teacher, hyperparameters, dropout_key)
 
     def step(self, state: DistillState, batch: Batch) -> tuple[DistillState, Metrics]:
-        """One optimiser step on `batch` (`inputs`, `label`, optionally `mask`); pure and jittable.
+        """One optimiser step on `batch` (`inputs`, `label`, optionally `mask`; for a method of stored top-k
+        logits, `topk`: the teacher's `TopKLogits` for these inputs); pure and jittable. An on-policy method
+        samples its continuations with a key of `state.key` and the step.
 
         Returns the new state and scalar metrics: `loss`, `ce_loss`, `aux_loss`, `correct` (right top-1
         predictions) and `finite`.
         """
-        reads = self.objective.teacher_reads
-        outputs = state.teacher.outputs(batch, reads) if reads else None
+        method, reads = self.objective.method, self.objective.teacher_reads
+        if method.sampling is not None:  # on-policy: the student's own continuations, maybe (`kdjax.on_policy`)
+            key = sampling_key(state.key, 0, state.student.step)
+            batch = on_policy_batch(self.student, method.sampling, *self.variables(state), batch, key,
+                                    state.hyperparameters)
+        if reads == (TOPK_READ,):
+            if TOPK_READ not in batch:
+                raise ValueError(f"{method.name} reads the teacher's stored top-k from the batch: give "
+                                 f"batch['{TOPK_READ}'] = kdjax.losses.topk.TopKLogits(values, indices) [batch, time, k]")
+            outputs = {TOPK_READ: batch[TOPK_READ]}
+        else:
+            outputs = state.teacher.outputs(batch, reads) if reads else None
         student, metrics = train_step(state.student, batch, state.key, outputs, state.hyperparameters,
                                       objective=self.objective)
         return state.replace(student=student), metrics

@@ -10,11 +10,13 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+import optax
 import pytest
 
 from kdjax import losses, methods, offline, zoo
 from kdjax.config import ConfigError, ExperimentConfig
 from kdjax.data import from_tokens
+from kdjax.distill import Distiller
 from kdjax.losses.topk import TopKLogits
 from kdjax.teacher import Teacher
 from kdjax.train import build_objective, objective_loss
@@ -95,6 +97,11 @@ def test_what_cannot_serve_is_refused_in_one_line(tmp_path):
         offline.read(tmp_path, split)
     with pytest.raises(offline.OfflineTeacherError, match=r"--k must be in \[1, 37\]"):
         offline.write(tmp_path / "x", _teacher(True), split, k=38)
+    distiller = Distiller(zoo.network("causal_conv_32x2", num_classes=VOCAB, input_shape=(TIME,)), None, "topk-kd",
+                          optax.adam(1e-3))  # your own loop: the top-k rides in the batch
+    with pytest.raises(ValueError, match=r"give batch\['topk'\] = kdjax.losses.topk.TopKLogits"):
+        distiller.step(distiller.init(jax.random.key(0)), {"inputs": jnp.asarray(split.inputs[:2]),
+                                                           "label": jnp.asarray(split.labels[:2])})
     common = {"name": "lm", "dataset": "text", "checkpoint_dir": str(tmp_path / "ck"),
               "output_dir": str(tmp_path / "runs")}
     for values, message in (
