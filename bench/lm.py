@@ -21,6 +21,10 @@ Dense student (d 64) and teacher (d 128) at `--engine BATCHxTIME:VOCAB`; "logits
 path of networks that declare no output head, "fused" that of networks that do. Temporaries
 from XLA's memory analysis of the program step; tokens/s (median of `--repeats`) at each
 `--engine-time` configuration, the logits path only where its step fits in memory.
+
+Offline rows (`--offline BATCHxTIME:VOCAB`): the same student's fused step with KD from the live teacher
+against `topk-kd` from a stored top-k table (`--offline-k`, bfloat16 values, int32 indices, resident on
+the device as `kdjax.offline.read` places it): tokens/s, and the table's bytes per token.
 """
 
 from __future__ import annotations
@@ -147,7 +151,19 @@ def _engine_objective(method: str, student, teacher):
     from kdjax.train import build_objective
 
     method = methods.get(method)
-    return build_objective(method, student, teacher.network if method.needs_teacher else None)
+    return build_objective(method, student, teacher.network if method.needs_teacher_network else None)
+
+
+def _stored_topk(examples: int, time_: int, vocab: int, k: int):
+    """A random top-k table `[examples, time, k]` as `kdjax.offline.read` returns it (bfloat16, int32)."""
+    from kdjax.losses.topk import TopKLogits
+    from kdjax.teacher import CachedTeacher
+
+    rng = np.random.default_rng(0)
+    values = -np.sort(-rng.normal(size=(examples, time_, k)), axis=-1).astype(jnp.bfloat16)
+    indices = np.argsort(rng.random((examples, time_, vocab)), axis=-1)[..., :k].astype(np.int32) if vocab <= 4096 \
+        else rng.integers(0, vocab, (examples, time_, k)).astype(np.int32)  # distinctness does not change the time
+    return CachedTeacher({methods.TOPK_READ: TopKLogits(jnp.asarray(values), jnp.asarray(indices))})
 
 
 @functools.lru_cache(maxsize=None)  # the time rows ask again whether the logits path fits
@@ -165,7 +181,7 @@ def engine_memory(batch: int, time_: int, vocab: int, method: str, fused: bool, 
 
 
 def engine_tokens_per_second(batch: int, time_: int, vocab: int, method: str, fused: bool, layout: str,
-                             repeats: int) -> float:
+                             repeats: int, k: int = 64) -> float:
     """Median tokens/s of the engine's program step for one member, its inputs placed as a run places them."""
     from kdjax.engine.members import stack_hyperparameters
     from kdjax.engine import Member
@@ -179,8 +195,11 @@ def engine_tokens_per_second(batch: int, time_: int, vocab: int, method: str, fu
                        parameter_sharding=settings.parameter_sharding)
     states = init_states(objective, [0], 1e-3)
     states = place(states, state_shardings(states, spec))
-    live = teacher.replace(params=teacher.network.init(jax.random.key(1))[0], state={})
-    live = live.on(mesh, settings.parameter_sharding) if objective.method.needs_teacher else None
+    if objective.method.needs_teacher_network:
+        live = teacher.replace(params=teacher.network.init(jax.random.key(1))[0], state={})
+        live = live.on(mesh, settings.parameter_sharding)
+    else:
+        live = _stored_topk(len(data.train), time_, vocab, k).on(mesh) if objective.method.needs_teacher else None
     keys = replicate(jnp.stack([jax.random.key(0)]), mesh)
     hp = replicate(stack_hyperparameters([Member.of(method, 0)]), mesh)
     arrays = replicate(data.train.arrays(), mesh)
@@ -232,6 +251,25 @@ def engine_report(memory_configs: list[tuple[int, int, int]], time_configs: list
     return lines
 
 
+def offline_report(configs: list[tuple[int, int, int]], ks: list[int], repeats: int) -> list[str]:
+    """KD from the live teacher against `topk-kd` from a stored table, the fused step, one member."""
+    if not configs:
+        return []
+    lines = ["", f"offline teacher: one member's fused step (student d {STUDENT_WIDTH}), KD from the live teacher "
+                 f"(d {TEACHER_WIDTH}) against top-k KD from a stored table, tokens/s (median of {repeats}):", "",
+             "| batch × time | vocab | KD, live teacher | top-k KD, stored | stored / live | table bytes per token |",
+             "|---|---:|---:|---|---:|---|"]
+    for batch, time_, vocab in configs:
+        live = engine_tokens_per_second(batch, time_, vocab, "kd", True, "1 device", repeats)
+        stored = {k: engine_tokens_per_second(batch, time_, vocab, "topk-kd", True, "1 device", repeats, k)
+                  for k in ks}
+        lines.append(f"| {batch} × {time_} | {vocab} | {live:,.0f} | "
+                     + ", ".join(f"k {k}: {v:,.0f}" for k, v in stored.items()) + " | "
+                     + ", ".join(f"{v / live:.2f}" for v in stored.values()) + " | "
+                     + ", ".join(f"{k * 6}" for k in ks) + " |")
+    return lines
+
+
 def _engine_config(text: str) -> tuple[int, int, int]:
     try:
         shape, vocab = text.split(":")
@@ -267,6 +305,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layouts", nargs="+", choices=tuple(LAYOUTS), default=["1 device"],
                         help="engine rows on one device, and/or on 4 with parameters sharded (fsdp; on a CPU host "
                              "the command reruns itself with 4 simulated devices)")
+    parser.add_argument("--offline", type=_engine_config, nargs="*", default=[(8, 512, 32_000), (8, 512, 128_256)],
+                        help="configurations for the offline rows, BATCHxTIME:VOCAB (none: skip)")
+    parser.add_argument("--offline-k", type=int, nargs="+", default=[8, 64], help="top-k tables of the offline rows")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--markdown", type=pathlib.Path, help="also write the tables here")
     args = parser.parse_args(argv)
@@ -275,7 +316,8 @@ def main(argv: list[str] | None = None) -> None:
         flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
         os.execve(sys.executable, [sys.executable, "-m", "bench.lm", *sys.argv[1:]], {**os.environ, "XLA_FLAGS": flags})
     text = "\n".join([report(args.time, args.repeats, args.memory, tuple(args.hidden)),
-                      *engine_report(args.engine, args.engine_time, args.repeats, tuple(args.layouts))])
+                      *engine_report(args.engine, args.engine_time, args.repeats, tuple(args.layouts)),
+                      *offline_report(args.offline, args.offline_k, args.repeats)])
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")

@@ -64,7 +64,8 @@ def test_python_m_bench_runs_every_case(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("module, flags, expected", [
     ("bench.lm", ["--memory", "16:128:float32", "--time", "16:128:float32", "--repeats", "1", "--engine", "2x16:128",
-                  "--engine-time", "2x16:128"], "| 1 device | 2 × 16 | 128 | gkd |"),
+                  "--engine-time", "2x16:128", "--offline", "2x16:128", "--offline-k", "8"],
+     "| 1 device | 2 × 16 | 128 | gkd |"),
     ("bench.profile", ["--repeats", "1", "--networks", "student"], "## student: CE train step"),
 ])
 def test_the_other_benchmarks_run_at_a_tiny_size(module, flags, expected, tmp_path):
