@@ -2,8 +2,9 @@
 
 `kdjax.losses` (pure distillation losses), `kdjax.features` (read any Flax model's
 intermediates by path), `kdjax.methods` (distillation methods as data), `kdjax.network`,
-`kdjax.train` and `kdjax.engine` (the engine: N members on a device mesh), and the PyTorch
-Knowledge Distillation Tutorial's networks in `kdjax.zoo.tutorial`. Importing kdjax loads
+`kdjax.train` and `kdjax.engine` (the engine: N members on a device mesh), the PyTorch
+Knowledge Distillation Tutorial's networks and the field's in `kdjax.zoo`, and Hugging Face
+checkpoints in and out (`kdjax.hf`). Importing kdjax loads
 nothing but itself and changes no global state; submodules load on first use.
 """
 
@@ -14,9 +15,10 @@ from typing import Any
 
 __version__ = "0.2.0"
 
-_SUBMODULES = ("checkpoint", "config", "convert", "cpu", "data", "distill", "engine", "features", "fields", "identity",
-               "losses", "methods", "network", "optimizers", "parallel", "plots", "recipes", "released", "report", "run",
-               "stats", "tables", "tasks", "teacher", "train", "zoo")
+_SUBMODULES = ("atomic", "checkpoint", "config", "convert", "cpu", "data", "distill", "engine", "features", "fields",
+               "hf", "identity", "losses", "methods", "network", "offline", "on_policy", "optimizers", "parallel",
+               "plots", "recipes", "released", "report", "run", "sampling", "stats", "tables", "tasks", "teacher",
+               "train", "zoo")
 
 
 def __getattr__(name: str) -> Any:
