@@ -139,7 +139,7 @@ def teacher_network(config: ExperimentConfig, data: Dataset) -> Network:
 def _released_network(folder: str, input_shape: tuple[int, ...]) -> Network:
     try:
         transformer = hf.read_config(folder)
-        return zoo.transformer_network(transformer, time=input_shape[0], name=f"{transformer.layout} ({folder})")
+        return zoo.transformer_network(transformer, time=input_shape[0])  # named by layout and size
     except ValueError as error:
         raise ConfigError(f"--teacher-weights {folder}: {error}") from None
 

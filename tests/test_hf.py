@@ -156,7 +156,7 @@ def test_a_transformers_folder_teaches_a_student_that_goes_back_out_as_one(tmp_p
     assert run("lm", [*common, "--student", "llama_64x2", "--methods", "ce,kd", "--seeds", "0", "--epochs", "1",
                       "--batch-size", "16", "--export-weights", str(tmp_path / "students")]) == 0
     out = capsys.readouterr().out
-    assert "96 tokens in the vocabulary" in out and f"teacher: gpt2 ({tmp_path / 'teacher'})" in out
+    assert "96 tokens in the vocabulary" in out and f"teacher: gpt2_32x2 from {tmp_path / 'teacher'}" in out
     (run_dir,) = (tmp_path / "runs").glob("lm-*")
     rows = {r["method"]: r for r in map(json.loads, (run_dir / "members.jsonl").read_text().splitlines())
             if r["role"] == "student"}
@@ -178,7 +178,8 @@ def test_a_transformers_folder_teaches_a_student_that_goes_back_out_as_one(tmp_p
     assert run("lm", [*common[:2], *common[4:], "--teacher-topk", str(tmp_path / "top8"), "--student", "llama_64x2",
                       "--methods", "topk-kd", "--seeds", "0", "--epochs", "1", "--batch-size", "16"]) == 0
     out = capsys.readouterr().out
-    assert "offline teacher: top-8 of 1,072 tokens" in out and "teacher: offline top-8 (bfloat16) of gpt2" in out
+    assert "offline teacher: top-8 of 1,072 tokens" in out
+    assert "teacher: offline top-8 (bfloat16) of gpt2_32x2 from" in out
     assert "topk-kd: fused head (the student's logits one chunk at a time; the stored top-k teacher)" in out
 
     np.save(tmp_path / "tokens.npy", np.append(tokens, 96))
