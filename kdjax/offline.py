@@ -186,16 +186,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="windows per teacher forward")
     parser.add_argument("--out", required=True, help="the folder to write")
     args = parser.parse_args(argv)
+    out = pathlib.Path(args.out).expanduser().resolve()  # the config's folders: nothing is written there
     try:
         config = ExperimentConfig.from_flat(name="lm", methods=("kd",), dataset=args.dataset, window=args.window,
                                             train_size=args.train_size, batch_size=args.batch_size, teacher=args.teacher,
+                                            checkpoint_dir=str(out.parent), output_dir=str(out.parent),
                                             teacher_weights=args.teacher_weights).validate()
         config, data = run.prepare_data(config, run.load(config), run.log)
         if not data.train.task.name == "next-token":
             raise ConfigError(f"--dataset {args.dataset}: an offline top-k teacher stores next-token logits")
         teacher = run.teacher_network(config, data)
         _, states = load_teacher(config, data, run.log, teacher)
-        write(args.out, Teacher(teacher, *model_variables(states)), data.train, k=args.k, dtype=args.dtype,
+        write(out, Teacher(teacher, *model_variables(states)), data.train, k=args.k, dtype=args.dtype,
               batch_size=args.batch_size, description=f"{teacher.name} from {args.teacher_weights}", log=run.log)
     except (ConfigError, DataNotFoundError, OfflineTeacherError, ValueError) as error:
         print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
