@@ -27,9 +27,6 @@ def test_asking_for_more_devices_than_exist_is_an_error():
         batch_mesh(99)
 
 
-# The worker runs once per pytest-xdist process that needs it: keep its tests on one (`--dist loadgroup`).
-pytestmark = pytest.mark.xdist_group("parallel_worker")
-
 @pytest.fixture(scope="session")
 def four_device_runs(tmp_path_factory) -> dict:
     return four_device_worker(tmp_path_factory, "parallel_worker.py")

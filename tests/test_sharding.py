@@ -15,9 +15,6 @@ from kdjax.parallel import batch_mesh, check_layout, fsdp_spec
 WORKER = Path(__file__).with_name("sharding_worker.py")
 
 
-# The worker runs once per pytest-xdist process that needs it: keep its tests on one (`--dist loadgroup`).
-pytestmark = pytest.mark.xdist_group("sharding_worker")
-
 @pytest.fixture(scope="session")
 def sharded_runs(tmp_path_factory) -> dict:
     return four_device_worker(tmp_path_factory, "sharding_worker.py")

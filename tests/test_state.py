@@ -157,7 +157,6 @@ def four_device_runs(tmp_path_factory) -> dict:
     return four_device_worker(tmp_path_factory, "state_worker.py")
 
 
-@pytest.mark.xdist_group("state_worker")  # its worker runs once per xdist process: keep them on one
 @pytest.mark.slow
 @pytest.mark.parametrize("teacher, cache", list(itertools.product(("fresh", "restored"), ("cache", "live"))))
 def test_batchnorm_members_train_alike_on_one_and_four_devices(four_device_runs, teacher, cache):
