@@ -41,15 +41,15 @@ def test_without_pytorch_only_kdjax_is_listed():
 
 @pytest.mark.slow
 def test_python_m_bench_runs_every_case(tmp_path):
-    """Each case for one step on synthetic data, the end-to-end run on a few hundred images: the benchmark
-    cannot break without a test noticing (torch, when installed, adds its side)."""
+    """Each case for one step on synthetic data: the benchmark cannot break without a test noticing (torch, when
+    installed, adds its side). The end-to-end row is skipped: it times `all`, which
+    `test_experiments.test_all_writes_its_outputs_reuses_the_teacher_and_extends` runs."""
     import json
     import os
     import subprocess
     import sys
 
-    flags = ["--rounds", "1", "--windows", "1", "--steps", "1", "--e2e-train-size", "256", "--e2e-test-size", "64",
-             "--e2e-epochs", "1", "--out", str(tmp_path)]
+    flags = ["--rounds", "1", "--windows", "1", "--steps", "1", "--skip-e2e", "--out", str(tmp_path)]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(sys.path)}
     subprocess.run([sys.executable, "-m", "bench", *flags], check=True, capture_output=True, text=True, env=env,
                    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -57,7 +57,7 @@ def test_python_m_bench_runs_every_case(tmp_path):
     for case in (*CASES, "resnet20_ce", "resnet56_ce", *(f"{case}_cached" for case in CACHED_CASES),
                  f"kd_cached_x{MEMBERS}"):
         assert figures[case]["images_per_s"] > 0, case
-    assert set(figures["e2e"]["accuracy"]) == {"teacher", "ce", "kd", "cosine", "hint"}
+    assert "e2e" not in figures
     assert "| teacher CE step (images/s) |" in (tmp_path / "BENCH.md").read_text()
 
 
