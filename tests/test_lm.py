@@ -145,7 +145,7 @@ def test_init_states_feed_token_ids():
 @pytest.mark.slow
 def test_the_lm_command_reports_bits_per_token_with_intervals_over_paired_seeds(tmp_path, capsys):
     np.save(tmp_path / "tokens.npy", _tokens(3000))
-    flags = ["--dataset", f"tokens:{tmp_path / 'tokens.npy'}", "--window", str(TIME), "--seeds", "0,1,2",
+    flags = ["--dataset", f"tokens:{tmp_path / 'tokens.npy'}", "--window", str(TIME), "--seeds", "0,1",
              "--teacher", "causal_conv_32x2",
              "--epochs", "1", "--batch-size", "16", "--checkpoint-dir", str(tmp_path / "ck"),
              "--output-dir", str(tmp_path / "runs")]
@@ -157,7 +157,7 @@ def test_the_lm_command_reports_bits_per_token_with_intervals_over_paired_seeds(
     assert "## Test bits per token per configuration" in summary and "bits per token − CE (bits)" in summary
     rows = [json.loads(line) for line in (run_dir / "members.jsonl").read_text().splitlines()]
     assert sorted({(r["method"], r["seed"]) for r in rows if r["role"] == "student"}) == [
-        (m, s) for m in ("ce", "gkd", "kd") for s in (0, 1, 2)]
+        (m, s) for m in ("ce", "gkd", "kd") for s in (0, 1)]
     assert json.loads((run_dir / "config.json").read_text())["task"] == "next-token"
 
 

@@ -140,7 +140,7 @@ def test_float32_forward_matches(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("teacher_name, student_name, compiled", [("resnet32x4", "resnet8x4", True),
+@pytest.mark.parametrize("teacher_name, student_name, compiled", [("resnet8x4", "resnet8", True),
                                                                    ("wrn_40_2", "wrn_16_2", False)])
 def test_every_method_trains_between_zoo_pairs(teacher_name, student_name, compiled):
     """Two steps of every registered method for any data (`methods.any_data`), from the teacher's inference-mode
