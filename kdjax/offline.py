@@ -36,6 +36,7 @@ from kdjax.data import ResidentLoader, Split
 from kdjax.losses.topk import TopKLogits
 from kdjax.methods import TOPK_READ
 from kdjax.network import HEAD_READ
+from kdjax.sampling import mask_padding
 from kdjax.teacher import CachedTeacher, Teacher
 
 MANIFEST = "manifest.json"
@@ -62,9 +63,7 @@ def topk_outputs(teacher: Teacher, batch: dict[str, jax.Array], k: int, *, chunk
 
     def piece(h):
         logits = (h @ head.kernel).astype(jnp.float32) + (0.0 if head.bias is None else head.bias)
-        if vocab_size is not None:
-            logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
-        return jax.lax.top_k(logits, k)
+        return jax.lax.top_k(mask_padding(logits, vocab_size), k)
 
     values, indices = jax.lax.map(piece, pieces)
     count = hidden.shape[0]

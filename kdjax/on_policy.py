@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from kdjax.network import Network
-from kdjax.sampling import sample_by_recompute
+from kdjax.sampling import mask_padding, sample_by_recompute
 
 Batch = Mapping[str, jax.Array]
 _SAMPLING_STREAM = 0x6f6e  # folded into the data key: a stream of its own, apart from augmentation's
@@ -56,10 +56,7 @@ def sample_windows(network: Network, params: Any, state: Any, tokens: jax.Array,
 
     def forward(inputs):
         logits = network.forward(params, state, inputs, train=False)[0]
-        vocab_size = network.head.vocab_size if network.head is not None else None
-        if vocab_size is None:
-            return logits
-        return jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
+        return mask_padding(logits, network.head.vocab_size if network.head is not None else None)
 
     return sample_by_recompute(forward, tokens, prompt_length, key, temperature)
 

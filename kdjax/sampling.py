@@ -53,7 +53,7 @@ def sample_with_cache(config: TransformerConfig, params: Any, tokens: jax.Array,
 
     def run(cache, chunk):
         logits, updated = model.apply({"params": params, "cache": cache}, chunk, mutable=["cache"])
-        return _masked(logits[:, -1], vocab_size), updated["cache"]
+        return mask_padding(logits[:, -1], vocab_size), updated["cache"]
 
     logits, cache = run(cache, tokens[:, :prompt_length])
     tokens = tokens.at[:, prompt_length].set(_draw(key, prompt_length - 1, logits, temperature).astype(tokens.dtype))
@@ -66,7 +66,9 @@ def sample_with_cache(config: TransformerConfig, params: Any, tokens: jax.Array,
     return jax.lax.fori_loop(prompt_length, tokens.shape[1] - 1, step, (tokens, cache))[0]
 
 
-def _masked(logits: jax.Array, vocab_size: int | None) -> jax.Array:
+def mask_padding(logits: jax.Array, vocab_size: int | None) -> jax.Array:
+    """`logits` `[..., columns]` with the columns of a padded head (from `vocab_size` on) at -inf; as they are
+    when `vocab_size` is None or the whole width."""
     if vocab_size is None or vocab_size == logits.shape[-1]:
         return logits
     return jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
