@@ -18,6 +18,7 @@ from kdjax import methods
 from kdjax.data import DATASETS
 from kdjax.data.text import TEXT_DATASETS
 from kdjax.data.normalization import CHOICES as NORMALIZE_CHOICES
+from kdjax.data.normalization import IMAGE_FOLDERS
 from kdjax.data.normalization import HELP as NORMALIZE_HELP
 from kdjax.fields import SettingError, declared, require, setting
 from kdjax.recipes import HELP as RECIPE_HELP
@@ -63,6 +64,11 @@ class DataSpec:
     num_classes: int | None = setting(None, "the class count (vocabulary size of token data); labels must lie in "
                                             "[0, N) (default: the data set's own, or the largest label + 1)",
                                       identity="changed")
+    image_size: int = setting(224, "image folders: training images are random-resized crops of N pixels, validation "
+                                   "images centre crops of N after resizing the shorter side to N * 256 / 224",
+                              identity="changed")
+    skip_bad_images: bool = setting(False, "image folders: read a file that cannot be decoded as absent (no weight; "
+                                           "counted) instead of stopping on it", identity="changed")
     normalize: str = setting("auto", NORMALIZE_HELP, identity="changed")
     # (mean, std) per channel: resolved when the data loads (`kdjax.run.prepare_data`), then recorded here
     normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = setting(None, "", identity="changed")
@@ -82,9 +88,11 @@ class DataSpec:
 
     def __post_init__(self):
         require([
-            (self.dataset in DATASETS or self.dataset.startswith("npz:") or self.sequence, "dataset",
-             f": unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}, npz:PATH, text, text:PATH, bytes, "
-             "bytes:PATH or tokens:PATH"),
+            (self.dataset in DATASETS or self.dataset.startswith(("npz:", *(f"{p}:" for p in IMAGE_FOLDERS)))
+             or self.sequence, "dataset",
+             f": unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}, npz:PATH, imagenet:DIR, "
+             "imagefolder:DIR, text, text:PATH, bytes, bytes:PATH or tokens:PATH"),
+            (self.image_size >= 1, "image_size", f"must be >= 1, got {self.image_size}"),
             (self.window >= 1, "window", f"must be >= 1, got {self.window}"),
             (self.num_classes is None or self.num_classes >= 1, "num_classes", f"must be >= 1, got {self.num_classes}"),
             (self.normalize in NORMALIZE_CHOICES, "normalize",

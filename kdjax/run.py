@@ -112,7 +112,8 @@ def train_and_evaluate(config: ExperimentConfig, data: Dataset | None = None, *,
 def load(config: ExperimentConfig) -> Dataset:
     """The data set `config` names, from its data dir or tensorflow-datasets."""
     return load_dataset(config.data.dataset, config.data.data_dir, source=config.data.data_source,  # type: ignore[arg-type]
-                        window=config.data.window, num_classes=config.data.num_classes or released_vocabulary(config))
+                        window=config.data.window, num_classes=config.data.num_classes or released_vocabulary(config),
+                        image_size=config.data.image_size, skip_bad_images=config.data.skip_bad_images)
 
 
 def network(name: str, data: Dataset) -> Network:

@@ -106,7 +106,7 @@ def _input_dtype(split: Split, teacher: Teacher):
 
 
 def cache_off_reason(teacher: Teacher, split: Split, reads: Sequence[str], *, augment: str, wanted: bool = True,
-                     capacity_bytes: int | None = None) -> str | None:
+                     capacity_bytes: int | None = None, streamed: bool = False) -> str | None:
     """Why a cache of `teacher`'s outputs over `split` cannot serve the students, or None if it can.
 
     A cache must never change results: it is refused where the teacher would see another input
@@ -115,6 +115,8 @@ def cache_off_reason(teacher: Teacher, split: Split, reads: Sequence[str], *, au
     """
     if not wanted:
         return "not wanted (cache=False)"
+    if streamed:
+        return "the data are streamed: the teacher sees each batch as it is read"
     if split.task is NEXT_TOKEN:
         return ("next-token data: a cache would hold [examples, time, vocab] logits, and a top-k one would change the "
                 "loss")

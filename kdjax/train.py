@@ -40,6 +40,7 @@ TeacherOutputs = Mapping[str, jax.Array]
 
 
 AUGMENTATIONS = ("none", "flip", "crop-flip")
+DATA_LOADERS = ("auto", "resident", "streaming")  # `kdjax.data.stream.choose_loader`
 MEMBER_BATCHING = ("auto", "unroll", "vmap")  # how members share a program: `kdjax.engine.map_members`
 
 
@@ -79,6 +80,12 @@ class Settings:
                                            "(unroll on CPU)", identity="never")
     members_per_program: int = setting(0, "at most N members per compiled program (0: as many as fit in memory)",
                                        identity="never")
+    data_loader: str = setting("auto", "resident (the whole split on the device, batches gathered there), streaming "
+                                       "(read batch by batch on the host by grain: data larger than the device, "
+                                       "image folders) or auto (resident when the split takes at most half the "
+                                       "device's free memory)", identity="never")
+    stream_workers: int | None = setting(None, "grain worker processes that decode streamed image files (0: the "
+                                               "main process; default: one per CPU core)", identity="never")
     labelled: int | None = None  # only the first N examples' labels count (CE); None: all
     log_every_steps: int = setting(100, "where the output is no terminal, a progress line (step, images/s, time "
                                         "left) every N steps (0: none; a terminal shows a progress bar)",
@@ -116,6 +123,10 @@ class Settings:
              f"must be one of {', '.join(MEMBER_BATCHING)}, got {self.member_batching!r}"),
             (self.members_per_program >= 0, "members_per_program", f"must be >= 0, got {self.members_per_program}"),
             (self.labelled is None or self.labelled > 0, "labelled", f"must be > 0, got {self.labelled}"),
+            (self.data_loader in DATA_LOADERS, "data_loader",
+             f"must be one of {', '.join(DATA_LOADERS)}, got {self.data_loader!r}"),
+            (self.stream_workers is None or self.stream_workers >= 0, "stream_workers",
+             f"must be >= 0, got {self.stream_workers}"),
         ])
 
     def check_data(self, *, sequence: bool, examples: int | None = None) -> None:

@@ -7,7 +7,7 @@ import functools
 
 import numpy as np
 
-from kdjax.data.formats import Split
+from kdjax.data.formats import Split, chunks
 from kdjax.tasks import NEXT_TOKEN, Task
 
 
@@ -31,8 +31,9 @@ class Dataset:
         for split_name, split in (("train", self.train), ("test", self.test)):
             if not len(split):
                 raise ValueError(f"{self.name}: the {split_name} split is empty")
-            _check_range(split.labels, self.num_classes, f"{self.name}: {split_name} labels")
-            if split.task is NEXT_TOKEN:
+            if isinstance(split.labels, np.ndarray):  # windows read on demand were checked as tokens, once
+                _check_range(split.labels, self.num_classes, f"{self.name}: {split_name} labels")
+            if split.task is NEXT_TOKEN and isinstance(split.inputs, np.ndarray):
                 _check_range(split.inputs, self.num_classes, f"{self.name}: {split_name} token ids")
             elif np.issubdtype(split.inputs.dtype, np.floating):
                 _check_finite(split.inputs, f"{self.name}: {split_name} images")
@@ -58,25 +59,31 @@ class Dataset:
         return dataclasses.replace(self, train=self.train.take(train_size), test=self.test.take(test_size))
 
 
-def _check_range(values: np.ndarray, count: int, what: str) -> None:
-    """ValueError naming the first example of `values` outside `[0, count)`."""
-    bad = (values < 0) | (values >= count)
-    if bad.any():
-        index = int(np.flatnonzero(bad.reshape(len(values), -1).any(axis=1))[0])
-        hint = ("class ids start at 0: fix the labels" if values.min() < 0 else
-                "state the class count (num_classes, --num-classes) if there are more, or fix the labels")
-        raise ValueError(f"{what} must lie in [0, {count}), found {int(values.min())}..{int(values.max())} (first "
-                         f"at index {index}: {int(values[index].flat[np.argmax(bad[index].flat)])}); {hint}")
+def _check_range(values, count: int, what: str) -> None:
+    """ValueError naming the first example of `values` outside `[0, count)`, read a chunk at a time."""
+    start = 0
+    for chunk in chunks(values):
+        low, high = int(chunk.min()), int(chunk.max())
+        if low < 0 or high >= count:
+            bad = ((chunk < 0) | (chunk >= count)).reshape(len(chunk), -1)
+            row = int(np.flatnonzero(bad.any(axis=1))[0])
+            hint = ("class ids start at 0: fix the labels" if low < 0 else
+                    "state the class count (num_classes, --num-classes) if there are more, or fix the labels")
+            raise ValueError(f"{what} must lie in [0, {count}), found {low}..{high} (first at index {start + row}: "
+                             f"{int(chunk[row].flat[np.argmax(bad[row])])}); {hint}")
+        start += len(chunk)
 
 
-def _check_finite(images: np.ndarray, what: str) -> None:
+def _check_finite(images, what: str) -> None:
     """ValueError naming the first image of `images` with a NaN or infinite pixel."""
-    for start in range(0, len(images), 4096):  # in chunks: no full-size boolean copy
-        finite = np.isfinite(images[start:start + 4096]).reshape(min(4096, len(images) - start), -1).all(axis=1)
+    start = 0
+    for chunk in chunks(images):
+        finite = np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1)
         if not finite.all():
             index = start + int(np.flatnonzero(~finite)[0])
             raise ValueError(f"{what} hold NaN or infinite pixels (first at index {index}): replace or drop those "
                              "images before training")
+        start += len(chunk)
 
 
 def integer_labels(labels: np.ndarray, what: str) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import pathlib
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 
@@ -55,7 +55,12 @@ CANONICAL_NAMES = CIFAR10.canonical
 class Split:
     """One split of examples (`kdjax.tasks`): images `[n, height, width, channels]` (uint8 pixels, or floats
     already scaled) with labels `[n]`, or token windows `[n, time]` with next-token labels `[n, time]` and an
-    optional boolean `mask` `[n, time]` of the positions that count."""
+    optional boolean `mask` `[n, time]` of the positions that count.
+
+    `inputs` and `labels` may be memory-mapped, or read on demand (`kdjax.data.images.ImageFiles`,
+    `kdjax.data.text.TokenWindows`: array-like objects with `shape`, `dtype` and slicing); such
+    splits are streamed (`kdjax.data.stream`) rather than put on the device whole.
+    """
 
     inputs: np.ndarray
     labels: np.ndarray
@@ -89,15 +94,33 @@ class Split:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """`{"inputs", "labels"[, "mask"]}`: what the engine puts on the device and gathers batches from."""
-        return {"inputs": self.inputs, "labels": self.labels, **({} if self.mask is None else {"mask": self.mask})}
+        return {"inputs": np.asarray(self.inputs), "labels": np.asarray(self.labels),
+                **({} if self.mask is None else {"mask": np.asarray(self.mask)})}
 
     def fingerprint(self) -> str:
+        """SHA-256 over the examples, read a chunk at a time (a memory-mapped split is never loaded whole);
+        image files are named by their paths and sizes."""
         digest = hashlib.sha256()
-        digest.update(np.ascontiguousarray(self.inputs).tobytes())
-        digest.update(self.labels.astype("<i4").tobytes())
-        if self.mask is not None:
-            digest.update(self.mask.tobytes())
+        own = getattr(self.inputs, "fingerprint", None)
+        if own is not None:
+            digest.update(own().encode())
+        for array, cast in ((None if own else self.inputs, None), (self.labels, "<i4"), (self.mask, None)):
+            for chunk in chunks(array):
+                digest.update(np.ascontiguousarray(chunk if cast is None else chunk.astype(cast)).tobytes())
         return digest.hexdigest()
+
+
+CHUNK_BYTES = 64 * 2**20
+
+
+def chunks(array) -> "Iterator[np.ndarray]":
+    """`array` (None: nothing) as NumPy arrays of about `CHUNK_BYTES` along its first axis."""
+    if array is None:
+        return
+    row_bytes = max(1, int(np.prod(array.shape[1:])) * np.dtype(array.dtype).itemsize)
+    step = max(1, CHUNK_BYTES // row_bytes)
+    for start in range(0, len(array), step):
+        yield np.asarray(array[start:start + step])
 
 
 def _check(labels: np.ndarray, count: int, expected: int | None, source: str, layout: Layout) -> None:

@@ -24,6 +24,7 @@ NAMED: dict[str, Normalization] = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
 }
+IMAGE_FOLDERS = ("imagefolder", "imagenet")  # `--dataset NAME:DIR` spellings of an image folder; auto: imagenet
 CHOICES = ("auto", *NAMED, "dataset", "subset", "none")
 HELP = ("per-channel normalisation of [0, 1] pixels (uint8 / 255; float images as given): imagenet (the tutorial's "
         "mean and std), cifar10 (mean 0.4914, 0.4822, 0.4465, std 0.2470, 0.2435, 0.2616) or cifar100 (0.5071, "
@@ -98,10 +99,13 @@ def choose(choice: str, *, dataset: str, train_images: np.ndarray, used_images: 
         elif floats:
             choice = "none"
         else:
-            choice = "imagenet" if dataset == "cifar10" else "dataset"
+            choice = "imagenet" if dataset in ("cifar10", *IMAGE_FOLDERS) else "dataset"
     if choice == "none":
         return ((0.0,) * channels, (1.0,) * channels), "normalization: none (the images as given)"
     if choice in ("dataset", "subset"):
+        if not isinstance(train_images, np.ndarray):
+            raise NormalizationError(f"--normalize {choice} would decode every image file to measure it: use imagenet "
+                                     "(ImageNet's statistics) or none")
         images = train_images if choice == "dataset" else used_images
         statistics = channel_statistics(images)
         which = "training split's" if choice == "dataset" else f"{len(images):,} training images'"

@@ -68,13 +68,21 @@ def gather_batch(data: dict[str, jax.Array], order, index, *, batch_size: int, n
     (the padding rows' positions and the split's own masked positions are False).
     """
     indices, present = _slice_order(order, index, batch_size=batch_size, num_examples=num_examples)
-    inputs, labels = data["inputs"][indices], data["labels"][indices]
+    rows = {"inputs": data["inputs"][indices], "labels": data["labels"][indices], "index": indices,
+            "present": present, **({"mask": data["mask"][indices]} if "mask" in data else {})}
+    return finish_batch(rows, normalization)
+
+
+def finish_batch(rows: dict[str, jax.Array], normalization: Normalization = TUTORIAL_NORMALIZATION) -> Batch:
+    """The engine's batch from a batch's rows `{"inputs", "labels", "index", "present"[, "mask"]}` (as
+    `gather_batch` selects them or `kdjax.data.stream` reads them): images normalised, `mask` of the labels' shape."""
+    inputs, labels, present = rows["inputs"], rows["labels"], rows["present"]
     if inputs.dtype == jnp.uint8 or jnp.issubdtype(inputs.dtype, jnp.floating):  # images, not token ids
         inputs = normalize(inputs, normalization)
     mask = jnp.broadcast_to(present.reshape(present.shape + (1,) * (labels.ndim - 1)), labels.shape)
-    if "mask" in data:
-        mask = jnp.logical_and(mask, data["mask"][indices])
-    return {"inputs": inputs, "label": labels, "mask": mask, "index": indices}
+    if "mask" in rows:
+        mask = jnp.logical_and(mask, rows["mask"])
+    return {"inputs": inputs, "label": labels, "mask": mask, "index": rows["index"]}
 
 
 @functools.lru_cache

@@ -13,6 +13,8 @@ import numpy as np
 
 from kdjax.data import text
 from kdjax.data.dataset import DataNotFoundError, Dataset, integer_labels
+from kdjax.data.images import load_image_folder
+from kdjax.data.normalization import IMAGE_FOLDERS
 from kdjax.data.formats import CIFAR10, LAYOUTS, Layout, Split, detect_local, read_local
 
 DATA_DIR_ENV = "KDJAX_DATA_DIR"
@@ -165,24 +167,35 @@ DATASETS = ("cifar10", "cifar100")
 
 
 def load_dataset(dataset: str, data_dir: str | os.PathLike | None = None, *, source: Source = "auto",
-                 strict: bool = True, window: int = 128, num_classes: int | None = None) -> Dataset:
+                 strict: bool = True, window: int = 128, num_classes: int | None = None, image_size: int = 224,
+                 skip_bad_images: bool = False) -> Dataset:
     """`dataset` (`cifar10`, `cifar100` or `npz:PATH`), from `data_dir` / tensorflow-datasets where that applies;
     next-token data (`text`, `text:PATH` by character, `bytes`, `bytes:PATH` by UTF-8 byte, `tokens:PATH` of an `.npy`
-    of ids) in windows of `window` tokens.
+    of ids, memory-mapped) in windows of `window` tokens; image files in ImageNet's layout (`imagenet:DIR`,
+    `imagefolder:DIR`: `kdjax.data.images.load_image_folder`) read at `image_size` pixels, unreadable ones
+    skipped (counted) with `skip_bad_images`.
 
     `num_classes` states the class count (the vocabulary size of token data); by default it is the data set's
     own (CIFAR's, a text's alphabet) or the largest label (token id) + 1.
     """
     if dataset.startswith("npz:"):
         return load_npz(dataset[4:], num_classes=num_classes)
+    for prefix in IMAGE_FOLDERS:
+        if dataset.startswith(f"{prefix}:"):
+            data = load_image_folder(dataset[len(prefix) + 1:], size=image_size, skip_unreadable=skip_bad_images,
+                                     name=prefix)
+            if num_classes is not None and num_classes != data.num_classes:
+                raise ValueError(f"{data.origin} has {data.num_classes} class folders, not {num_classes}: leave the "
+                                 "class count out")
+            return data
     for prefix, kind in text.TEXT_DATASETS.items():
         if dataset == prefix or dataset.startswith(f"{prefix}:"):
             return text.load_text(dataset[len(prefix) + 1:] or None, time=window, vocab_size=num_classes, tokens=kind)
     if dataset.startswith("tokens:"):
         return text.load_tokens(dataset[7:], time=window, vocab_size=num_classes)
     if dataset not in LAYOUTS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)} or npz:PATH (sequence data: "
-                         "kdjax.data.load_text)")
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}, npz:PATH or imagenet:DIR "
+                         "(sequence data: kdjax.data.load_text)")
     layout = LAYOUTS[dataset]
     if num_classes is not None and num_classes != layout.classes:
         raise ValueError(f"{layout.title} has {layout.classes} classes, not {num_classes}: leave the class count out")

@@ -24,6 +24,7 @@ import numpy as np
 from kdjax.checkpoint import Position, RunCheckpoints
 from kdjax.data import Split
 from kdjax.data.pipeline import epoch_order, num_batches
+from kdjax.data.stream import StreamingLoader
 from kdjax.engine import memory
 from kdjax.engine.evaluate import evaluate_members
 from kdjax.engine.members import (Member, MemberResult, ProgramResult, chunks, data_groups, program_name, programs,
@@ -129,9 +130,12 @@ def train_program(
     trained = 0
     if position < Position(settings.epochs, 0):
         teacher_arg = teacher_source() if needs_teacher else None
+        loader, why = memory.loader_choice(train_split, settings, mesh)
+        log(f"{desc}: {loader} data ({why})")
         spec = ProgramSpec(objective, batch_size, n, settings.augment, unroll, mesh,
                            settings.labelled, settings.normalization, per_member if mixed else (),
-                           data_groups(members) if unroll else (), settings.parameter_sharding)
+                           data_groups(members) if unroll else (), settings.parameter_sharding,
+                           streamed=loader == "streaming")
         states, dropout_keys, trained = _run_epochs(
             spec, members, states, dropout_keys, data_keys, teacher_arg, train_split, test_split, settings,
             checkpoints, position, history, running, partial_seconds, log, desc)
@@ -156,9 +160,18 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
     teacher_arg = None if teacher_arg is None else teacher_arg.on(mesh, spec.parameter_sharding)
     dropout_keys, data_keys = replicate((dropout_keys, data_keys), mesh)
     hyperparameters = replicate(stack_hyperparameters(members), mesh)
-    data = replicate(train_split.arrays(), mesh)
     task, positions = train_split.task, int(np.prod(train_split.labels.shape[1:]))  # tokens per example, or 1
-    orders_for = jax.jit(jax.vmap(lambda key, epoch: epoch_order(key, epoch, n, spec.batch_size), in_axes=(0, None)))
+    if spec.streamed:  # one stream per seed; a member reads its seed's
+        seeds = list(dict.fromkeys(m.seed for m in members))
+        first = [next(i for i, m in enumerate(members) if m.seed == seed) for seed in seeds]
+        loader = StreamingLoader(train_split, spec.batch_size, data_keys[np.asarray(first)], mesh=mesh,
+                                 workers=settings.stream_workers)
+        streams = replicate(jnp.asarray([seeds.index(m.seed) for m in members], jnp.int32), mesh)
+        orders_for = lambda keys, epoch: streams  # noqa: E731 - what selects a member's batch
+    else:
+        data = replicate(train_split.arrays(), mesh)
+        orders_for = jax.jit(jax.vmap(lambda key, epoch: epoch_order(key, epoch, n, spec.batch_size),
+                                      in_axes=(0, None)))
     first_bad = jnp.full((count,), -1, jnp.int32)
     trained = 0
 
@@ -196,13 +209,18 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
                                 log=log, log_every=settings.log_every_steps, enabled=jax.process_index() == 0)
             epoch_start, examples_done = time.perf_counter(), 0
             seconds_so_far = seconds_before
+            streamed = loader.epoch(epoch, start_batch) if spec.streamed else None
             for index in range(start_batch, batches):
+                if streamed is not None:
+                    data = next(streamed)
                 if interrupt.requested:  # between steps, so the checkpoint and the running sums agree
                     bar.close()
                     seconds_so_far = seconds_before + time.perf_counter() - epoch_start
                     if index > start_batch:
                         save(Position(epoch, index), loss_sums, bar)
                         log(f"{desc}: interrupted; saved epoch {epoch + 1}, batch {index} in {checkpoints.directory}")
+                    if streamed is not None:
+                        streamed.close()
                     raise KeyboardInterrupt
                 states, metrics = step(states, orders, np.int32(epoch), np.int32(index), data, teacher_arg,
                                        data_keys, dropout_keys, hyperparameters)
@@ -222,10 +240,15 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
                     save(Position(epoch, done), loss_sums, bar)
             jax.block_until_ready(states)
             elapsed = time.perf_counter() - epoch_start
+            if streamed is not None:
+                streamed.close()
+                if loader.skipped:
+                    log(f"{desc} epoch {epoch + 1}: skipped {loader.skipped:,} unreadable image(s) (no weight)")
             bar.close()
             check_finite(bar)
             accuracy, test_loss = evaluate_members(spec.objective, states, test_split, spec.batch_size,
-                                                   spec.unroll, mesh, normalization=spec.normalization)
+                                                   spec.unroll, mesh, normalization=spec.normalization,
+                                                   streamed=spec.streamed, workers=settings.stream_workers)
             train_loss = np.asarray(loss_sums) / batches
             for i in range(count):
                 history[i].append({"epoch": epoch + 1, "train_loss": float(train_loss[i]),
@@ -278,6 +301,7 @@ def train_members(
             raise ValueError("top-k methods read an offline teacher's stored logits: give one (--teacher-topk DIR, "
                              "written by python -m kdjax.offline)")
         reason = cache_off_reason(teacher, train_split, reads, augment=settings.augment, wanted=cache,
+                                  streamed=memory.loader_choice(train_split, settings, mesh)[0] == "streaming",
                                   capacity_bytes=memory.device_capacity_bytes(mesh.devices.flat[0]))
         if reason:
             log(f"teacher cache off ({reason}): the teacher runs inside every {desc} step")

@@ -18,7 +18,8 @@ from jax.sharding import Mesh
 from kdjax.data import Split
 from kdjax.data.pipeline import num_batches
 from kdjax.engine.members import Member
-from kdjax.engine.step import ProgramSpec, init_states, program_step, state_shardings, unrolls
+from kdjax.data.stream import choose_loader
+from kdjax.engine.step import ProgramSpec, init_states, program_step, state_shardings, step_data, unrolls
 from kdjax.methods import Method
 from kdjax.optimizers import make_optimizer
 from kdjax.parallel import batch_mesh
@@ -57,6 +58,11 @@ def device_capacity_bytes(device: jax.Device | None = None) -> int:
         return int(fields["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def loader_choice(split: Split, settings: Settings, mesh: Mesh) -> tuple[str, str]:
+    """`("resident" | "streaming", why)`: how `settings.data_loader` serves `split` on `mesh`'s devices."""
+    return choose_loader(split, settings.data_loader, device_capacity_bytes(mesh.devices.flat[0]))
 
 
 def plan_memory(per_member_bytes: int, shared_bytes: int, capacity_bytes: int, *, headroom: float = 0.8) -> MemoryPlan:
@@ -100,7 +106,8 @@ def program_analysis(objective: Objective, train_split: Split, settings: Setting
     compiled from shapes alone (nothing is allocated); None where the backend gives none."""
     spec = ProgramSpec(objective, settings.batch_size, len(train_split), settings.augment,
                        unrolls(settings, mesh), mesh, settings.labelled, settings.normalization,
-                       parameter_sharding=settings.parameter_sharding)
+                       parameter_sharding=settings.parameter_sharding,
+                       streamed=loader_choice(train_split, settings, mesh)[0] == "streaming")
     step = jax.jit(functools.partial(program_step, spec=spec))
     # Shapes only: a restored teacher's arrays live on one device, which a program over a wider mesh cannot take
     # as they are (the step itself gets them replicated onto its mesh, or split with fsdp).
@@ -112,11 +119,9 @@ def program_analysis(objective: Objective, train_split: Split, settings: Setting
             shapes = shapes.replace(params=_with_shardings(shapes.params, teacher_arg.parameter_shardings(
                 mesh, "fsdp")))
     teacher_arg = shapes
-    data = {name: jax.ShapeDtypeStruct(array.shape, array.dtype) for name, array in train_split.arrays().items()}
-    order_length = num_batches(len(train_split), settings.batch_size) * settings.batch_size
+    orders, data = step_data(train_split, spec, members, members)
     keys = jax.eval_shape(lambda: jnp.stack([jax.random.key(i) for i in range(members)]))
     hp = {name: jax.ShapeDtypeStruct((members,), jnp.float32) for name in objective.method.hyperparameters}
-    orders = jax.ShapeDtypeStruct((members, order_length), jnp.int32)
     lowered = step.lower(states, orders, np.int32(0), np.int32(0), data, teacher_arg, keys, keys, hp)
     return lowered.compile().memory_analysis()
 
@@ -141,7 +146,8 @@ def member_bytes(objective: Objective, train_split: Split, settings: Settings, t
             return None
         return analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
 
-    return measure(compiled_bytes, (train_split.arrays(), teacher_arg),
+    resident = loader_choice(train_split, settings, mesh)[0] == "resident"
+    return measure(compiled_bytes, (train_split.arrays() if resident else None, teacher_arg),
                    nbytes(state_shapes(objective, train_split, settings, 1)))
 
 

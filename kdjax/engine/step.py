@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from kdjax.data.formats import Split
 from kdjax.data.normalization import TUTORIAL_NORMALIZATION, Normalization
-from kdjax.data.pipeline import Batch, augment_batch, gather_batch
+from kdjax.data.pipeline import Batch, augment_batch, finish_batch, gather_batch, num_batches
 from kdjax.on_policy import on_policy_batch, sampling_key
 from kdjax.parallel import batch_sharding, parameter_shardings
 from kdjax.teacher import TeacherLike
@@ -73,6 +74,7 @@ class ProgramSpec:
     objectives: tuple[Objective, ...] = ()
     data_groups: tuple[int, ...] = ()
     parameter_sharding: str = "replicated"  # or "fsdp": states split over the mesh (`kdjax.parallel`)
+    streamed: bool = False  # batches arrive read (`kdjax.data.stream`), not gathered from a resident split
 
 
 def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index: jax.Array,
@@ -86,23 +88,28 @@ def program_step(states: TrainState, orders: jax.Array, epoch: jax.Array, index:
 
     Args:
       states: stacked train states, `[members, ...]` per leaf.
-      orders: `[members, num_batches * batch_size]` int32, each member's epoch order.
+      orders: `[members, num_batches * batch_size]` int32, each member's epoch order; streamed
+        (`spec.streamed`), `[members]` int32, each member's stream in `data`.
       epoch, index: int32 scalars, the epoch and the batch within it.
-      data: the whole split's `Split.arrays()` (inputs, labels[, mask]), `[n, ...]`; shared.
+      data: the whole split's `Split.arrays()` (inputs, labels[, mask]), `[n, ...]`, shared; streamed, batch
+        `index`'s rows `[streams, batch, ...]` (`kdjax.data.stream`).
       teacher: the `Teacher` or its `CachedTeacher` (`kdjax.teacher`), or None when no member reads one.
       data_keys, dropout_keys: `[members]` keys; hyperparameters: name -> `[members]` float32.
 
     Returns:
       New states and per-member metrics `[members]` (`loss`, `ce_loss`, `aux_loss`, `correct`, `finite`).
     """
-    gather = functools.partial(gather_batch, batch_size=spec.batch_size, num_examples=spec.num_examples,
-                               normalization=spec.normalization)
     sharded = spec.mesh.devices.size > 1
+
+    def select(order):
+        if spec.streamed:
+            return finish_batch(jax.tree.map(lambda rows: rows[order], data), spec.normalization)
+        return gather_batch(data, order, index, batch_size=spec.batch_size, num_examples=spec.num_examples,
+                            normalization=spec.normalization)
 
     def prepare(order, data_key, reads):
         """The batch of `order` and, if `reads` names roles, the teacher's outputs for it."""
-        batch = augment_views(gather(data, order, index), spec.augment, data_key, epoch, index,
-                              spec.normalization)
+        batch = augment_views(select(order), spec.augment, data_key, epoch, index, spec.normalization)
         if spec.labelled is not None:
             batch = batch | {"labelled": batch["index"] < spec.labelled}
         if sharded:
@@ -170,6 +177,19 @@ def keep_layout(states: TrainState, spec: ProgramSpec) -> TrainState:
     if spec.parameter_sharding == "replicated":
         return states
     return jax.lax.with_sharding_constraint(states, state_shardings(states, spec))
+
+
+def step_data(split: Split, spec: ProgramSpec, members: int, streams: int = 1) -> tuple[jax.ShapeDtypeStruct, dict]:
+    """The shapes of a step's `orders` and `data` for `members` members reading `split` (`streams` seeds)."""
+    arrays = {"inputs": split.inputs, "labels": split.labels, **({} if split.mask is None else {"mask": split.mask})}
+    if not spec.streamed:
+        order_length = num_batches(spec.num_examples, spec.batch_size) * spec.batch_size
+        return (jax.ShapeDtypeStruct((members, order_length), jnp.int32),
+                {name: jax.ShapeDtypeStruct(a.shape, a.dtype) for name, a in arrays.items()})
+    rows = (streams, spec.batch_size)
+    data = {name: jax.ShapeDtypeStruct(rows + tuple(a.shape[1:]), a.dtype) for name, a in arrays.items()}
+    data |= {"index": jax.ShapeDtypeStruct(rows, jnp.int32), "present": jax.ShapeDtypeStruct(rows, jnp.bool_)}
+    return jax.ShapeDtypeStruct((members,), jnp.int32), data
 
 
 @functools.lru_cache(maxsize=32)
