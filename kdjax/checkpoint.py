@@ -76,7 +76,7 @@ class RunCheckpoints:
         step = int(state.step) if step is None else step
         if step in self._manager.all_steps():
             return
-        previous_mid_epoch = [s for s in self._manager.all_steps() if self.read_meta(s)["batch"]]
+        previous_mid_epoch = [s for s in self._manager.all_steps() if self._superseded(s)]
         self._manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(_state_tree(state, key)), meta=ocp.args.JsonSave(meta)),
@@ -84,6 +84,13 @@ class RunCheckpoints:
         self._manager.wait_until_finished()
         for old in previous_mid_epoch:  # superseded by the step just written
             self._manager.delete(old)
+
+    def _superseded(self, step: int) -> bool:
+        """Whether a new save replaces `step`: a mid-epoch step, or one a killed run left half deleted."""
+        try:
+            return bool(self.read_meta(step)["batch"])
+        except Exception:  # noqa: BLE001 - a step without readable meta cannot be restored either
+            return True
 
     def read_meta(self, step: int) -> dict[str, Any]:
         return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

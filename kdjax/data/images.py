@@ -130,15 +130,20 @@ def random_resized_box(width: int, height: int, rng: np.random.Generator, scale:
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def train_view(image, size: int, rng: np.random.Generator) -> np.ndarray:
-    """`RandomResizedCrop(size)` then `RandomHorizontalFlip()` of a PIL RGB image: `[size, size, 3]` uint8."""
+def resized_crop(image, box: tuple[int, int, int, int], size: int, flip: bool) -> np.ndarray:
+    """The `(top, left, height, width)` crop of a PIL image resized to `[size, size, 3]` uint8 (bilinear, as
+    torchvision's `resized_crop` on PIL images), mirrored left-right if `flip`."""
     from PIL import Image
 
-    top, left, h, w = random_resized_box(image.width, image.height, rng)
-    image = image.crop((left, top, left + w, top + h)).resize((size, size), Image.BILINEAR)
-    if rng.uniform() < 0.5:
-        image = image.transpose(Image.FLIP_LEFT_RIGHT)
-    return np.asarray(image, np.uint8)
+    top, left, height, width = box
+    image = image.crop((left, top, left + width, top + height)).resize((size, size), Image.BILINEAR)
+    return np.asarray(image.transpose(Image.FLIP_LEFT_RIGHT) if flip else image, np.uint8)
+
+
+def train_view(image, size: int, rng: np.random.Generator) -> np.ndarray:
+    """`RandomResizedCrop(size)` then `RandomHorizontalFlip()` of a PIL RGB image: `[size, size, 3]` uint8."""
+    box = random_resized_box(image.width, image.height, rng)
+    return resized_crop(image, box, size, rng.uniform() < 0.5)
 
 
 def eval_view(image, size: int, resize: int) -> np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pathlib
 import time
+import zipfile
 from typing import Literal
 
 from kdjax.data import tfds_source
@@ -135,25 +136,49 @@ def from_arrays(train_images: np.ndarray, train_labels: np.ndarray, test_images:
 NPZ_KEYS = (("x_train", "y_train", "x_test", "y_test"), ("train_images", "train_labels", "test_images", "test_labels"))
 
 
+def _npz_member(path: pathlib.Path, archive: zipfile.ZipFile, key: str) -> np.ndarray:
+    """Array `key` of the `.npz` at `path`: memory-mapped where it is stored uncompressed (`np.savez`), so an
+    archive of any size is read as batches need it; loaded whole where compressed (`np.savez_compressed`)."""
+    info = archive.getinfo(f"{key}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        with archive.open(info) as member:
+            return np.lib.format.read_array(member, allow_pickle=False)
+    with open(path, "rb") as file:
+        file.seek(info.header_offset)
+        local = file.read(30)  # the local file header: its name and extra-field lengths sit at bytes 26-29
+        file.seek(info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little"))
+        version = np.lib.format.read_magic(file)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(file)
+        if dtype.hasobject:
+            raise ValueError(f"{path}: {key} holds Python objects, which are not loaded (no pickle)")
+        offset = file.tell()
+    if not int(np.prod(shape)):
+        return np.zeros(shape, dtype)
+    return np.memmap(path, dtype, "r", offset, shape, "F" if fortran else "C")
+
+
 def load_npz(path: str | os.PathLike, *, num_classes: int | None = None) -> Dataset:
     """A data set from an `.npz` file holding `x_train, y_train, x_test, y_test` (Keras' names) or
     `train_images, train_labels, test_images, test_labels`; greyscale `[n, h, w]` images get a channel axis.
 
-    Loaded with `allow_pickle=False`: no code in the file runs.
+    Arrays stored uncompressed (`np.savez`) are memory-mapped: the file may be larger than memory, and
+    the engine streams it where it would not fit on the device. Nothing is unpickled: no code in the file runs.
     """
     path = pathlib.Path(path).expanduser()
     if not path.is_file():
         raise DataNotFoundError(f"npz file {path} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            keys = next((keys for keys in NPZ_KEYS if set(keys) <= set(archive.files)), None)
+        with zipfile.ZipFile(path) as archive:
+            files = [name[:-4] for name in archive.namelist() if name.endswith(".npy")]
+            keys = next((keys for keys in NPZ_KEYS if set(keys) <= set(files)), None)
             if keys is None:
-                raise ValueError(f"{path} holds {sorted(archive.files)}; it needs {', '.join(NPZ_KEYS[0])} "
+                raise ValueError(f"{path} holds {sorted(files)}; it needs {', '.join(NPZ_KEYS[0])} "
                                  f"(or {', '.join(NPZ_KEYS[1])})")
-            arrays = [archive[key] for key in keys]
-    except (OSError, EOFError) as error:  # zipfile.BadZipFile is an OSError's cousin: caught below too
+            arrays = [_npz_member(path, archive, key) for key in keys]
+    except (OSError, EOFError, zipfile.BadZipFile) as error:
         raise ValueError(f"{path}: not a readable .npz file ({error})") from error
-    except Exception as error:  # noqa: BLE001 - a corrupt zip raises BadZipFile, object arrays ValueError
+    except Exception as error:  # noqa: BLE001 - object arrays and bad headers raise ValueError
         if isinstance(error, ValueError) and str(path) in str(error):
             raise
         raise ValueError(f"{path}: not a readable .npz file ({error})") from error

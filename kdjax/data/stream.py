@@ -30,7 +30,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from kdjax.data.formats import Split
-from kdjax.data.images import ImageFiles
+from kdjax.data.images import ImageFileError, ImageFiles
 from kdjax.data.pipeline import epoch_order, num_batches
 from kdjax.parallel import BATCH_AXIS
 from kdjax.train import DATA_LOADERS as LOADERS
@@ -179,7 +179,10 @@ class StreamingLoader:
             threads = max(1, min(self.workers, 4)) if self.workers else 1
             iterable = batches.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                                                  prefetch_buffer_size=self.prefetch))
-        yield from iterable
+        try:
+            yield from iterable
+        except ImageFileError as error:  # grain appends a note on its traceback filtering: keep the one line
+            raise ImageFileError(str(error).split("\n", 1)[0]) from None
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, jax.Array]]:
         """The batches of `epoch` from batch `start` on: global arrays `[streams, batch, ...]` on the mesh.
