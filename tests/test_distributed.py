@@ -1,4 +1,5 @@
-"""A simulated two-host launch: 2 processes x 2 CPU devices (SLURM variables, gloo collectives) match 1 x 4."""
+"""A simulated two-host launch: 2 processes x 2 CPU devices (SLURM variables, gloo collectives), each streaming
+only its rows of every batch, match 1 process x 4 devices with the split resident."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def test_two_processes_train_like_one_and_only_the_first_writes(tmp_path, full_s
     slurm = {"SLURM_JOB_ID": str(_free_port()), "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
              "SLURM_STEP_NUM_NODES": "1", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
              "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    processes = [subprocess.Popen(command("pair", "--distributed"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    processes = [subprocess.Popen(command("pair", "--distributed", "--data-loader", "streaming"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, env=base | slurm | {"SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)})
                  for i in range(2)]
     outputs = [process.communicate(timeout=600) for process in processes]

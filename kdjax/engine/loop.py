@@ -302,7 +302,7 @@ def train_members(
                              "written by python -m kdjax.offline)")
         reason = cache_off_reason(teacher, train_split, reads, augment=settings.augment, wanted=cache,
                                   streamed=memory.loader_choice(train_split, settings, mesh)[0] == "streaming",
-                                  capacity_bytes=memory.device_capacity_bytes(mesh.devices.flat[0]))
+                                  capacity_bytes=memory.mesh_capacity_bytes(mesh))
         if reason:
             log(f"teacher cache off ({reason}): the teacher runs inside every {desc} step")
         share = reason is not None and unrolls(settings, mesh)

@@ -60,9 +60,24 @@ def device_capacity_bytes(device: jax.Device | None = None) -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
+def mesh_capacity_bytes(mesh: Mesh) -> int:
+    """`device_capacity_bytes` of this process's first device on `mesh`, the least over all processes: every
+    process must take the same decisions from it (program sizes, the data loader, the teacher cache)."""
+    local = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
+    capacity = device_capacity_bytes(local)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        mib = multihost_utils.process_allgather(np.int32(capacity // 2**20))  # int32: JAX's default width
+        capacity = int(np.min(mib)) * 2**20
+    return capacity
+
+
 def loader_choice(split: Split, settings: Settings, mesh: Mesh) -> tuple[str, str]:
     """`("resident" | "streaming", why)`: how `settings.data_loader` serves `split` on `mesh`'s devices."""
-    return choose_loader(split, settings.data_loader, device_capacity_bytes(mesh.devices.flat[0]))
+    if settings.data_loader != "auto":  # no measurement (and, across processes, no collective) needed
+        return choose_loader(split, settings.data_loader, 0)
+    return choose_loader(split, settings.data_loader, mesh_capacity_bytes(mesh))
 
 
 def plan_memory(per_member_bytes: int, shared_bytes: int, capacity_bytes: int, *, headroom: float = 0.8) -> MemoryPlan:
@@ -162,13 +177,6 @@ def plan_program_size(objectives: Mapping[Method, Objective], members: Sequence[
     mesh = batch_mesh(settings.devices or None)
     measured = [member_bytes(objectives[method], train_split, settings, teacher_arg, mesh)
                 for method in dict.fromkeys(member.method for member in members)]
-    local = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
-    capacity = device_capacity_bytes(local)
-    if jax.process_count() > 1:  # every process must cut the members into the same programs
-        from jax.experimental import multihost_utils
-
-        mib = multihost_utils.process_allgather(np.int32(capacity // 2**20))  # int32: JAX's default width
-        capacity = int(np.min(mib)) * 2**20
-    return plan_memory(max(p for p, _ in measured), max(s for _, s in measured), capacity)
+    return plan_memory(max(p for p, _ in measured), max(s for _, s in measured), mesh_capacity_bytes(mesh))
 
 
