@@ -166,7 +166,10 @@ class StreamingLoader:
 
     def host_batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """This process's rows of the batches of `epoch` from batch `start` on, as NumPy arrays."""
-        import grain
+        try:
+            import grain
+        except ImportError:
+            raise ImportError("streamed data are read by grain: pip install 'kdjax[stream]'") from None
 
         reader = BatchReader(self.split, np.asarray(self._orders(self.keys, epoch)), _stream_seeds(self.keys),
                              epoch, self.batch_size, self.rows)
