@@ -21,13 +21,25 @@ RECIPES: dict[str, dict[str, Any]] = {
                 "optimizer": "adam", "learning_rate": 3e-3, "batch_size": 32, "epochs": 10, "augment": "none",
                 "method_defaults": tuple((method, (("aux_weight", 0.5), ("ce_weight", 0.5), ("temperature", 1.0)))
                                          for method in ("kd", "topk-kd"))},
+    # imagenet-kd: mdistiller's ImageNet configs (configs/imagenet/r34_r18, r50_mv1): SGD 0.2 (batch 512), momentum 0.9,
+    # weight decay 1e-4, 100 epochs, x0.1 at 30, 60, 90; KD at T = 1, 0.5 CE + 0.5 KD; DKD at T = 1, CE 1, beta 0.5
+    # (2.0 for a MobileNetV1 student), warmed up over its first epoch (RECIPE_WARMUP). The images' views are the
+    # image folder's (RandomResizedCrop(224) + flip for training), normalised with ImageNet's statistics.
+    "imagenet-kd": {"optimizer": "sgd", "learning_rate": 0.2, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 512,
+                    "epochs": 100, "schedule": "step", "milestones": (30, 60, 90), "decay_factor": 0.1,
+                    "augment": "none", "normalize": "imagenet", "teacher": "resnet34", "student": "resnet18",
+                    "method_defaults": (("kd", (("aux_weight", 0.5), ("ce_weight", 0.5), ("temperature", 1.0))),
+                                        ("dkd", (("beta", 0.5), ("ce_weight", 1.0), ("temperature", 1.0))))},
 }
-RECIPE_WARMUP = {"cifar-kd": ("dkd", "warmup_steps", 20 / 240)}  # recipe -> (method, hyperparameter, of training)
+RECIPE_WARMUP = {"cifar-kd": ("dkd", "warmup_steps", 20 / 240),  # recipe -> (method, hyperparameter, of training)
+                 "imagenet-kd": ("dkd", "warmup_steps", 1 / 100)}
 SMALL_LEARNING_RATE_STUDENTS = ("mobilenetv2", "shufflenetv1", "shufflenetv2")  # cifar-kd trains them at 0.01
 HELP = ("a published training procedure's settings in one flag (cifar-kd: SGD 0.05 momentum 0.9, weight decay 5e-4, "
         "batch 64, 240 epochs, x0.1 at 150/180/210, crop-flip; 0.01 for MobileNetV2/ShuffleNet students; char-lm, "
-        "lm's default: Python's help text, causal_conv_128x5 -> causal_conv_32x2, Adam 3e-3, batch 32, 10 epochs); "
-        "any flag given overrides it")
+        "lm's default: Python's help text, causal_conv_128x5 -> causal_conv_32x2, Adam 3e-3, batch 32, 10 epochs; "
+        "imagenet-kd: mdistiller's ImageNet recipe, resnet34 -> resnet18 (resnet50 for a mobilenetv1 student), SGD 0.2 "
+        "batch 512, weight decay 1e-4, 100 epochs, x0.1 at 30/60/90, KD T 1 at 0.5/0.5, DKD beta 0.5 (2 for "
+        "mobilenetv1)); any flag given overrides it")
 
 
 def recipe_values(recipe: str | None, student: str) -> dict[str, Any]:
@@ -39,4 +51,8 @@ def recipe_values(recipe: str | None, student: str) -> dict[str, Any]:
     values = dict(RECIPES[recipe])
     if recipe == "cifar-kd" and student in SMALL_LEARNING_RATE_STUDENTS:
         values["learning_rate"] = 0.01
+    if recipe == "imagenet-kd" and student == "mobilenetv1":  # configs/imagenet/r50_mv1: a ResNet-50 teacher, beta 2
+        values["teacher"] = "resnet50"
+        values["method_defaults"] = (values["method_defaults"][0], ("dkd", (("beta", 2.0), ("ce_weight", 1.0),
+                                                                             ("temperature", 1.0))))
     return values

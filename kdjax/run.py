@@ -231,8 +231,8 @@ def released_normalization(config: ExperimentConfig, data: Dataset, log: Callabl
     """The named normalisation the `--teacher-weights` teacher was trained with, where it is known."""
     if not (config.teacher_weights and config.needs_teacher):
         return None
-    if config.teacher in zoo.TUTORIAL:
-        return "imagenet"  # the tutorial's transforms.Normalize
+    if config.teacher in zoo.TUTORIAL or config.teacher in zoo.imagenet.NETWORKS:
+        return "imagenet"  # the tutorial's transforms.Normalize; torchvision's ImageNet training
     if data.name in ("cifar10", "cifar100"):
         return data.name
     if config.data.normalize == "auto":

@@ -29,6 +29,20 @@ def test_the_cifar_kd_recipe_sets_the_benchmarks_settings_and_flags_override_it(
     assert parse_config("kd", []).settings().optimizer == "adam"  # without a recipe: the tutorial's
 
 
+def test_the_imagenet_kd_recipe_is_mdistillers_for_both_pairs():
+    config = parse_config("methods", ["--recipe", "imagenet-kd", "--methods", "kd,dkd", "--dataset", "imagenet:/x"])
+    settings = config.settings()
+    assert (config.teacher, config.student, settings.optimizer, settings.learning_rate, settings.weight_decay,
+            settings.batch_size, settings.epochs, settings.milestones) == \
+        ("resnet34", "resnet18", "sgd", 0.2, 1e-4, 512, 100, (30, 60, 90))
+    kd, dkd = (member.hp for member in config.members())
+    assert kd == {"aux_weight": 0.5, "ce_weight": 0.5, "temperature": 1.0}
+    assert (dkd["beta"], dkd["ce_weight"], dkd["temperature"]) == (0.5, 1.0, 1.0)
+    mobile = parse_config("dkd", ["--recipe", "imagenet-kd", "--student", "mobilenetv1"])
+    assert mobile.teacher == "resnet50" and mobile.members()[0].hp["beta"] == 2.0
+    assert with_recipe_warmup(mobile, 1_281_167).members()[0].hp["warmup_steps"] == 2503  # one epoch at 512
+
+
 def test_dkd_warms_up_over_a_twelfth_of_the_recipes_run_unless_told():
     config = parse_config("methods", ["--recipe", "cifar-kd", "--methods", "ce,dkd", "--epochs", "24"])
     resolved = with_recipe_warmup(config, 50_000)

@@ -8,7 +8,9 @@ Each zoo network is a `flax.linen` module with BatchNorm (PyTorch's semantics, i
 the network's state), parameters named after the PyTorch definition's `state_dict` keys
 (`kdjax.convert.from_torch` loads the benchmarks' checkpoints) and the roles the methods read:
 `feature_map` (the last stage's output), `pooled` (the penultimate vector), `stageK` and,
-where the references take them, `preactK` (before the last ReLU). They take 32x32 RGB images.
+where the references take them, `preactK` (before the last ReLU). The CIFAR networks are made for 32x32 RGB
+images; the ImageNet ones (`kdjax.zoo.imagenet`: torchvision's `resnet18/34/50`, mdistiller's `mobilenetv1`) for
+224x224 ones, and load torchvision's released `state_dict` files.
 
 The language models take token ids `[batch, time]` and give next-token logits `[batch, time, vocab]`;
 `num_classes` is the vocabulary size: `causal_conv_*` (`kdjax.zoo.language`) and the transformers
@@ -29,7 +31,7 @@ from kdjax.zoo.tutorial import IMAGE_SHAPE
 from kdjax.network import Network, linen_network
 from kdjax.sampling import sample_with_cache
 from kdjax.zoo.tutorial import tutorial_student, tutorial_teacher
-from kdjax.zoo import language, mobilenetv2, resnet, shufflenet, transformer, vgg, wrn
+from kdjax.zoo import imagenet, language, mobilenetv2, resnet, shufflenet, transformer, vgg, wrn
 
 TUTORIAL = {"deepnn": tutorial_teacher, "lightnn": tutorial_student}
 # name -> (module constructor taking num_classes, roles)
@@ -39,6 +41,7 @@ ZOO: dict[str, tuple[Callable[..., nn.Module], Mapping[str, str]]] = {
     **{name: (make, vgg.roles(name)) for name, make in vgg.NETWORKS.items()},
     **{name: (make, mobilenetv2.ROLES) for name, make in mobilenetv2.NETWORKS.items()},
     **{name: (make, shufflenet.ROLES) for name, make in shufflenet.NETWORKS.items()},
+    **{name: (make, imagenet.ROLES) for name, make in imagenet.NETWORKS.items()},
     **{name: (make, {}) for name, make in language.NETWORKS.items()},
     **{name: (make, {}) for name, make in transformer.NETWORKS.items()},  # roles: `transformer.roles(config)`
 }

@@ -39,10 +39,11 @@ def _features(prefix: str, roles: dict, out: dict) -> None:
         out[f"{prefix}/{role}/sample"] = zoo_weights.sample(array.astype(np.float32))
 
 
-def main() -> None:
+def write(networks: dict, path: pathlib.Path) -> None:
+    """The fixture of `networks` (name -> constructor taking the class count) at `path`."""
     torch.manual_seed(0)
     out = {}
-    for name, make in zoo_torch.NETWORKS.items():
+    for name, make in networks.items():
         model = make(100)
         shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in zoo_weights.state_dict(shapes).items()})
@@ -70,9 +71,9 @@ def main() -> None:
         out[f"{name}/grad_sample"] = np.concatenate([zoo_weights.sample(grads[k].grad.numpy()) for k in sorted(grads)])
         print(f"{name}: {out[f'{name}/parameters']:,} parameters, eval logits |max| "
               f"{np.abs(out[f'{name}/eval/logits']).max():.3g}, loss {loss.item():.4f}")
-    np.savez_compressed(OUT, **out)
-    print(f"wrote {OUT} ({OUT.stat().st_size / 1e6:.2f} MB)")
+    np.savez_compressed(path, **out)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
 
 
 if __name__ == "__main__":
-    main()
+    write(zoo_torch.NETWORKS, OUT)
