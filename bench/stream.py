@@ -5,6 +5,7 @@ engine's step fed by streaming against the resident path.
     python -m bench.stream throughput DIR [--workers 2] [--batches 60] [--torch-python PYTHON]
     python -m bench.stream memory FILE [--gigabytes 10] [--batches 400]
     python -m bench.stream step --data-dir CIFAR [--train-size 10000] [--student resnet20]
+    python -m bench.stream imagenet-step DIR [--batches 10] [--batch-size 32] [--workers 2]
 
 `throughput` reads the training view (RandomResizedCrop(224) + flip) of DIR's train/ folder in batches of 128:
 kdjax's `StreamingLoader` (grain workers; to NumPy on the host, then also to the device), against torchvision's
@@ -18,7 +19,8 @@ started), and the first batch's wait.
 process's anonymous and file-backed resident memory (`/proc/self/status`) after each.
 
 `step` trains `--student` with CE on CIFAR-10 for two epochs, resident then streamed (crop + flip on the device),
-and reports the second epoch's images/s for each (the first holds compilation).
+and reports the second epoch's images/s for each (the first holds compilation). `imagenet-step` times ResNet-18's
+CE step at 224 pixels fed from DIR's JPEGs (streamed, decoded by `--workers` processes) against a resident array.
 """
 
 from __future__ import annotations
@@ -180,6 +182,62 @@ def step(data_dir: str, train_size: int, student: str) -> dict:
     return out
 
 
+def imagenet_step(root: pathlib.Path, batches: int, batch_size: int, workers: int) -> dict:
+    """ResNet-18's CE training step at 224 pixels (SGD, as imagenet-kd), fed from DIR's train/ folder (streamed,
+    decoded and cropped by `workers` grain processes) and from a resident array of the same shape: images/s of each
+    over `batches` steps after the first (compiled) one."""
+    import jax
+    import jax.numpy as jnp
+
+    from kdjax import zoo
+    from kdjax.data import Split
+    from kdjax.data.images import load_image_folder
+    from kdjax.engine.step import ProgramSpec, init_states, jitted_step
+    from kdjax.engine.members import stack_hyperparameters
+    from kdjax.engine import Member
+    from kdjax.data.pipeline import epoch_order
+    from kdjax.data.stream import StreamingLoader
+    from kdjax.parallel import batch_mesh
+    from kdjax.train import build_objective
+    from kdjax import methods
+    import optax
+
+    files = load_image_folder(root).train
+    network = zoo.network("resnet18", num_classes=1000, input_shape=(224, 224, 3))
+    objective = build_objective(methods.get("ce"), network)
+    mesh = batch_mesh(1)
+    keys = jnp.stack([jax.random.key(1)])
+    member = [Member.of("ce", 0)]
+    hp = stack_hyperparameters(member)
+    out = {}
+    resident = Split(np.random.default_rng(0).integers(0, 256, (batch_size * 4, 224, 224, 3), dtype=np.uint8),
+                     files.labels[:batch_size * 4])
+    for feed in ("resident", "streamed"):
+        split = files if feed == "streamed" else resident
+        spec = ProgramSpec(objective, batch_size, len(split), "none", True, mesh, streamed=feed == "streamed")
+        step = jitted_step(spec)
+        states = init_states(objective, [0], optax.sgd(0.2, momentum=0.9))
+        if feed == "streamed":
+            loader = StreamingLoader(split, batch_size, keys, mesh=mesh, workers=workers)
+            stream, orders = loader.epoch(0), jnp.zeros((1,), jnp.int32)
+            data_for = lambda index: next(stream)  # noqa: E731
+        else:
+            data = jax.device_put(split.arrays())
+            orders = jnp.stack([epoch_order(keys[0], 0, len(split), batch_size)])
+            data_for = lambda index: data  # noqa: E731
+        rates = []
+        for index in range(batches + 1):
+            start = time.perf_counter()
+            batch = data_for(index)
+            states, metrics = step(states, orders, np.int32(0), np.int32(index % 4), batch, None, keys, keys, hp)
+            jax.block_until_ready(metrics)
+            if index:
+                rates.append(batch_size / (time.perf_counter() - start))
+        out[feed] = float(np.median(rates))
+    out["streamed_over_resident_time"] = out["resident"] / out["streamed"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -195,6 +253,11 @@ def main(argv: list[str] | None = None) -> None:
     mem.add_argument("path", type=pathlib.Path)
     mem.add_argument("--gigabytes", type=float, default=10.0)
     mem.add_argument("--batches", type=int, default=400)
+    big = commands.add_parser("imagenet-step")
+    big.add_argument("root", type=pathlib.Path)
+    big.add_argument("--batches", type=int, default=10)
+    big.add_argument("--batch-size", type=int, default=32)
+    big.add_argument("--workers", type=int, default=2)
     steps = commands.add_parser("step")
     steps.add_argument("--data-dir", required=True)
     steps.add_argument("--train-size", type=int, default=10_000)
@@ -211,6 +274,8 @@ def main(argv: list[str] | None = None) -> None:
                   for variant in ("uint8", "float")}
         print(json.dumps({"workers": args.workers, "batches": args.batches, "kdjax": ours, "torchvision": theirs},
                          indent=1))
+    elif args.command == "imagenet-step":
+        print(json.dumps(imagenet_step(args.root, args.batches, args.batch_size, args.workers), indent=1))
     elif args.command == "memory":
         print(json.dumps(memory(args.path, args.gigabytes, args.batches), indent=1))
     else:

@@ -53,9 +53,9 @@ def _params(program):
 
 @pytest.mark.slow
 def test_streamed_members_are_bitwise_the_resident_ones(tmp_path):
-    """Two seeds (two streams), a second method sharing seed 0's batches, random crops and flips drawn on the
-    device: streaming changes where a batch is read, not which examples or views a member trains on."""
-    members = [Member.of("kd", 0), Member.of("kd", 1)]
+    """Two seeds (two streams), random crops and flips drawn on the device: streaming changes where a batch is read,
+    not which examples or views a member trains on (the teacher's side: the killed-run test below)."""
+    members = [Member.of("ce", 0), Member.of("ce", 1)]
     resident, streamed = [], []
     a = run_members(tmp_path, members, name="resident", augment="crop-flip", data_loader="resident",
                     programs_out=resident)
