@@ -27,6 +27,7 @@ from flax.training import train_state
 
 from kdjax import losses
 from kdjax.data.normalization import TUTORIAL_NORMALIZATION, Normalization
+from kdjax.data.stream import LOADERS as DATA_LOADERS
 from kdjax.fields import require, setting
 from kdjax.losses.fused import fused_objective
 from kdjax.methods import TOPK_READ, Context, Method
@@ -40,7 +41,6 @@ TeacherOutputs = Mapping[str, jax.Array]
 
 
 AUGMENTATIONS = ("none", "flip", "crop-flip")
-DATA_LOADERS = ("auto", "resident", "streaming")  # `kdjax.data.stream.choose_loader`
 MEMBER_BATCHING = ("auto", "unroll", "vmap")  # how members share a program: `kdjax.engine.map_members`
 
 

@@ -1,4 +1,5 @@
-"""Trains the tutorial student with KD on a folder of image files, streamed with two grain workers.
+"""Trains the tutorial student with KD on a folder of image files, streamed (decoded in the process: the
+workers' determinism is `test_stream`'s own test).
 
 `python stream_worker.py FOLDER RUN_DIR EPOCHS` prints, as JSON, each member's history and the sum of
 every parameter (float64): what `test_stream` compares between a straight run and a killed, resumed one.
@@ -24,7 +25,7 @@ from kdjax.zoo.tutorial import tutorial_student, tutorial_teacher
 def main() -> None:
     folder, run_dir, epochs = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
     data = load_image_folder(folder, size=32)
-    settings = Settings(epochs=epochs, batch_size=8, save_every_steps=1, stream_workers=2)
+    settings = Settings(epochs=epochs, batch_size=8, save_every_steps=1, stream_workers=0)
     members = [Member.of("kd", 0), Member.of("kd", 1)]
     programs = train_members(members, tutorial_student(), data.train, data.test, settings,
                              lambda chunk: RunCheckpoints(run_dir / "kd", {"test": "stream"}),

@@ -62,8 +62,9 @@ def test_streamed_members_are_bitwise_the_resident_ones(tmp_path):
     b = run_members(tmp_path, members, name="streamed", augment="crop-flip", data_loader="streaming",
                     programs_out=streamed)
     jax.tree.map(np.testing.assert_array_equal, _params(resident[0]), _params(streamed[0]))
-    for x, y in zip(a, b):
-        assert (x.history[0]["train_loss"], x.test_loss) == (y.history[0]["train_loss"], y.test_loss)
+    for x, y in zip(a, b):  # the reported loss is a reduction XLA may fuse another way in either program
+        np.testing.assert_allclose([x.history[0]["train_loss"], x.test_loss], [y.history[0]["train_loss"], y.test_loss],
+                                   rtol=1e-6)
 
 
 def test_the_loader_chooses_resident_where_the_split_fits_and_streams_image_files(folder):
@@ -200,7 +201,7 @@ def test_an_uncompressed_npz_is_memory_mapped(tmp_path):
 @pytest.mark.slow
 def test_a_killed_streaming_run_resumes_to_the_members_of_a_run_never_stopped(folder, tmp_path):
     """kill -9 mid-epoch, then the same command: the run resumes from its last step checkpoint and ends with the
-    parameters and history of a run never stopped (host-drawn crops, two grain workers)."""
+    parameters and history of a run never stopped (host-drawn crops)."""
     worker = [sys.executable, str(pathlib.Path(__file__).parent / "stream_worker.py"), str(folder)]
     env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parent)}
 

@@ -1,11 +1,13 @@
-"""Data sets (CIFAR-10, CIFAR-100, a user's image arrays, token arrays and text) from tensorflow-datasets or local
-files, onto the device in batches."""
+"""Data sets (CIFAR-10, CIFAR-100, a user's image arrays, token arrays and text, image folders) from
+tensorflow-datasets or local files, onto the device in batches: resident there, or streamed by grain."""
 
 from kdjax.data.formats import Split
 from kdjax.data.normalization import (MEAN, STD, TUTORIAL_NORMALIZATION, Normalization, NormalizationError,
                                        channel_statistics, normalize)
 from kdjax.data.pipeline import ResidentLoader, augment_batch, epoch_order, gather_batch
 from kdjax.data.dataset import DataNotFoundError, Dataset
+from kdjax.data.images import ImageFileError, load_image_folder
+from kdjax.data.stream import StreamingLoader
 from kdjax.data.sources import DATA_DIR_ENV, DATASETS, from_arrays, load_cifar10, load_dataset, load_npz
 from kdjax.data.text import PYTHON_TEXT, from_tokens, load_text, windows
 
@@ -19,6 +21,8 @@ __all__ = [
     "Normalization",
     "NormalizationError",
     "DataNotFoundError",
+    "ImageFileError",
+    "StreamingLoader",
     "PYTHON_TEXT",
     "ResidentLoader",
     "Split",
@@ -30,6 +34,7 @@ __all__ = [
     "from_tokens",
     "load_cifar10",
     "load_dataset",
+    "load_image_folder",
     "load_npz",
     "load_text",
     "normalize",

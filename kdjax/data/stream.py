@@ -33,7 +33,8 @@ from kdjax.data.formats import Split
 from kdjax.data.images import ImageFileError, ImageFiles
 from kdjax.data.pipeline import epoch_order, num_batches
 from kdjax.parallel import BATCH_AXIS
-from kdjax.train import DATA_LOADERS as LOADERS
+
+LOADERS = ("auto", "resident", "streaming")  # `Settings.data_loader`
 
 RESIDENT_FRACTION = 0.5  # auto: resident when the split takes at most this share of the device's free memory
 
