@@ -247,6 +247,10 @@ class ExperimentConfig:
                  f"has a repeated method: {','.join(self.methods)}"),
                 (self.teacher_epochs is None or self.teacher_epochs >= 1, "teacher_epochs",
                  f"must be >= 1, got {self.teacher_epochs}"),
+                (not (self.data.dataset.startswith(tuple(f"{p}:" for p in IMAGE_FOLDERS))
+                      and self.training.data_loader == "resident"), "data_loader",
+                 "resident: image files are decoded and cropped on the host as they are read, so they are streamed "
+                 "(--data-loader streaming or auto)", ("dataset",)),
                 (self.teacher_augment in (None, *AUGMENTATIONS), "teacher_augment",
                  f"must be one of {', '.join(AUGMENTATIONS)}, got {self.teacher_augment!r}"),
                 (self.export_weights is None or self.name != "teacher" or zoo.is_transformer(self.teacher)

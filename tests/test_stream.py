@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from engine_helpers import run_members, tiny_data
+from engine_helpers import tiny_data, train_batchnorm
 from PIL import Image
 
 from kdjax.data import Dataset, Split, load_dataset
@@ -47,24 +47,22 @@ def folder(tmp_path_factory) -> pathlib.Path:
     return make_folder(tmp_path_factory.mktemp("images"))
 
 
-def _params(program):
-    return jax.tree.map(np.asarray, program.states.params)
+def _state(program):
+    return jax.tree.map(np.asarray, (program.states.params, program.states.model_state))
 
 
 @pytest.mark.slow
 def test_streamed_members_are_bitwise_the_resident_ones(tmp_path):
-    """Two seeds (two streams), random crops and flips drawn on the device: streaming changes where a batch is read,
-    not which examples or views a member trains on (the teacher's side: the killed-run test below)."""
+    """Two seeds (two streams), random crops and flips drawn on the device, BatchNorm statistics: streaming changes
+    where a batch is read, not which examples or views a member trains on (the teacher's side: the killed-run test
+    below)."""
     members = [Member.of("ce", 0), Member.of("ce", 1)]
-    resident, streamed = [], []
-    a = run_members(tmp_path, members, name="resident", augment="crop-flip", data_loader="resident",
-                    programs_out=resident)
-    b = run_members(tmp_path, members, name="streamed", augment="crop-flip", data_loader="streaming",
-                    programs_out=streamed)
-    jax.tree.map(np.testing.assert_array_equal, _params(resident[0]), _params(streamed[0]))
-    for x, y in zip(a, b):  # the reported loss is a reduction XLA may fuse another way in either program
-        np.testing.assert_allclose([x.history[0]["train_loss"], x.test_loss], [y.history[0]["train_loss"], y.test_loss],
-                                   rtol=1e-6)
+    resident, streamed = (train_batchnorm(tmp_path, members, name=loader, augment="crop-flip", data_loader=loader)
+                          for loader in ("resident", "streaming"))
+    jax.tree.map(np.testing.assert_array_equal, _state(resident[0]), _state(streamed[0]))
+    for x, y in zip(resident[0].results, streamed[0].results):  # the reported loss: a reduction XLA may fuse
+        np.testing.assert_allclose([x.history[0]["train_loss"], x.test_loss],  # another way in either program
+                                   [y.history[0]["train_loss"], y.test_loss], rtol=1e-6)
 
 
 def test_the_loader_chooses_resident_where_the_split_fits_and_streams_image_files(folder):
