@@ -21,6 +21,7 @@ from kdjax import hf, methods, offline, zoo
 from kdjax.checkpoint import RunCheckpoints
 from kdjax.config import ConfigError, ExperimentConfig, as_config_error
 from kdjax.data import TUTORIAL_NORMALIZATION, Dataset, NormalizationError, Split, load_dataset
+from kdjax.data.images import ImageFiles
 from kdjax.data.normalization import choose as choose_normalization
 from kdjax.engine import (Member, MemberResult, evaluate_members, model_variables, program_name, reads_teacher,
                           train_members, unrolls)
@@ -227,6 +228,14 @@ def prepare_data(config: ExperimentConfig, full: Dataset, log: Callable[[str], N
     return config, data
 
 
+def evaluation_view(split: Split) -> Split:
+    """`split` as evaluation reads it: image files held out of training take the validation view (resize and
+    centre crop), not the training one (random crops)."""
+    if isinstance(split.inputs, ImageFiles) and split.inputs.random_crop:
+        return dataclasses.replace(split, inputs=dataclasses.replace(split.inputs, random_crop=False))
+    return split
+
+
 def released_normalization(config: ExperimentConfig, data: Dataset, log: Callable[[str], None]) -> str | None:
     """The named normalisation the `--teacher-weights` teacher was trained with, where it is known."""
     if not (config.teacher_weights and config.needs_teacher):
@@ -288,7 +297,8 @@ def student_data(config: ExperimentConfig, data: Dataset) -> tuple[Dataset, Spli
     if not config.data.validation_size:
         return data, None
     keep = len(data.train) - config.data.validation_size
-    return dataclasses.replace(data, train=data.train.rows(slice(0, keep))), data.train.rows(slice(keep, None))
+    return (dataclasses.replace(data, train=data.train.rows(slice(0, keep))),
+            evaluation_view(data.train.rows(slice(keep, None))))
 
 
 def train_students(config: ExperimentConfig, data: Dataset, checkpoints: Checkpoints,

@@ -246,3 +246,6 @@ def test_a_split_of_image_files_keeps_its_view_when_cut(folder):
     cut = data.train.take(5)
     assert isinstance(cut, Split) and cut.inputs.paths == data.train.inputs.paths[:5] and cut.inputs.random_crop
     assert data.fingerprint == load_image_folder(folder, size=32).fingerprint
+    from kdjax.run import evaluation_view
+    held_out = evaluation_view(data.train.rows(slice(20, None)))  # --validation-size: scored on the validation view
+    assert not held_out.inputs.random_crop and held_out.inputs.paths == data.train.inputs.paths[20:]
