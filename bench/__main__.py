@@ -81,7 +81,7 @@ def _rate(figures: dict, case: str) -> float | None:
     return figures.get(case, {}).get("images_per_s")
 
 
-def table(jx: dict, pt: dict[str, dict]) -> str:
+def table(jx: dict, pt: dict[str, dict], members: int = MEMBERS) -> str:
     """Figures and kdjax's speed-up over each PyTorch variant and over the fastest of them, per measurement."""
     variants = list(pt)
     head = ["measurement", "kdjax", *(f"PyTorch {v}" for v in variants), *(f"vs {v}" for v in variants)]
@@ -103,10 +103,10 @@ def table(jx: dict, pt: dict[str, dict]) -> str:
         rows.append(row(f"{LABELS[case]} (images/s)", _rate(jx, case), case, case))
         if case in CACHED_CASES:
             rows.append(row(f"{LABELS[case]}, teacher cache (images/s)", _rate(jx, f"{case}_cached"), case, case))
-    many = jx.get(f"kd_cached_x{MEMBERS}")
+    many = jx.get(f"kd_cached_x{members}")
     if many:
         ratio = jx["kd_cached"]["images_per_s"] / many["images_per_s"]
-        rows.append(f"\n{MEMBERS} KD students with the teacher cache in one program: {many['images_per_s']:,.0f} "
+        rows.append(f"\n{members} KD students with the teacher cache in one program: {many['images_per_s']:,.0f} "
                     f"images/s over all members; the per-member step is {ratio:.2f}x the one-member step.\n")
     if "e2e" in jx:
         ours = jx["e2e"]["seconds"]
@@ -137,12 +137,13 @@ def main() -> None:
     parser.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end run")
     parser.add_argument("--torch-compile", action="store_true",
                         help="also measure PyTorch with torch.compile (steps and eval; compiling takes minutes)")
+    parser.add_argument("--members", type=int, default=MEMBERS, help="KD students in the multi-member case")
     parser.add_argument("--out", default="experiments", help="folder for BENCH.md and BENCH.json")
     args = parser.parse_args()
     passthrough = [f"--windows={args.windows}", f"--e2e-train-size={args.e2e_train_size}",
                    f"--e2e-test-size={args.e2e_test_size}", f"--e2e-epochs={args.e2e_epochs}"]
     passthrough += [f"--data-dir={args.data_dir}"] * bool(args.data_dir) + ["--skip-e2e"] * args.skip_e2e
-    passthrough += [f"--steps={args.steps}"] * (args.steps is not None)
+    passthrough += [f"--steps={args.steps}"] * (args.steps is not None) + [f"--members={args.members}"]
 
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
@@ -169,7 +170,7 @@ def main() -> None:
     e2e = "" if args.skip_e2e else f"; whole tutorial = teacher then the four students, {size}"
     report = (f"# kdjax vs the PyTorch tutorial\n\n`{command.strip()}` — {when}; {machine}; {versions}.\n"
               f"Speed-up is kdjax over PyTorch (higher is better), from the median of {args.rounds} rounds in which "
-              f"the sides take turns; batch 128 (the zoo's steps: {ZOO_BATCH}){e2e} (first round).\n\n{table(jx, pt)}")
+              f"the sides take turns; batch 128 (the zoo's steps: {ZOO_BATCH}){e2e} (first round).\n\n{table(jx, pt, args.members)}")
     print(report)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,7 @@ def side_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--e2e-epochs", type=int, default=2)
     parser.add_argument("--data-dir", default=None, help="local CIFAR-10 copy for the end-to-end run (else synthetic)")
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--members", type=int, default=MEMBERS, help="KD students in the multi-member case")
     parser.add_argument("--variant", choices=TORCH_VARIANTS, default="eager",
                         help="PyTorch side only: the tutorial's code as written, in channels_last, or compiled")
     return parser

@@ -13,7 +13,6 @@ import numpy as np
 from bench.common import (
     BATCH,
     CACHED_CASES,
-    MEMBERS,
     STEP_CASES,
     ZOO_CASES,
     batch_size,
@@ -98,9 +97,9 @@ def measure_steps(split: Split, args) -> dict:
         name = f"{case}_cached" if cached else case
         batch = batch_size(case)
         results[name] = _time_case(step, states, rest, args.steps or steps_per_window(case), batch, windows, batch)
-    step, states, rest = engine_program("kd", split, teacher_params, True, members=MEMBERS)
-    results[f"kd_cached_x{MEMBERS}"] = _time_case(step, states, rest, args.steps or steps_per_window("kd") // 2,
-                                                  MEMBERS * BATCH, windows)
+    step, states, rest = engine_program("kd", split, teacher_params, True, members=args.members)
+    results[f"kd_cached_x{args.members}"] = _time_case(step, states, rest, args.steps or steps_per_window("kd") // 2,
+                                                       args.members * BATCH, windows)
     return results
 
 

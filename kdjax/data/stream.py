@@ -21,7 +21,6 @@ epoch), never of the worker or process that made it.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator
 
@@ -30,19 +29,14 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from kdjax.data.formats import Split
-from kdjax.data.images import ImageFileError, ImageFiles
+from kdjax.data.images import ImageFileError
+from kdjax.data.reading import BatchReader, host_decoded
 from kdjax.data.pipeline import epoch_order, num_batches
 from kdjax.parallel import BATCH_AXIS
 
 LOADERS = ("auto", "resident", "streaming")  # `Settings.data_loader`
 
 RESIDENT_FRACTION = 0.5  # auto: resident when the split takes at most this share of the device's free memory
-
-
-def host_decoded(split: Split) -> bool:
-    """Whether `split`'s examples are image files, decoded (and cropped) on the host as they are read: only
-    streaming serves them."""
-    return isinstance(split.inputs, ImageFiles)
 
 
 def split_bytes(split: Split) -> int:
@@ -80,47 +74,6 @@ def process_rows(batch_size: int, mesh: Mesh) -> slice:
     indices = stream_sharding(mesh).addressable_devices_indices_map((1, batch_size))
     starts = sorted({(i[1].start or 0, i[1].stop or batch_size) for i in indices.values()})
     return slice(starts[0][0], starts[-1][1])
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class BatchReader:
-    """Reads this process's rows of batch `b` of one epoch for every stream (what a grain worker runs)."""
-
-    split: Split
-    orders: np.ndarray  # [streams, num_batches * batch_size] int32
-    seeds: np.ndarray  # [streams, 2] uint32: each stream's key, for host-drawn crops
-    epoch: int
-    batch_size: int
-    rows: slice
-
-    def __call__(self, batch: int) -> dict[str, np.ndarray]:
-        positions = np.arange(batch * self.batch_size, (batch + 1) * self.batch_size)[self.rows]
-        indices = self.orders[:, positions]  # [streams, rows]
-        present = np.broadcast_to(positions < len(self.split), indices.shape).copy()
-        inputs = self.split.inputs
-        if host_decoded(self.split):
-            rows = []
-            for stream, stream_indices in enumerate(indices):
-                seeds = [(*self.seeds[stream], self.epoch, p) for p in positions]
-                images, readable = inputs.read(stream_indices, seeds)
-                present[stream] &= readable
-                rows.append(images)
-            read = np.stack(rows)
-        else:
-            read = _take(inputs, indices)
-        out = {"inputs": read, "labels": _take(self.split.labels, indices), "index": indices, "present": present}
-        if self.split.mask is not None:
-            out["mask"] = _take(self.split.mask, indices)
-        return out
-
-
-def _take(array, indices: np.ndarray) -> np.ndarray:
-    """`array[indices]` for `[streams, rows]` indices, reading a memory-mapped file in increasing order."""
-    flat = indices.reshape(-1)
-    order = np.argsort(flat, kind="stable")
-    rows = np.empty((len(flat), *array.shape[1:]), array.dtype)
-    rows[order] = array[flat[order]]
-    return rows.reshape(*indices.shape, *array.shape[1:])
 
 
 def _stream_seeds(keys: jax.Array) -> np.ndarray:
