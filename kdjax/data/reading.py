@@ -1,7 +1,6 @@
-"""What a streaming worker runs: a batch's rows read from a split, with NumPy alone.
+"""What a streaming worker runs: a batch's rows read from a split, with NumPy (and pillow for image files).
 
-Worker processes unpickle `BatchReader` and import only this module's dependencies (NumPy, and
-pillow when image files are decoded), not JAX: they start in a fraction of a second.
+Worker processes unpickle `BatchReader`; nothing here touches a device.
 """
 
 from __future__ import annotations
