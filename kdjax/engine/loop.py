@@ -10,6 +10,7 @@ a finished program extends to more epochs.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import signal
 import threading
@@ -131,7 +132,8 @@ def train_program(
     if position < Position(settings.epochs, 0):
         teacher_arg = teacher_source() if needs_teacher else None
         loader, why = memory.loader_choice(train_split, settings, mesh)
-        log(f"{desc}: {loader} data ({why})")
+        if settings.data_loader == "auto":  # train_members decides once for all its programs, and says why
+            log(f"{desc}: {loader} data ({why})")
         spec = ProgramSpec(objective, batch_size, n, settings.augment, unroll, mesh,
                            settings.labelled, settings.normalization, per_member if mixed else (),
                            data_groups(members) if unroll else (), settings.parameter_sharding,
@@ -161,12 +163,12 @@ def _run_epochs(spec: ProgramSpec, members, states, dropout_keys, data_keys, tea
     dropout_keys, data_keys = replicate((dropout_keys, data_keys), mesh)
     hyperparameters = replicate(stack_hyperparameters(members), mesh)
     task, positions = train_split.task, int(np.prod(train_split.labels.shape[1:]))  # tokens per example, or 1
-    if spec.streamed:  # one stream per seed; a member reads its seed's
-        seeds = list(dict.fromkeys(m.seed for m in members))
-        first = [next(i for i, m in enumerate(members) if m.seed == seed) for seed in seeds]
+    if spec.streamed:  # one stream per seed, drawn by its first member's key; a member reads its seed's
+        groups = data_groups(members)
+        first = sorted(set(groups))
         loader = StreamingLoader(train_split, spec.batch_size, data_keys[np.asarray(first)], mesh=mesh,
                                  workers=settings.stream_workers)
-        streams = replicate(jnp.asarray([seeds.index(m.seed) for m in members], jnp.int32), mesh)
+        streams = replicate(jnp.asarray([first.index(g) for g in groups], jnp.int32), mesh)
         orders_for = lambda keys, epoch: streams  # noqa: E731 - what selects a member's batch
     else:
         data = replicate(train_split.arrays(), mesh)
@@ -289,6 +291,11 @@ def train_members(
     if any(o.method.needs_teacher for o in objectives.values()) and teacher is None:
         raise ValueError(f"{', '.join(m.name for m in objectives if m.needs_teacher)} need(s) a teacher")
     mesh = batch_mesh(settings.devices or None)
+    # Decided once: the memory planner, the teacher cache and every program then agree (and `auto` measures the
+    # devices' memory, across processes, only here).
+    loader, why = memory.loader_choice(train_split, settings, mesh)
+    log(f"{desc}: {loader} data ({why})")
+    settings = dataclasses.replace(settings, data_loader=loader)
     source, share = None, False
     if isinstance(teacher, CachedTeacher) and reads:  # a table already (an offline teacher): served as it is
         missing = [read for read in reads if read not in teacher.table]
@@ -301,7 +308,7 @@ def train_members(
             raise ValueError("top-k methods read an offline teacher's stored logits: give one (--teacher-topk DIR, "
                              "written by python -m kdjax.offline)")
         reason = cache_off_reason(teacher, train_split, reads, augment=settings.augment, wanted=cache,
-                                  streamed=memory.loader_choice(train_split, settings, mesh)[0] == "streaming",
+                                  streamed=loader == "streaming",
                                   capacity_bytes=memory.mesh_capacity_bytes(mesh))
         if reason:
             log(f"teacher cache off ({reason}): the teacher runs inside every {desc} step")

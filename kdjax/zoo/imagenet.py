@@ -24,26 +24,11 @@ import jax
 from flax import linen as nn
 
 from kdjax.zoo.initializers import torch_kernel_init
-from kdjax.zoo.layers import BatchNorm, Tap, conv, global_average, torch_dense
+from kdjax.zoo.layers import BatchNorm, Tap, conv, global_average, residual_sum, torch_dense
+from kdjax.zoo.resnet import BasicBlock  # the CIFAR ResNets' block: torchvision's, layer for layer
 
 STAGE_PLANES = (64, 128, 256, 512)
 RESNET_BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3), "resnet50": (3, 4, 6, 3)}
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers and a shortcut (a strided 1x1 conv-BN where the shape changes);
-    `(relu(sum), sum)`."""
-
-    planes: int
-    stride: int = 1
-    expansion = 1
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-        norm = functools.partial(BatchNorm, use_running_average=not train)
-        out = nn.relu(norm(name="bn1")(conv(self.planes, 3, stride=self.stride, name="conv1")(x)))
-        out = norm(name="bn2")(conv(self.planes, 3, name="conv2")(out))
-        return _add_shortcut(out, x, self.planes, self.stride, norm)
 
 
 class Bottleneck(nn.Module):
@@ -51,7 +36,6 @@ class Bottleneck(nn.Module):
 
     planes: int
     stride: int = 1
-    expansion = 4
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
@@ -59,14 +43,7 @@ class Bottleneck(nn.Module):
         out = nn.relu(norm(name="bn1")(conv(self.planes, 1, name="conv1")(x)))
         out = nn.relu(norm(name="bn2")(conv(self.planes, 3, stride=self.stride, name="conv2")(out)))
         out = norm(name="bn3")(conv(self.planes * 4, 1, name="conv3")(out))
-        return _add_shortcut(out, x, self.planes * 4, self.stride, norm)
-
-
-def _add_shortcut(out, x, width: int, stride: int, norm) -> tuple[jax.Array, jax.Array]:
-    if stride != 1 or x.shape[-1] != width:
-        x = norm(name="downsample_1")(conv(width, 1, stride=stride, name="downsample_0")(x))
-    preact = out + x
-    return nn.relu(preact), preact
+        return residual_sum(out, x, self.planes * 4, self.stride, norm)
 
 
 class ResNet(nn.Module):

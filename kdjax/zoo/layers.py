@@ -80,6 +80,15 @@ class Tap(nn.Module):
         return x
 
 
+def residual_sum(out: jax.Array, x: jax.Array, width: int, stride: int, norm) -> tuple[jax.Array, jax.Array]:
+    """`(relu(out + shortcut), out + shortcut)`: the shortcut is `x`, or a strided 1x1 conv-BN (`downsample_0`,
+    `downsample_1`) where the shape changes. Called inside a block's compact `__call__`, whose modules these are."""
+    if stride != 1 or x.shape[-1] != width:
+        x = norm(name="downsample_1")(conv(width, 1, stride=stride, name="downsample_0")(x))
+    preact = out + x
+    return nn.relu(preact), preact
+
+
 def global_average(x: jax.Array) -> jax.Array:
     """`[n, h, w, c] -> [n, c]`: the references' final average pool, which covers the whole map at 32x32."""
     return x.mean(axis=(1, 2))

@@ -16,7 +16,7 @@ import functools
 import jax
 from flax import linen as nn
 
-from kdjax.zoo.layers import BatchNorm, Tap, conv, global_average, torch_dense
+from kdjax.zoo.layers import BatchNorm, Tap, conv, global_average, residual_sum, torch_dense
 
 
 class BasicBlock(nn.Module):
@@ -33,11 +33,7 @@ class BasicBlock(nn.Module):
         norm = functools.partial(BatchNorm, use_running_average=not train)
         out = nn.relu(norm(name="bn1")(conv(self.planes, 3, stride=self.stride, name="conv1")(x)))
         out = norm(name="bn2")(conv(self.planes, 3, name="conv2")(out))
-        shortcut = x
-        if self.stride != 1 or x.shape[-1] != self.planes:
-            shortcut = norm(name="downsample_1")(conv(self.planes, 1, stride=self.stride, name="downsample_0")(x))
-        preact = out + shortcut
-        return nn.relu(preact), preact
+        return residual_sum(out, x, self.planes, self.stride, norm)
 
 
 class ResNet(nn.Module):
