@@ -19,6 +19,7 @@ from kdjax.data import DATASETS
 from kdjax.data.text import TEXT_DATASETS
 from kdjax.data.normalization import CHOICES as NORMALIZE_CHOICES
 from kdjax.data.normalization import IMAGE_FOLDERS
+from kdjax.data.reading import ONLY_STREAMED
 from kdjax.data.normalization import HELP as NORMALIZE_HELP
 from kdjax.fields import SettingError, declared, require, setting
 from kdjax.recipes import HELP as RECIPE_HELP
@@ -55,7 +56,9 @@ class DataSpec:
 
     dataset: str = setting("cifar10", "cifar10, cifar100 (fine labels; from --data-dir or tensorflow-datasets), "
                            "npz:PATH (x_train, y_train, x_test, y_test: uint8 or float [n, h, w(, c)] images, integer "
-                           "labels), or next-token data: text (Python's help text), text:PATH (a UTF-8 file, one "
+                           "labels), imagenet:DIR (image files: DIR/train/<class>/*, DIR/val/), tfds:NAME (a "
+                           "tensorflow-datasets data set prepared as array_record in --data-dir, e.g. imagenet2012), "
+                           "or next-token data: text (Python's help text), text:PATH (a UTF-8 file, one "
                            "token per character), bytes or bytes:PATH (the same, one token per UTF-8 byte: "
                            "vocabulary 256) or tokens:PATH (an .npy of token ids), cut into --window tokens",
                            identity="changed")
@@ -64,11 +67,13 @@ class DataSpec:
     num_classes: int | None = setting(None, "the class count (vocabulary size of token data); labels must lie in "
                                             "[0, N) (default: the data set's own, or the largest label + 1)",
                                       identity="changed")
-    image_size: int = setting(224, "image folders: training images are random-resized crops of N pixels, validation "
-                                   "images centre crops of N after resizing the shorter side to N * 256 / 224",
+    image_size: int = setting(224, "image folders and tfds images of many shapes: training images are random-"
+                                   "resized crops of N pixels, validation images centre crops of N after resizing "
+                                   "the shorter side to N * 256 / 224",
                               identity="changed")
-    skip_bad_images: bool = setting(False, "image folders: read a file that cannot be decoded as absent (no weight; "
-                                           "counted) instead of stopping on it", identity="changed")
+    skip_bad_images: bool = setting(False, "image folders and tfds images: read an image that cannot be decoded "
+                                           "as absent (no weight; counted) instead of stopping on it",
+                                    identity="changed")
     normalize: str = setting("auto", NORMALIZE_HELP, identity="changed")
     # (mean, std) per channel: resolved when the data loads (`kdjax.run.prepare_data`), then recorded here
     normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = setting(None, "", identity="changed")
@@ -88,10 +93,10 @@ class DataSpec:
 
     def __post_init__(self):
         require([
-            (self.dataset in DATASETS or self.dataset.startswith(("npz:", *(f"{p}:" for p in IMAGE_FOLDERS)))
+            (self.dataset in DATASETS or self.dataset.startswith(("npz:", "tfds:", *(f"{p}:" for p in IMAGE_FOLDERS)))
              or self.sequence, "dataset",
              f": unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}, npz:PATH, imagenet:DIR, "
-             "imagefolder:DIR, text, text:PATH, bytes, bytes:PATH or tokens:PATH"),
+             "imagefolder:DIR, tfds:NAME, text, text:PATH, bytes, bytes:PATH or tokens:PATH"),
             (self.image_size >= 1, "image_size", f"must be >= 1, got {self.image_size}"),
             (self.window >= 1, "window", f"must be >= 1, got {self.window}"),
             (self.num_classes is None or self.num_classes >= 1, "num_classes", f"must be >= 1, got {self.num_classes}"),
@@ -249,8 +254,7 @@ class ExperimentConfig:
                  f"must be >= 1, got {self.teacher_epochs}"),
                 (not (self.data.dataset.startswith(tuple(f"{p}:" for p in IMAGE_FOLDERS))
                       and self.training.data_loader == "resident"), "data_loader",
-                 "resident: image files are decoded and cropped on the host as they are read, so they are streamed "
-                 "(--data-loader streaming or auto)", ("dataset",)),
+                 f"resident: {ONLY_STREAMED}", ("dataset",)),
                 (self.teacher_augment in (None, *AUGMENTATIONS), "teacher_augment",
                  f"must be one of {', '.join(AUGMENTATIONS)}, got {self.teacher_augment!r}"),
                 (self.export_weights is None or self.name != "teacher" or zoo.is_transformer(self.teacher)

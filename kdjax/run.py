@@ -21,7 +21,8 @@ from kdjax import hf, methods, offline, zoo
 from kdjax.checkpoint import RunCheckpoints
 from kdjax.config import ConfigError, ExperimentConfig, as_config_error
 from kdjax.data import TUTORIAL_NORMALIZATION, Dataset, NormalizationError, Split, load_dataset
-from kdjax.data.images import ImageFiles
+from kdjax.data.images import HostImages
+from kdjax.data.reading import ONLY_STREAMED, host_decoded
 from kdjax.data.normalization import choose as choose_normalization
 from kdjax.engine import (Member, MemberResult, evaluate_members, model_variables, program_name, reads_teacher,
                           train_members, unrolls)
@@ -205,6 +206,8 @@ def prepare_data(config: ExperimentConfig, full: Dataset, log: Callable[[str], N
         config.training.check_data(sequence=data.task is NEXT_TOKEN, examples=len(data.train))
     except SettingError as error:
         raise as_config_error(error) from None
+    if config.training.data_loader == "resident" and host_decoded(data.train):
+        raise ConfigError(f"--data-loader resident: {ONLY_STREAMED}")
     labelled, validation = config.data.labelled_size, config.data.validation_size
     batch_size = config.training.batch_size
     if labelled is not None and labelled > len(data.train):
@@ -229,9 +232,9 @@ def prepare_data(config: ExperimentConfig, full: Dataset, log: Callable[[str], N
 
 
 def evaluation_view(split: Split) -> Split:
-    """`split` as evaluation reads it: image files held out of training take the validation view (resize and
-    centre crop), not the training one (random crops)."""
-    if isinstance(split.inputs, ImageFiles) and split.inputs.random_crop:
+    """`split` as evaluation reads it: images held out of training take the validation view (resize and centre
+    crop), not the training one (random crops)."""
+    if isinstance(split.inputs, HostImages) and split.inputs.random_crop:
         return dataclasses.replace(split, inputs=dataclasses.replace(split.inputs, random_crop=False))
     return split
 

@@ -74,9 +74,11 @@ def batchnorm_network() -> Network:
 
 def train_batchnorm(tmp: pathlib.Path, members: Sequence[Member], *, name: str, teacher=None, cached: bool = True,
                     data: Dataset | None = None, **settings) -> list:
-    """Train BatchNorm students of `members` (batch 32, tiny data); `teacher`: `(network, (params, state))`."""
+    """Train BatchNorm students of `members` (batch 32 unless set, tiny data); `teacher`: `(network, (params,
+    state))`."""
     data = data or tiny_data()
-    config = Settings(epochs=settings.pop("epochs", 1), batch_size=32, save_every_steps=0, **settings)
+    settings = {"epochs": 1, "batch_size": 32, **settings}
+    config = Settings(save_every_steps=0, **settings)
     return train_members(members, batchnorm_network(), data.train, data.test, config,
                          lambda chunk: RunCheckpoints(tmp / name / chunk[0].name, {"test": name}),
                          teacher=Teacher(teacher[0], *teacher[1]) if teacher else None, cache=cached,

@@ -77,8 +77,8 @@ def test_the_optimizer_and_its_schedule_are_part_of_a_checkpoints_identity():
     (["--momentum", "1"], "--momentum must be in [0, 1)"),
     (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),
     (["--normalize", "cifar"], "--normalize must be one of auto, imagenet, cifar10, cifar100, dataset, subset, none"),
-    (["--dataset", "imagenet:/data", "--data-loader", "resident"], "--data-loader resident: image files are decoded "
-     "and cropped on the host as they are read, so they are streamed"),
+    (["--dataset", "imagenet:/data", "--data-loader", "resident"], "--data-loader resident: images decoded and "
+     "cropped on the host as they are read, from image files or tfds records, are streamed"),
     (["--data-loader", "disk"], "--data-loader must be one of auto, resident, streaming, got 'disk'"),
     (["--stream-workers", "-1"], "--stream-workers must be >= 0, got -1"),
 ])

@@ -73,7 +73,7 @@ def test_the_loader_chooses_resident_where_the_split_fits_and_streams_image_file
     assert choose_loader(split, "streaming", 2**40) == ("streaming", "asked for")
     files = load_image_folder(folder, size=32).train
     assert choose_loader(files, "auto", 2**40)[0] == "streaming"
-    with pytest.raises(ValueError, match="image files are decoded and cropped on the host .* can only be streamed"):
+    with pytest.raises(ValueError, match=r"images decoded and cropped on the host .* are streamed: --data-loader"):
         choose_loader(files, "resident", 2**40)
 
 
@@ -144,7 +144,7 @@ def test_bad_image_folders_and_label_files_are_refused_in_one_line(folder, tmp_p
     paths, labels = labelled_files(flat, tmp_path / "labels.txt", classes)
     assert paths == [str(flat / "a.JPEG")] and labels.tolist() == [2]
     with pytest.raises(NormalizationError, match="would decode every image file"):
-        choose("dataset", dataset="imagenet", train_images=ImageFiles(paths, 32, 36), used_images=None)
+        choose("dataset", dataset="imagenet", train_images=ImageFiles(paths=paths, size=32, resize=36), used_images=None)
 
 
 def test_an_unreadable_image_stops_the_workers_naming_it_or_is_skipped_and_counted(folder, tmp_path):

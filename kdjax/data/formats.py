@@ -98,13 +98,15 @@ class Split:
                 **({} if self.mask is None else {"mask": np.asarray(self.mask)})}
 
     def fingerprint(self) -> str:
-        """SHA-256 over the examples, read a chunk at a time (a memory-mapped split is never loaded whole);
-        image files are named by their paths and sizes."""
+        """SHA-256 over the examples, read a chunk at a time (a memory-mapped split is never loaded whole); an
+        array read on demand that names itself (`fingerprint()`: image files by their paths and sizes, records by
+        their files) is named so, not read."""
         digest = hashlib.sha256()
-        own = getattr(self.inputs, "fingerprint", None)
-        if own is not None:
-            digest.update(own().encode())
-        for array, cast in ((None if own else self.inputs, None), (self.labels, "<i4"), (self.mask, None)):
+        for array, cast in ((self.inputs, None), (self.labels, "<i4"), (self.mask, None)):
+            own = getattr(array, "fingerprint", None)
+            if own is not None:
+                digest.update(own().encode())
+                continue
             for chunk in chunks(array):
                 digest.update(np.ascontiguousarray(chunk if cast is None else chunk.astype(cast)).tobytes())
         return digest.hexdigest()

@@ -2,10 +2,11 @@
 
 `image_folder(root)` finds `root/<class>/<image>` (classes in sorted order, as torchvision's
 `ImageFolder`); `labelled_files(folder, label_file, classes)` reads a flat validation folder
-whose labels come from a file. `ImageFiles` holds the paths and decodes on demand: a training
-view (`RandomResizedCrop(size)` + `RandomHorizontalFlip()`) drawn from a per-example seed, or
-the evaluation view (`Resize(resize)` + `CenterCrop(size)`), each `[size, size, 3]` uint8, pixel
-for pixel the PIL operations torchvision's transforms run (bilinear, its crop arithmetic).
+whose labels come from a file. `ImageFiles` holds the paths and decodes on demand (`HostImages`,
+which records of a tfds data set share: `kdjax.data.records`): a training view
+(`RandomResizedCrop(size)` + `RandomHorizontalFlip()`) drawn from a per-example seed, or the
+evaluation view (`Resize(resize)` + `CenterCrop(size)`), each `[size, size, 3]` uint8, pixel for
+pixel the PIL operations torchvision's transforms run (bilinear, its crop arithmetic).
 """
 
 from __future__ import annotations
@@ -160,29 +161,31 @@ def eval_view(image, size: int, resize: int) -> np.ndarray:
     return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
 
 
-def decode(path: str):
-    """The image at `path` as PIL RGB, fully read; `ImageFileError` naming it if it cannot be."""
+def decode(file, name: str):
+    """The image in `file` (a path or a binary file object) as PIL RGB, fully read; `ImageFileError` naming it
+    (`name`) if it cannot be."""
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
+        with Image.open(file) as image:
             return image.convert("RGB")  # convert() loads every pixel: a truncated file fails here, not later
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
-        raise ImageFileError(f"{path}: cannot decode this image ({error}); replace or delete it, or skip such files "
+        raise ImageFileError(f"{name}: cannot decode this image ({error}); replace or delete it, or skip such files "
                              "(skip_unreadable=True, --skip-bad-images)") from None
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class ImageFiles:
-    """Images `[n, size, size, 3]` uint8 decoded from `paths` when read (never all at once).
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class HostImages:
+    """Images `[n, size, size, 3]` uint8 decoded on the host when read (never all at once): the base of image
+    files (`ImageFiles`) and of images stored in records (`kdjax.data.records.RecordImages`).
 
     `random_crop`: the training view, drawn per example from the seeds `read` is given; else the
-    evaluation view. With `skip_unreadable`, a file that cannot be decoded reads as black and is
+    evaluation view. With `skip_unreadable`, an image that cannot be decoded reads as black and is
     reported absent by `read` (the engine gives it no weight and counts it); without, it raises
-    `ImageFileError`.
+    `ImageFileError`. A subclass says how many images it holds, how a slice of them is cut and where
+    each one's encoded bytes are (`_encoded`).
     """
 
-    paths: tuple[str, ...]
     size: int = 224
     resize: int = 256  # the evaluation view's shorter side before the centre crop
     random_crop: bool = False
@@ -191,22 +194,28 @@ class ImageFiles:
     def __post_init__(self) -> None:
         if not 0 < self.size <= self.resize:
             raise ValueError(f"image size must be positive and at most the resize ({self.resize}), got {self.size}")
-        object.__setattr__(self, "paths", tuple(map(str, self.paths)))
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _cut(self, which: slice) -> "HostImages":
+        raise NotImplementedError
+
+    def _encoded(self, indices: np.ndarray) -> list[tuple[object, str]]:
+        """`(file, name)` per index: a path or binary file object PIL opens, and how an error names it."""
+        raise NotImplementedError
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.paths), self.size, self.size, 3)
+        return (len(self), self.size, self.size, 3)
 
     dtype = np.dtype(np.uint8)
     ndim = 4
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, which) -> "ImageFiles | np.ndarray":
-        """A slice: the same view of those files. Indices: their images, decoded (the evaluation view)."""
+    def __getitem__(self, which) -> "HostImages | np.ndarray":
+        """A slice: the same view of those images. Indices: their images, decoded (the evaluation view)."""
         if isinstance(which, slice):
-            return dataclasses.replace(self, paths=self.paths[which])
+            return self._cut(which)
         return self.read(np.atleast_1d(np.asarray(which)))[0].reshape(np.shape(which) + self.shape[1:])
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
@@ -214,15 +223,15 @@ class ImageFiles:
         return images if dtype is None else images.astype(dtype)
 
     def read(self, indices: np.ndarray, seeds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """`(images [k, size, size, 3] uint8, readable [k] bool)` of the files at `indices`; the training view
-        draws example i's crop and flip from `seeds[i]` (any integers), which it needs."""
+        """`(images [k, size, size, 3] uint8, readable [k] bool)` at `indices`; the training view draws example
+        i's crop and flip from `seeds[i]` (any integers), which it needs."""
         if self.random_crop and seeds is None:
             raise ValueError("the training view draws its crops from per-example seeds: pass seeds")
         images = np.zeros((len(indices), *self.shape[1:]), np.uint8)
         readable = np.ones(len(indices), bool)
-        for row, index in enumerate(indices):
+        for row, (file, name) in enumerate(self._encoded(indices)):
             try:
-                image = decode(self.paths[int(index)])
+                image = decode(file, name)
             except ImageFileError:
                 if not self.skip_unreadable:
                     raise
@@ -232,12 +241,37 @@ class ImageFiles:
                            else eval_view(image, self.size, self.resize))
         return images, readable
 
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class ImageFiles(HostImages):
+    """Images decoded from the files at `paths` (`HostImages`)."""
+
+    paths: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "paths", tuple(map(str, self.paths)))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _cut(self, which: slice) -> "ImageFiles":
+        return dataclasses.replace(self, paths=self.paths[which])
+
+    def _encoded(self, indices: np.ndarray) -> list[tuple[object, str]]:
+        return [(self.paths[int(i)],) * 2 for i in indices]
+
     def fingerprint(self) -> str:
         """SHA-256 of the paths and file sizes: names the files without reading them all."""
         digest = hashlib.sha256()
         for path in self.paths:
             digest.update(f"{path}\0{os.path.getsize(path)}\n".encode())
         return digest.hexdigest()
+
+
+def evaluation_resize(size: int) -> int:
+    """The shorter side the evaluation view resizes to before its centre crop of `size`: 256 at 224, scaled."""
+    return int(round(size * 256 / 224))
 
 
 VALIDATION_FOLDERS = ("val", "validation", "test")
@@ -272,7 +306,8 @@ def load_image_folder(root: str | os.PathLike, *, size: int = 224, skip_unreadab
         test_paths, test_labels = labelled_files(validation, label_file, classes)
     else:
         test_paths, test_labels, _ = image_folder(validation, classes)
-    resize = int(round(size * 256 / 224))
-    train = Split(ImageFiles(tuple(paths), size, resize, random_crop=True, skip_unreadable=skip_unreadable), labels)
-    test = Split(ImageFiles(tuple(test_paths), size, resize, skip_unreadable=skip_unreadable), test_labels)
+    resize = evaluation_resize(size)
+    view = {"size": size, "resize": resize, "skip_unreadable": skip_unreadable}
+    train = Split(ImageFiles(paths=tuple(paths), random_crop=True, **view), labels)
+    test = Split(ImageFiles(paths=tuple(test_paths), **view), test_labels)
     return Dataset(train, test, f"{name} {root}", time.perf_counter() - start, len(classes), name)

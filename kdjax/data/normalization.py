@@ -24,14 +24,15 @@ NAMED: dict[str, Normalization] = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
 }
-IMAGE_FOLDERS = ("imagefolder", "imagenet")  # `--dataset NAME:DIR` spellings of an image folder; auto: imagenet
+IMAGE_FOLDERS = ("imagefolder", "imagenet")  # `--dataset NAME:DIR` spellings of an image folder
 CHOICES = ("auto", *NAMED, "dataset", "subset", "none")
 HELP = ("per-channel normalisation of [0, 1] pixels (uint8 / 255; float images as given): imagenet (the tutorial's "
         "mean and std), cifar10 (mean 0.4914, 0.4822, 0.4465, std 0.2470, 0.2435, 0.2616) or cifar100 (0.5071, "
         "0.4867, 0.4408 and 0.2675, 0.2565, 0.2761: what released CIFAR teachers were trained with), dataset (the "
         "whole training split's own statistics), subset (those of the --train-size images alone), none; auto: "
         "with --teacher-weights the teacher's own (cifar10 / cifar100 for the zoo, imagenet for the tutorial's "
-        "networks), else imagenet for CIFAR-10, none for float images, dataset otherwise")
+        "networks), else imagenet for CIFAR-10 and images decoded as read (image folders, tfds images of many "
+        "shapes), none for float images, dataset otherwise")
 
 
 class NormalizationError(ValueError):
@@ -99,7 +100,7 @@ def choose(choice: str, *, dataset: str, train_images: np.ndarray, used_images: 
         elif floats:
             choice = "none"
         else:
-            choice = "imagenet" if dataset in ("cifar10", *IMAGE_FOLDERS) else "dataset"
+            choice = "imagenet" if dataset == "cifar10" or not isinstance(train_images, np.ndarray) else "dataset"
     if choice == "none":
         return ((0.0,) * channels, (1.0,) * channels), "normalization: none (the images as given)"
     if choice in ("dataset", "subset"):

@@ -10,13 +10,17 @@ import dataclasses
 import numpy as np
 
 from kdjax.data.formats import Split
-from kdjax.data.images import ImageFiles
+from kdjax.data.images import HostImages
+
+
+ONLY_STREAMED = ("images decoded and cropped on the host as they are read, from image files or tfds records, are "
+                 "streamed: --data-loader streaming or auto")
 
 
 def host_decoded(split: Split) -> bool:
-    """Whether `split`'s examples are image files, decoded (and cropped) on the host as they are read: only
-    streaming serves them."""
-    return isinstance(split.inputs, ImageFiles)
+    """Whether `split`'s examples are images decoded (and cropped) on the host as they are read (files, or
+    records of a tensorflow-datasets data set): only streaming serves them."""
+    return isinstance(split.inputs, HostImages)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

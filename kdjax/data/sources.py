@@ -9,10 +9,9 @@ import time
 import zipfile
 from typing import Literal
 
-from kdjax.data import tfds_source
 import numpy as np
 
-from kdjax.data import text
+from kdjax.data import records, text, tfds_source
 from kdjax.data.dataset import DataNotFoundError, Dataset, integer_labels
 from kdjax.data.images import load_image_folder
 from kdjax.data.normalization import IMAGE_FOLDERS
@@ -197,7 +196,8 @@ def load_dataset(dataset: str, data_dir: str | os.PathLike | None = None, *, sou
     """`dataset` (`cifar10`, `cifar100` or `npz:PATH`), from `data_dir` / tensorflow-datasets where that applies;
     next-token data (`text`, `text:PATH` by character, `bytes`, `bytes:PATH` by UTF-8 byte, `tokens:PATH` of an `.npy`
     of ids, memory-mapped) in windows of `window` tokens; image files in ImageNet's layout (`imagenet:DIR`,
-    `imagefolder:DIR`: `kdjax.data.images.load_image_folder`) read at `image_size` pixels, unreadable ones
+    `imagefolder:DIR`: `kdjax.data.images.load_image_folder`) or a prepared tensorflow-datasets data set
+    (`tfds:NAME`, from `data_dir`: `kdjax.data.records.load_tfds`) read at `image_size` pixels, unreadable ones
     skipped (counted) with `skip_bad_images`.
 
     `num_classes` states the class count (the vocabulary size of token data); by default it is the data set's
@@ -205,13 +205,14 @@ def load_dataset(dataset: str, data_dir: str | os.PathLike | None = None, *, sou
     """
     if dataset.startswith("npz:"):
         return load_npz(dataset[4:], num_classes=num_classes)
-    for prefix in IMAGE_FOLDERS:
+    for prefix in (*IMAGE_FOLDERS, records.PREFIX):
         if dataset.startswith(f"{prefix}:"):
-            data = load_image_folder(dataset[len(prefix) + 1:], size=image_size, skip_unreadable=skip_bad_images,
-                                     name=prefix)
+            where, view = dataset[len(prefix) + 1:], {"size": image_size, "skip_unreadable": skip_bad_images}
+            data = (records.load_tfds(where, data_dir, **view) if prefix == records.PREFIX
+                    else load_image_folder(where, name=prefix, **view))
             if num_classes is not None and num_classes != data.num_classes:
-                raise ValueError(f"{data.origin} has {data.num_classes} class folders, not {num_classes}: leave the "
-                                 "class count out")
+                raise ValueError(f"{data.origin} has {data.num_classes} classes, not {num_classes}: leave the class "
+                                 "count out")
             return data
     for prefix, kind in text.TEXT_DATASETS.items():
         if dataset == prefix or dataset.startswith(f"{prefix}:"):
@@ -219,8 +220,8 @@ def load_dataset(dataset: str, data_dir: str | os.PathLike | None = None, *, sou
     if dataset.startswith("tokens:"):
         return text.load_tokens(dataset[7:], time=window, vocab_size=num_classes)
     if dataset not in LAYOUTS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}, npz:PATH or imagenet:DIR "
-                         "(sequence data: kdjax.data.load_text)")
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}, npz:PATH, imagenet:DIR or "
+                         "tfds:NAME (sequence data: kdjax.data.load_text)")
     layout = LAYOUTS[dataset]
     if num_classes is not None and num_classes != layout.classes:
         raise ValueError(f"{layout.title} has {layout.classes} classes, not {num_classes}: leave the class count out")

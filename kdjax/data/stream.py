@@ -4,8 +4,8 @@ The resident path (`kdjax.data.pipeline`) keeps a whole split on the device. `St
 keeps none of it there: for every batch it reads the examples its epoch order names (the same
 `epoch_order(key, epoch)` as the resident path, so a streamed member trains on exactly the
 batches a resident one does), from arrays (memory-mapped files included) in reader threads, or
-from image files (`kdjax.data.images.ImageFiles`) decoded and cropped in grain worker
-processes. Each process reads only the rows its devices hold and the batch becomes one global
+from images (`kdjax.data.images.HostImages`: files, tfds records) decoded and cropped in grain
+worker processes. Each process reads only the rows its devices hold and the batch becomes one global
 array split over the mesh's `"batch"` axis.
 
 A streamed batch holds one set of rows per stream (a seed's order; members with one seed share
@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from kdjax.data.formats import Split
 from kdjax.data.images import ImageFileError
-from kdjax.data.reading import BatchReader, host_decoded
+from kdjax.data.reading import ONLY_STREAMED, BatchReader, host_decoded
 from kdjax.data.pipeline import epoch_order, num_batches
 from kdjax.parallel import BATCH_AXIS
 
@@ -52,9 +52,8 @@ def choose_loader(split: Split, asked: str, capacity_bytes: int) -> tuple[str, s
     size = split_bytes(split)
     if host_decoded(split):
         if asked == "resident":
-            raise ValueError("image files are decoded and cropped on the host as they are read: they can only be "
-                             "streamed (--data-loader streaming or auto)")
-        return "streaming", "image files are decoded on the host"
+            raise ValueError(ONLY_STREAMED)
+        return "streaming", "images are decoded on the host"
     if asked != "auto":
         return asked, "asked for"
     if size <= RESIDENT_FRACTION * capacity_bytes:

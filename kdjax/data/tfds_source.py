@@ -8,9 +8,8 @@ import pathlib
 import socket
 from typing import Any
 
-import numpy as np
-
 from kdjax.data.formats import Split
+from kdjax.data.records import decoded_split
 
 DOWNLOAD_HOST = ("www.cs.toronto.edu", 443)  # where tfds fetches cifar-10-binary.tar.gz (and CIFAR-100's)
 
@@ -46,16 +45,6 @@ def is_tfds_dir(path: pathlib.Path, name: str = "cifar10") -> bool:
     return any(path.glob(f"{name}/*/dataset_info.json"))
 
 
-def _to_split(source: Any) -> Split:
-    images = np.empty((len(source), 32, 32, 3), np.uint8)
-    labels = np.empty((len(source),), np.int32)
-    for index in range(len(source)):
-        record = source[index]
-        images[index] = record["image"]
-        labels[index] = record["label"]
-    return Split(images, labels)
-
-
 def read_tfds(data_dir: pathlib.Path | None, *, download: bool, name: str = "cifar10") -> tuple[Split, Split]:
     """Train and test splits from tfds `name` (`cifar10`, `cifar100`: its `label` is the fine label; array_record),
     preparing it first if `download`.
@@ -79,4 +68,4 @@ def read_tfds(data_dir: pathlib.Path | None, *, download: bool, name: str = "cif
             "preparing CIFAR-10 with tensorflow-datasets needs TensorFlow: pip install 'kdjax[tfds]', "
             "or point kdjax at a local copy with --data-dir / KDJAX_DATA_DIR"
         ) from error
-    return _to_split(sources[0]), _to_split(sources[1])
+    return decoded_split(sources[0]), decoded_split(sources[1])
