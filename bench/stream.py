@@ -2,7 +2,7 @@
 engine's step fed by streaming against the resident path.
 
     python -m bench.stream make-folder DIR [--images 20000]
-    python -m bench.stream throughput DIR [--workers 2] [--batches 60] [--torch-python PYTHON]
+    python -m bench.stream throughput DIR [--workers 2] [--batches 60] [--torch-python PYTHON] [--tfds DATA_DIR]
     python -m bench.stream memory FILE [--gigabytes 10] [--batches 400]
     python -m bench.stream step --data-dir CIFAR [--train-size 10000] [--student resnet20]
     python -m bench.stream imagenet-step DIR [--batches 10] [--batch-size 32] [--workers 2]
@@ -12,7 +12,9 @@ kdjax's `StreamingLoader` (grain workers; to NumPy on the host, then also to the
 `ImageFolder` + `DataLoader` with the same transforms and the same number of workers, as uint8 tensors
 (`PILToTensor`: no float work) and as the usual `ToTensor()` + `Normalize`. It runs the torchvision side in
 `--torch-python` (an interpreter with torch and torchvision). Images/s over the batches after the first (workers
-started), and the first batch's wait.
+started), and the first batch's wait. With `--tfds DATA_DIR`, kdjax also reads the same files stored as a tfds
+data set of array_record files (`kdjax.data.records.store_image_folder`, written there first if absent: its time
+is reported).
 
 `memory` writes FILE, an uncompressed .npz of 64x64x3 uint8 images (`--gigabytes` in all), loads it with
 `kdjax.data.load_npz` (memory-mapped) and streams `--batches` batches of 256 in a shuffled order, sampling the
@@ -58,13 +60,13 @@ def make_folder(root: pathlib.Path, images: int, classes: int = 100, seed: int =
             Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{index:07d}.JPEG", quality=90)
 
 
-def kdjax_throughput(root: pathlib.Path, workers: int, batches: int) -> dict:
+def kdjax_throughput(split, workers: int, batches: int) -> dict:
+    """Images/s of `StreamingLoader` reading the training `split` (image files or records) to the host and to
+    the device."""
     import jax
 
-    from kdjax.data.images import load_image_folder
     from kdjax.data.stream import StreamingLoader
 
-    split = load_image_folder(root).train
     out = {}
     for where in ("host", "device"):
         loader = StreamingLoader(split, BATCH, jax.random.split(jax.random.key(0), 1), workers=workers)
@@ -78,6 +80,19 @@ def kdjax_throughput(root: pathlib.Path, workers: int, batches: int) -> dict:
         out[where] = {"first_batch_s": first, "images_per_s": (batches - 1) * BATCH / (time.perf_counter() - start)}
         stream.close()
     return out
+
+
+def records_throughput(root: pathlib.Path, data_dir: pathlib.Path, workers: int, batches: int,
+                       name: str = "bench_folder") -> dict:
+    """`kdjax_throughput` of the folder at `root` stored as the tfds data set `name` in `data_dir` (written first
+    where absent: `store_seconds`)."""
+    from kdjax.data.records import load_tfds, store_image_folder
+
+    start = time.perf_counter()
+    if not any((data_dir / name).glob("*/dataset_info.json")):
+        store_image_folder(root, data_dir, name)
+    stored = time.perf_counter() - start
+    return {"store_seconds": stored, **kdjax_throughput(load_tfds(name, data_dir).train, workers, batches)}
 
 
 TORCH_SIDE = r"""
@@ -249,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     rate.add_argument("--workers", type=int, default=2)
     rate.add_argument("--batches", type=int, default=60)
     rate.add_argument("--torch-python", default=sys.executable)
+    rate.add_argument("--tfds", type=pathlib.Path, help="also read the folder stored as records in this tfds data dir")
     mem = commands.add_parser("memory")
     mem.add_argument("path", type=pathlib.Path)
     mem.add_argument("--gigabytes", type=float, default=10.0)
@@ -269,7 +285,11 @@ def main(argv: list[str] | None = None) -> None:
         make_folder(args.root, args.images)
         print(f"wrote {args.images:,} training images to {args.root} in {time.perf_counter() - start:.0f} s")
     elif args.command == "throughput":
-        ours = kdjax_throughput(args.root, args.workers, args.batches)
+        from kdjax.data.images import load_image_folder
+
+        ours = {"files": kdjax_throughput(load_image_folder(args.root).train, args.workers, args.batches)}
+        if args.tfds:
+            ours["records"] = records_throughput(args.root, args.tfds, args.workers, args.batches)
         theirs = {variant: torch_throughput(args.torch_python, args.root, args.workers, args.batches, variant)
                   for variant in ("uint8", "float")}
         print(json.dumps({"workers": args.workers, "batches": args.batches, "kdjax": ours, "torchvision": theirs},

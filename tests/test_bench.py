@@ -87,12 +87,13 @@ def test_the_other_benchmarks_run_at_a_tiny_size(module, flags, expected, tmp_pa
 
 def test_the_streaming_benchmark_reads_a_folder_and_a_memory_map_at_a_tiny_size(tmp_path):
     """`python -m bench.stream`'s library calls: an image folder it writes, read through `StreamingLoader` (host and
-    device), and the memory probe over an `.npz` it writes and memory-maps."""
+    device) from its files and from the records it stores, and the memory probe over an `.npz` it writes and
+    memory-maps."""
     from bench import stream
 
     stream.make_folder(tmp_path / "images", images=stream.BATCH + 1, classes=2)  # two batches, the second padded
-    rates = stream.kdjax_throughput(tmp_path / "images", workers=0, batches=2)
-    assert rates["host"]["images_per_s"] > 0 and rates["device"]["images_per_s"] > 0
+    rates = stream.records_throughput(tmp_path / "images", tmp_path / "tfds", workers=0, batches=2)
+    assert rates["store_seconds"] > 0 and rates["host"]["images_per_s"] > 0 and rates["device"]["images_per_s"] > 0
     figures = stream.memory(tmp_path / "big.npz", gigabytes=0.01, batches=3)
     assert figures["images"] == int(0.01e9) // (64 * 64 * 3) and figures["batches"] == 3
     assert figures["anon_rss_mb_max"] > 0 and figures["auto_choice"].startswith("resident")

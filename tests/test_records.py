@@ -1,6 +1,6 @@
-"""`tfds:NAME`: a prepared tensorflow-datasets data set read through `as_data_source` without TensorFlow. Its images
-of many shapes read exactly as the same files in an image folder do (views, labels, streamed members); images
-of one shape load as arrays; what cannot be read is refused in one line."""
+"""`tfds:NAME`: a prepared tensorflow-datasets data set read through `as_data_source` without TensorFlow. An image
+folder stored as records (`store_image_folder`) reads exactly as the folder does (views, labels, streamed
+members); images of one shape load as arrays; what cannot be read is refused in one line."""
 
 from __future__ import annotations
 
@@ -43,6 +43,10 @@ def _both(prepared) -> tuple[Dataset, Dataset]:
 def test_tfds_images_of_many_shapes_stream_as_their_image_folder_does(prepared):
     """Records hold the folder's JPEG bytes in its order: worker processes read the same crops, labels and
     evaluation views, and the split is named by its files, not read."""
+    data_dir, folder = prepared
+    stored = tfds.builder_from_directory(str(data_dir / "kdjax_photos" / "1.0.0")).as_data_source("validation")
+    assert [r["file_name"].decode() for r in stored] == [str(pathlib.Path(p).relative_to(folder))
+                                                for p in load_image_folder(folder).test.inputs.paths]
     records, files = _both(prepared)
     assert isinstance(records.train.inputs, RecordImages) and isinstance(records.train.labels, RecordLabels)
     assert records.num_classes == files.num_classes == 3 and records.name == "kdjax_photos"

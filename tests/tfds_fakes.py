@@ -1,5 +1,6 @@
 """Tiny tensorflow-datasets data sets prepared as array_record (without TensorFlow: images are handed to tfds
-encoded), for the `tfds:NAME` source's tests."""
+encoded), for the `tfds:NAME` source's tests: an image folder stored by `kdjax.data.records.store_image_folder`,
+and a data set of fixed-shape images."""
 
 from __future__ import annotations
 
@@ -10,30 +11,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from kdjax.data.records import store_image_folder
+
 DIGITS = {"train": 12, "test": 6}  # examples per split of `kdjax_digits`
-
-
-class KdjaxPhotos(tfds.core.GeneratorBasedBuilder):
-    """The JPEGs of an image folder in ImageNet's layout (`folder`, set before preparing), one record per file in
-    the folder's own order: train/ is `train`, val/ is `validation`."""
-
-    VERSION = tfds.core.Version("1.0.0")
-    folder: pathlib.Path | None = None
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        classes = sorted(p.name for p in (self.folder / "train").iterdir())
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3)), "label": tfds.features.ClassLabel(names=classes),
-            "file_name": tfds.features.Text()}), supervised_keys=("image", "label"), disable_shuffling=True)
-
-    def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples("train"), "validation": self._generate_examples("val")}
-
-    def _generate_examples(self, split: str):
-        names = self.info.features["label"].names
-        files = sorted(self.folder.glob(f"{split}/*/*.JPEG"), key=lambda p: (names.index(p.parent.name), p.name))
-        for key, path in enumerate(files):
-            yield key, {"image": str(path), "label": path.parent.name, "file_name": str(path)}
 
 
 class KdjaxDigits(tfds.core.GeneratorBasedBuilder):
@@ -64,11 +44,8 @@ def pixels(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def prepare(data_dir: pathlib.Path, folder: pathlib.Path | None = None) -> pathlib.Path:
-    """`kdjax_digits` and, given an image folder, `kdjax_photos`, prepared in `data_dir`."""
-    builders = [KdjaxDigits]
+    """`kdjax_digits` and, given an image folder, `kdjax_photos` (its files), prepared in `data_dir`."""
+    KdjaxDigits(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
     if folder is not None:
-        KdjaxPhotos.folder = folder
-        builders.append(KdjaxPhotos)
-    for builder in builders:
-        builder(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+        store_image_folder(folder, data_dir, "kdjax_photos")
     return data_dir

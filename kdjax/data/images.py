@@ -278,6 +278,28 @@ VALIDATION_FOLDERS = ("val", "validation", "test")
 LABEL_FILES = ("val_labels.txt", "validation_labels.txt", "test_labels.txt")
 
 
+def folder_files(root: str | os.PathLike) -> tuple[tuple[list[str], np.ndarray], tuple[list[str], np.ndarray],
+                                                    tuple[str, ...]]:
+    """`((train paths, labels), (validation paths, labels), classes)` of an image folder in ImageNet's layout
+    (`load_image_folder`'s), checked as it describes."""
+    from kdjax.data.dataset import DataNotFoundError
+
+    root = pathlib.Path(root).expanduser()
+    if not (root / "train").is_dir():
+        raise DataNotFoundError(f"{root} has no train/ folder: an image folder data set holds train/<class>/<image> "
+                                "and val/<class>/<image> (or val/ beside val_labels.txt)")
+    paths, labels, classes = image_folder(root / "train")
+    validation = next((root / v for v in VALIDATION_FOLDERS if (root / v).is_dir()), None)
+    if validation is None:
+        raise DataNotFoundError(f"{root} has no validation folder ({', '.join(VALIDATION_FOLDERS)})")
+    label_file = next((root / f for f in LABEL_FILES if (root / f).is_file()), None)
+    if label_file is not None:
+        held_out = labelled_files(validation, label_file, classes)
+    else:
+        held_out = image_folder(validation, classes)[:2]
+    return (paths, labels), held_out, classes
+
+
 def load_image_folder(root: str | os.PathLike, *, size: int = 224, skip_unreadable: bool = False,
                       name: str = "imagefolder") -> "Dataset":
     """A data set of image files in ImageNet's layout: `root/train/<class>/*` and a validation folder,
@@ -289,25 +311,13 @@ def load_image_folder(root: str | os.PathLike, *, size: int = 224, skip_unreadab
     """
     import time
 
-    from kdjax.data.dataset import DataNotFoundError, Dataset
+    from kdjax.data.dataset import Dataset
     from kdjax.data.formats import Split
 
     start = time.perf_counter()
-    root = pathlib.Path(root).expanduser()
-    if not (root / "train").is_dir():
-        raise DataNotFoundError(f"{root} has no train/ folder: an image folder data set holds train/<class>/<image> "
-                                "and val/<class>/<image> (or val/ beside val_labels.txt)")
-    paths, labels, classes = image_folder(root / "train")
-    validation = next((root / v for v in VALIDATION_FOLDERS if (root / v).is_dir()), None)
-    if validation is None:
-        raise DataNotFoundError(f"{root} has no validation folder ({', '.join(VALIDATION_FOLDERS)})")
-    label_file = next((root / f for f in LABEL_FILES if (root / f).is_file()), None)
-    if label_file is not None:
-        test_paths, test_labels = labelled_files(validation, label_file, classes)
-    else:
-        test_paths, test_labels, _ = image_folder(validation, classes)
-    resize = evaluation_resize(size)
-    view = {"size": size, "resize": resize, "skip_unreadable": skip_unreadable}
+    (paths, labels), (test_paths, test_labels), classes = folder_files(root)
+    view = {"size": size, "resize": evaluation_resize(size), "skip_unreadable": skip_unreadable}
     train = Split(ImageFiles(paths=tuple(paths), random_crop=True, **view), labels)
     test = Split(ImageFiles(paths=tuple(test_paths), **view), test_labels)
-    return Dataset(train, test, f"{name} {root}", time.perf_counter() - start, len(classes), name)
+    return Dataset(train, test, f"{name} {pathlib.Path(root).expanduser()}", time.perf_counter() - start,
+                   len(classes), name)

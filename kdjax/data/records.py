@@ -5,7 +5,8 @@ Images of one fixed shape (MNIST's, CIFAR's) are decoded once into arrays, as an
 Images of many shapes (ImageNet's) stay in their records: `RecordImages` decodes each one on the
 host as it is read, with `kdjax.data.images`' views, and `RecordLabels` reads the labels with
 them, so nothing reads every record up front. Records are opened on first use in each process;
-what a grain worker unpickles is the data set's folder, not open files.
+what a grain worker unpickles is the data set's folder, not open files. `store_image_folder`
+writes an image folder as such a data set.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 
 from kdjax.data.dataset import DataNotFoundError, Dataset
 from kdjax.data.formats import Split
-from kdjax.data.images import HostImages, evaluation_resize
+from kdjax.data.images import HostImages, evaluation_resize, folder_files
 
 PREFIX = "tfds"  # `--dataset tfds:NAME`
 EVALUATION_SPLITS = ("validation", "test")  # the first one a data set has is the one students are scored on
@@ -228,3 +229,45 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None, *, size: int
                                                (image_key,))])
     return Dataset(train, test, f"tfds {directory}", time.perf_counter() - start,
                    info.features[label_key].num_classes, info.name)
+
+
+def store_image_folder(root: str | os.PathLike, data_dir: str | os.PathLike, name: str = "image_folder",
+                       version: str = "1.0.0") -> pathlib.Path:
+    """Write the image folder at `root` (ImageNet's layout, as `kdjax.data.images.load_image_folder` reads it) as
+    the tfds data set `name` in `data_dir`, array_record files that `tfds:NAME` reads: each file's bytes as they
+    are (no re-encoding), its class and its path under `root`, in the folder's order (`train/` is `train`, the
+    validation folder `validation`). Returns the data set's folder (`data_dir/NAME/VERSION`).
+
+    A few large files instead of one per image: what a network file system serves best. No TensorFlow
+    is needed.
+    """
+    tfds = import_tfds()
+    root = pathlib.Path(root).expanduser()
+    train, validation, classes = folder_files(root)
+
+    def examples(paths: list[str], labels: np.ndarray):
+        for key, (path, label) in enumerate(zip(paths, labels)):
+            yield key, {"image": path, "label": int(label), "file_name": str(pathlib.Path(path).relative_to(root))}
+
+    with tfds.core.registered.skip_registration():
+        class FolderRecords(tfds.core.GeneratorBasedBuilder):
+            VERSION = tfds.core.Version(version)
+            url_infos = None  # nothing to download; tfds would look for download checksums beside this module
+
+            def _info(self):
+                features = tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(None, None, 3)),
+                                                       "label": tfds.features.ClassLabel(names=classes),
+                                                       "file_name": tfds.features.Text()})
+                return tfds.core.DatasetInfo(builder=self, features=features, supervised_keys=("image", "label"),
+                                             disable_shuffling=True, description=f"The image folder {root}.")
+
+            def _split_generators(self, dl_manager):
+                return {"train": examples(*train), "validation": examples(*validation)}
+
+            def _generate_examples(self):
+                raise NotImplementedError  # the splits' generators are `examples`
+
+    FolderRecords.name = name
+    builder = FolderRecords(data_dir=str(pathlib.Path(data_dir).expanduser().absolute()), file_format="array_record")
+    builder.download_and_prepare()
+    return pathlib.Path(str(builder.data_dir))
