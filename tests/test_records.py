@@ -72,6 +72,21 @@ def test_tfds_images_of_many_shapes_stream_as_their_image_folder_does(prepared):
                   used_images=records.train.inputs)[0][0] == (0.485, 0.456, 0.406)  # ImageNet's, as image folders
 
 
+def test_a_folder_stored_in_several_files_reads_back_in_its_order(prepared, tmp_path, monkeypatch):
+    from kdjax.data import records
+    monkeypatch.setattr(records, "SHARD_BYTES", 40_000)  # a few images per file
+    directory = records.store_image_folder(prepared[1], tmp_path, "kdjax_shards")
+    assert len(list(directory.glob("kdjax_shards-train.array_record-*-of-*"))) > 2
+    with pytest.raises(FileExistsError, match="already holds the tfds data set kdjax_shards; delete it"):
+        records.store_image_folder(prepared[1], tmp_path, "kdjax_shards")
+    stored, files = load_dataset("tfds:kdjax_shards", tmp_path, image_size=32), load_image_folder(prepared[1], size=32)
+    np.testing.assert_array_equal(np.asarray(stored.train.labels), files.train.labels)
+    everything = np.arange(len(files.train))
+    seeds = [(0, 1, 2, i) for i in everything]
+    np.testing.assert_array_equal(stored.train.inputs.read(everything, seeds)[0],
+                                  files.train.inputs.read(everything, seeds)[0])
+
+
 def test_tfds_images_of_one_shape_load_as_arrays(prepared):
     digits = load_dataset("tfds:kdjax_digits", prepared[0])
     for split, name in ((digits.train, "train"), (digits.test, "test")):

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import hashlib
 import io
+import math
 import os
 import pathlib
 import time
@@ -29,6 +30,7 @@ from kdjax.data.images import HostImages, evaluation_resize, folder_files
 PREFIX = "tfds"  # `--dataset tfds:NAME`
 EVALUATION_SPLITS = ("validation", "test")  # the first one a data set has is the one students are scored on
 READ_CHUNK = 1024  # records per read when a whole split is decoded
+SHARD_BYTES = 2**30  # store_image_folder: about this many bytes of images per array_record file
 
 
 def import_tfds() -> Any:
@@ -236,38 +238,43 @@ def store_image_folder(root: str | os.PathLike, data_dir: str | os.PathLike, nam
     """Write the image folder at `root` (ImageNet's layout, as `kdjax.data.images.load_image_folder` reads it) as
     the tfds data set `name` in `data_dir`, array_record files that `tfds:NAME` reads: each file's bytes as they
     are (no re-encoding), its class and its path under `root`, in the folder's order (`train/` is `train`, the
-    validation folder `validation`). Returns the data set's folder (`data_dir/NAME/VERSION`).
+    validation folder `validation`), a file per `SHARD_BYTES` of images. Returns the data set's folder
+    (`data_dir/NAME/VERSION`).
 
-    A few large files instead of one per image: what a network file system serves best. No TensorFlow
-    is needed.
+    A few large files instead of one per image: what a network file system serves best. Written a
+    record at a time (constant memory) with array_record's writer and tfds's serializer, no
+    TensorFlow; the metadata goes last, so an interrupted write is never taken for a prepared set.
     """
     tfds = import_tfds()
+    from array_record.python.array_record_module import ArrayRecordWriter
+
     root = pathlib.Path(root).expanduser()
-    train, validation, classes = folder_files(root)
-
-    def examples(paths: list[str], labels: np.ndarray):
-        for key, (path, label) in enumerate(zip(paths, labels)):
-            yield key, {"image": path, "label": int(label), "file_name": str(pathlib.Path(path).relative_to(root))}
-
-    with tfds.core.registered.skip_registration():
-        class FolderRecords(tfds.core.GeneratorBasedBuilder):
-            VERSION = tfds.core.Version(version)
-            url_infos = None  # nothing to download; tfds would look for download checksums beside this module
-
-            def _info(self):
-                features = tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(None, None, 3)),
-                                                       "label": tfds.features.ClassLabel(names=classes),
-                                                       "file_name": tfds.features.Text()})
-                return tfds.core.DatasetInfo(builder=self, features=features, supervised_keys=("image", "label"),
-                                             disable_shuffling=True, description=f"The image folder {root}.")
-
-            def _split_generators(self, dl_manager):
-                return {"train": examples(*train), "validation": examples(*validation)}
-
-            def _generate_examples(self):
-                raise NotImplementedError  # the splits' generators are `examples`
-
-    FolderRecords.name = name
-    builder = FolderRecords(data_dir=str(pathlib.Path(data_dir).expanduser().absolute()), file_format="array_record")
-    builder.download_and_prepare()
-    return pathlib.Path(str(builder.data_dir))
+    directory = pathlib.Path(data_dir).expanduser().absolute() / name / version
+    if (directory / "dataset_info.json").is_file():
+        raise FileExistsError(f"{directory} already holds the tfds data set {name}; delete it, or store under another "
+                              "name or version")
+    train, held_out, classes = folder_files(root)
+    splits = {"train": train, "validation": held_out}
+    features = tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(None, None, 3)),
+                                           "label": tfds.features.ClassLabel(names=classes),
+                                           "file_name": tfds.features.Text()})
+    directory.mkdir(parents=True, exist_ok=True)
+    infos = []
+    for split, (paths, labels) in splits.items():
+        shards = max(1, math.ceil(sum(os.path.getsize(p) for p in paths) / SHARD_BYTES))
+        bounds = np.linspace(0, len(paths), shards + 1).round().astype(int)
+        written = 0
+        for shard, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+            writer = ArrayRecordWriter(str(directory / f"{name}-{split}.array_record-{shard:05d}-of-{shards:05d}"),
+                                       "group_size:1")  # one record per group: random access reads one image
+            for path, label in zip(paths[start:stop], labels[start:stop]):
+                record = features.serialize_example({"image": path, "label": int(label),
+                                                     "file_name": str(pathlib.Path(path).relative_to(root))})
+                writer.write(record)
+                written += len(record)
+            writer.close()
+        infos.append(tfds.core.SplitInfo(name=split, shard_lengths=np.diff(bounds).tolist(), num_bytes=written))
+    tfds.folder_dataset.write_metadata(data_dir=directory, features=features, split_infos=infos, check_data=False,
+                                       supervised_keys=("image", "label"), disable_shuffling=True,
+                                       description=f"The image folder {root}.")
+    return directory
