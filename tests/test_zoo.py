@@ -87,7 +87,7 @@ def _check_features(name: str, mode: str, features: dict) -> None:
 
 
 # Deeper instances of a network the parity test covers (the same modules, more blocks): their keys and sizes only.
-DEEPER = {"resnet110": "resnet56", "resnet34": "resnet18"}
+DEEPER = {"resnet44": "resnet32", "resnet56": "resnet32", "resnet110": "resnet32", "resnet34": "resnet18"}
 
 
 @pytest.mark.parametrize("name", [name if name in QUICK else pytest.param(name, marks=pytest.mark.slow)
