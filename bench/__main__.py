@@ -138,12 +138,15 @@ def main() -> None:
     parser.add_argument("--torch-compile", action="store_true",
                         help="also measure PyTorch with torch.compile (steps and eval; compiling takes minutes)")
     parser.add_argument("--members", type=int, default=MEMBERS, help="KD students in the multi-member case")
+    parser.add_argument("--skip-cases", default="", metavar="CASE,...",
+                        help=f"step cases not to time, of {', '.join((*STEP_CASES, *ZOO_CASES))}")
     parser.add_argument("--out", default="experiments", help="folder for BENCH.md and BENCH.json")
     args = parser.parse_args()
     passthrough = [f"--windows={args.windows}", f"--e2e-train-size={args.e2e_train_size}",
                    f"--e2e-test-size={args.e2e_test_size}", f"--e2e-epochs={args.e2e_epochs}"]
     passthrough += [f"--data-dir={args.data_dir}"] * bool(args.data_dir) + ["--skip-e2e"] * args.skip_e2e
     passthrough += [f"--steps={args.steps}"] * (args.steps is not None) + [f"--members={args.members}"]
+    passthrough += [f"--skip-cases={args.skip_cases}"]
 
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")

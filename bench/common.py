@@ -20,6 +20,12 @@ ZOO_BATCH = 64  # the distillation benchmarks' batch (RepDistiller, mdistiller)
 ZOO_CASES = {"resnet20_ce": "resnet20", "resnet56_ce": "resnet56"}  # case -> zoo network, CE at ZOO_BATCH
 
 
+def step_cases(skip: str) -> list[str]:
+    """The per-step cases a side times (`STEP_CASES` then `ZOO_CASES`), less the comma-separated `skip`."""
+    skipped = set(filter(None, skip.split(",")))
+    return [case for case in (*STEP_CASES, *ZOO_CASES) if case not in skipped]
+
+
 def batch_size(case: str) -> int:
     return ZOO_BATCH if case in ZOO_CASES else BATCH
 
@@ -56,6 +62,7 @@ def side_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, help="local CIFAR-10 copy for the end-to-end run (else synthetic)")
     parser.add_argument("--skip-e2e", action="store_true")
     parser.add_argument("--members", type=int, default=MEMBERS, help="KD students in the multi-member case")
+    parser.add_argument("--skip-cases", default="", help="comma-separated step cases not to time")
     parser.add_argument("--variant", choices=TORCH_VARIANTS, default="eager",
                         help="PyTorch side only: the tutorial's code as written, in channels_last, or compiled")
     return parser

@@ -13,11 +13,11 @@ import numpy as np
 from bench.common import (
     BATCH,
     CACHED_CASES,
-    STEP_CASES,
     ZOO_CASES,
     batch_size,
     median_rate,
     run_side,
+    step_cases,
     steps_per_window,
     synthetic_split,
 )
@@ -91,7 +91,7 @@ def measure_steps(split: Split, args) -> dict:
     windows = args.windows
     teacher_params = model_variables(init_states(build_objective(methods.get("ce"), tutorial_teacher()), [1], 1e-3))
     results = {}
-    cases = [(case, False) for case in (*STEP_CASES, *ZOO_CASES)] + [(case, True) for case in CACHED_CASES]
+    cases = [(case, False) for case in step_cases(args.skip_cases)] + [(case, True) for case in CACHED_CASES]
     for case, cached in cases:
         step, states, rest = engine_program(case, split, teacher_params, cached)
         name = f"{case}_cached" if cached else case

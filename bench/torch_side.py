@@ -20,7 +20,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "
 import tutorial_torch as tut  # noqa: E402 - the tutorial's own code, kept beside the parity fixture
 import zoo_torch  # noqa: E402 - the benchmarks' CIFAR networks, restated for the zoo's parity fixture
 
-from bench.common import (BATCH, STEP_CASES, ZOO_CASES, batch_size, median_rate, run_side, side_parser,
+from bench.common import (BATCH, ZOO_CASES, batch_size, median_rate, step_cases, run_side, side_parser,
                           steps_per_window, synthetic_split)
 from kdjax.data.normalization import MEAN, STD
 
@@ -58,7 +58,7 @@ def _layout(inputs: torch.Tensor, variant: str) -> torch.Tensor:
 
 def measure_steps(dataset: TensorDataset, args) -> dict:
     results = {}
-    for case in (*STEP_CASES, *ZOO_CASES):
+    for case in step_cases(args.skip_cases):
         student_cls, teacher_cls, loss_fn = MODELS.get(case) or (
             lambda name=ZOO_CASES[case]: zoo_torch.NETWORKS[name](10), None, _zoo_ce)
         batch = batch_size(case)

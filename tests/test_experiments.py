@@ -175,17 +175,32 @@ def shared_dirs(tmp_path_factory):
     return tmp_path_factory.mktemp("library")
 
 
+def test_every_method_of_a_network_teacher_has_a_command_that_runs_it():
+    """`python -m kdjax.experiments.NAME` is `run("NAME")` for each method of a network teacher but CE (the baseline
+    command's): what the commands' test below runs in-process."""
+    import pathlib
+    folder = pathlib.Path(run.__code__.co_filename).parent
+    names = [m.name for m in methods.any_data() if m.name != "ce"]
+    assert len(names) == 11
+    for name in names:
+        source = (folder / f"{name}.py").read_text()
+        assert f'sys.exit(run("{name}"))' in source and 'if __name__ == "__main__":' in source, name
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["dkd", "lskd", "dist", "at", "rkd", "pkt", "sp"])
-def test_each_library_method_runs_from_its_command(name, shared_dirs, full_size_copy, capsys):
-    """One teacher (trained by the first command) serves all seven."""
-    assert run(name, _flags(shared_dirs, full_size_copy, "--train-size", "128", "--seeds", "0,1")) == 0
+@pytest.mark.parametrize("command, names", [("dkd", ["dkd"]), ("methods", ["lskd", "dist", "at", "rkd", "pkt", "sp"])])
+def test_each_library_method_runs_from_a_command(command, names, shared_dirs, full_size_copy, capsys):
+    """A method's own command (each is `run(its name)`), and `methods` for the other six: one teacher (trained by
+    the first command) serves both."""
+    extra = ["--methods", ",".join(names)] if command == "methods" else []
+    assert run(command, _flags(shared_dirs, full_size_copy, "--train-size", "128", "--seeds", "0,1", *extra)) == 0
     out = capsys.readouterr().out
-    (run_dir,) = (shared_dirs / "runs").glob(f"{name}-*")
+    (run_dir,) = (shared_dirs / "runs").glob(f"{command}-*")
     rows = [json.loads(line) for line in (run_dir / "members.jsonl").read_text().splitlines()]
-    assert [(r["method"], r["seed"]) for r in rows[1:]] == [(name, 0), (name, 1)]
-    assert f"| LightNN | {methods.get(name).title} |" in (run_dir / "summary.md").read_text()
-    assert f"{name}: outputs in {run_dir}" in out
+    assert [(r["method"], r["seed"]) for r in rows[1:]] == [(name, seed) for name in names for seed in (0, 1)]
+    summary = (run_dir / "summary.md").read_text()
+    assert all(f"| LightNN | {methods.get(name).title} |" in summary for name in names)
+    assert f"{command}: outputs in {run_dir}" in out
 
 
 @pytest.mark.slow

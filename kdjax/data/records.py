@@ -29,16 +29,17 @@ from kdjax.data.images import HostImages, evaluation_resize, folder_files
 
 PREFIX = "tfds"  # `--dataset tfds:NAME`
 EVALUATION_SPLITS = ("validation", "test")  # the first one a data set has is the one students are scored on
-READ_CHUNK = 1024  # records per read when a whole split is decoded
+READ_CHUNK = 1024  # records per read when every label of a split is read
 SHARD_BYTES = 2**30  # store_image_folder: about this many bytes of images per array_record file
 
 
-def import_tfds() -> Any:
+def import_tfds(how: str = "pip install tensorflow-datasets (reading needs no TensorFlow)") -> Any:
+    """tensorflow_datasets, imported on first use; `DataNotFoundError` saying `how` to install it where it is
+    absent."""
     try:
         import tensorflow_datasets as tfds
     except ImportError as error:
-        raise RuntimeError("reading a tensorflow-datasets data set needs tensorflow-datasets (not TensorFlow): "
-                           "pip install tensorflow-datasets") from error
+        raise DataNotFoundError(f"tensorflow-datasets is not installed: {how}") from error
     return tfds
 
 

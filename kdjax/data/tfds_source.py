@@ -6,23 +6,11 @@ from __future__ import annotations
 import concurrent.futures
 import pathlib
 import socket
-from typing import Any
 
 from kdjax.data.formats import Split
-from kdjax.data.records import decoded_split
+from kdjax.data.records import decoded_split, import_tfds
 
 DOWNLOAD_HOST = ("www.cs.toronto.edu", 443)  # where tfds fetches cifar-10-binary.tar.gz (and CIFAR-100's)
-
-
-def _import_tfds() -> Any:
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as error:
-        raise RuntimeError(
-            "tensorflow-datasets is not installed: pip install 'kdjax[tfds]', or point kdjax at a local "
-            "CIFAR-10 copy with --data-dir / KDJAX_DATA_DIR"
-        ) from error
-    return tfds
 
 
 def can_reach_download_host(timeout_s: float = 3.0) -> bool:
@@ -52,7 +40,8 @@ def read_tfds(data_dir: pathlib.Path | None, *, download: bool, name: str = "cif
     Preparing needs TensorFlow (tfds's CIFAR-10 builder reads with `tf.io`); reading a
     prepared array_record copy does not.
     """
-    tfds = _import_tfds()
+    tfds = import_tfds("pip install 'kdjax[tfds]', or point kdjax at a local CIFAR-10 copy with --data-dir / "
+                       "KDJAX_DATA_DIR")
     try:
         sources = tfds.data_source(
             name,

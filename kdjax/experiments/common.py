@@ -11,7 +11,7 @@ import jax
 from kdjax import methods
 from kdjax.checkpoint import CheckpointMismatchError
 from kdjax.config import ConfigError, ExperimentConfig, check_experiment
-from kdjax.data import DataNotFoundError
+from kdjax.data import DataNotFoundError, ImageFileError
 from kdjax.engine import ProgramMemoryError, TrainingDivergedError
 from kdjax.experiments.flags import OneLineParser, UsageError, add_flags, from_args
 from kdjax.run import load, log, train_and_evaluate
@@ -55,7 +55,7 @@ def run(name: str, argv: list[str] | None = None) -> int:
         train_and_evaluate(config, data)
         return 0
     except (ConfigError, DataNotFoundError, CheckpointMismatchError, TrainingDivergedError,
-            ProgramMemoryError) as error:
+            ProgramMemoryError, ImageFileError) as error:  # an image met mid-run: the checkpoints stand
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, UsageError) else 1
     except KeyboardInterrupt:
