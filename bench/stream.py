@@ -87,9 +87,10 @@ def records_throughput(root: pathlib.Path, data_dir: pathlib.Path, workers: int,
     """`kdjax_throughput` of the folder at `root` stored as the tfds data set `name` in `data_dir` (written first
     where absent: `store_seconds`)."""
     from kdjax.data.records import load_tfds, store_image_folder
+    from kdjax.data.tfds_source import is_tfds_dir
 
     start = time.perf_counter()
-    if not any((data_dir / name).glob("*/dataset_info.json")):
+    if not is_tfds_dir(data_dir, name):
         store_image_folder(root, data_dir, name)
     stored = time.perf_counter() - start
     return {"store_seconds": stored, **kdjax_throughput(load_tfds(name, data_dir).train, workers, batches)}

@@ -43,6 +43,11 @@ def import_tfds(how: str = "pip install tensorflow-datasets (reading needs no Te
     return tfds
 
 
+def default_data_dir() -> pathlib.Path:
+    """Where tfds keeps prepared data sets unless told: `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`."""
+    return pathlib.Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
+
+
 @functools.lru_cache(maxsize=16)
 def _source(directory: str, split: str, raw: tuple[str, ...]) -> Any:
     """The split's random-access source, opened once per process; `raw` features stay encoded bytes."""
@@ -156,7 +161,7 @@ def _prepared(root: pathlib.Path) -> list[str]:
 def _builder(name: str, data_dir: str | os.PathLike | None) -> Any:
     """The prepared builder of `name` (`NAME[/CONFIG][:VERSION]`) in `data_dir` (default: tfds's), checked."""
     tfds = import_tfds()
-    root = pathlib.Path(data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser().absolute()
+    root = (pathlib.Path(data_dir).expanduser() if data_dir else default_data_dir()).absolute()
     build = (f"prepare it with `tfds build {name.split(':')[0]} --data_dir {root} --file_format array_record`, or "
              "point --data-dir at the tfds data dir that holds it")
     if not root.is_dir():
@@ -180,8 +185,7 @@ def _builder(name: str, data_dir: str | os.PathLike | None) -> Any:
 
 def _supervised_keys(info: Any) -> tuple[str, str]:
     """The image and class-label features: the data set's supervised keys, else its one Image and one ClassLabel."""
-    import tensorflow_datasets as tfds
-
+    tfds = import_tfds()
     features = info.features
     keys = info.supervised_keys
     if not keys:
@@ -225,11 +229,13 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None, *, size: int
                        for split in ("train", evaluation))
     else:
         view = {"size": size, "resize": evaluation_resize(size), "skip_unreadable": skip_unreadable}
-        train, test = (Split(RecordImages(records=records, key=image_key, random_crop=split == "train", **view),
-                             RecordLabels(records, label_key))
-                       for split in ("train", evaluation)
-                       for records in [Records(directory, split, range(info.splits[split].num_examples),
-                                               (image_key,))])
+
+        def streamed(split: str) -> Split:
+            records = Records(directory, split, range(info.splits[split].num_examples), (image_key,))
+            return Split(RecordImages(records=records, key=image_key, random_crop=split == "train", **view),
+                         RecordLabels(records, label_key))
+
+        train, test = streamed("train"), streamed(evaluation)
     return Dataset(train, test, f"tfds {directory}", time.perf_counter() - start,
                    info.features[label_key].num_classes, info.name)
 

@@ -108,7 +108,7 @@ def _load_tfds(path: pathlib.Path | None, download_timeout_s: float, layout: Lay
 
 
 def _prepared_in_default_dir(name: str) -> bool:
-    default = pathlib.Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
+    default = records.default_data_dir()
     return default.is_dir() and tfds_source.is_tfds_dir(default, name)
 
 
